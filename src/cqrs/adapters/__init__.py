@@ -1,0 +1,1 @@
+"""Adapters to third-party libraries: circuit breakers and DI containers."""

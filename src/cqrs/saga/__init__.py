@@ -1,0 +1,1 @@
+"""Sagas: definitions, the engine, storage and recovery."""

@@ -1,0 +1,219 @@
+"""Finishing interrupted sagas: `recover_saga` for one, `RecoveryWorker` for all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import typing
+import uuid
+
+from cqrs.container import as_container
+from cqrs.saga._engine import EngineSettings, Listener, SagaRun, error_text, process_owner
+from cqrs.saga.exceptions import (
+    ContextDeserializationError,
+    SagaCompensatedError,
+    SagaOwnershipLostError,
+)
+from cqrs.saga.map import SagaMap
+from cqrs.saga.retry import RetryPolicy
+from cqrs.saga.saga import Saga
+from cqrs.saga.storage.enums import SagaStatus
+from cqrs.saga.storage.models import Lease, SagaRecord
+from cqrs.saga.storage.protocol import SagaStorage
+
+__all__ = ["RecoveryWorker", "recover_saga"]
+
+logger = logging.getLogger("cqrs.saga.recovery")
+
+JsonDict = dict[str, typing.Any]
+
+
+async def recover_saga(
+    saga: Saga[typing.Any] | type[Saga[typing.Any]],
+    saga_id: uuid.UUID,
+    context_builder: typing.Callable[[JsonDict], typing.Any] | type[typing.Any] | None,
+    container: typing.Any,
+    storage: SagaStorage,
+    *,
+    compensation_retry: RetryPolicy | None = None,
+    lease_seconds: float = 30.0,
+    listener: Listener | None = None,
+) -> None:
+    """Finish one interrupted saga from where its storage says it stands.
+
+    A ``running`` saga continues from its first step without a completion
+    record, with the stored context (built by ``context_builder``: the context
+    class, or a function of the stored dict). A ``compensating`` saga finishes
+    compensating and never runs forward again; a ``compensation_failed`` one
+    retries its failed compensations. A completed saga is left alone.
+
+    Raises `SagaCompensatedError` (a `RuntimeError`) when the saga ended
+    compensated, `SagaNotFoundError` for an unknown id, and
+    `SagaAlreadyRunningError` when another runner holds it.
+    """
+    saga_type = saga if isinstance(saga, type) else type(saga)
+    run = SagaRun(
+        saga_type,
+        saga_id,
+        storage=storage,
+        container=as_container(container),
+        settings=EngineSettings(lease_seconds=lease_seconds),
+        listener=listener,
+        compensation_retry=compensation_retry,
+        context_builder=context_builder,
+    )
+    await run.open_existing()
+    async for _ in run.advance():
+        pass
+
+
+class RecoveryWorker:
+    """Claims sagas whose runner died and finishes them; run any number of them.
+
+    Each pass claims up to ``batch_size`` sagas whose lease expired (on
+    PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so workers never claim the
+    same saga), and recovers up to ``concurrency`` at once. A saga claimed
+    more than ``max_attempts`` times is parked for an operator. Storage errors
+    are not saga failures: the lease lapses and a later pass tries again.
+    """
+
+    def __init__(
+        self,
+        saga_map: SagaMap | typing.Iterable[type[Saga[typing.Any]]],
+        container: typing.Any,
+        storage: SagaStorage,
+        *,
+        settings: EngineSettings | None = None,
+        batch_size: int = 20,
+        concurrency: int = 8,
+        poll_interval: float = 5.0,
+        max_attempts: int = 10,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        if isinstance(saga_map, SagaMap):
+            self.saga_map = saga_map
+        else:
+            self.saga_map = SagaMap()
+            for saga_type in saga_map:
+                self.saga_map.register(saga_type)
+        self.container = as_container(container)
+        self.storage = storage
+        self.settings = settings or EngineSettings()
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.max_attempts = max_attempts
+        self.shutdown_grace = shutdown_grace
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._stop = asyncio.Event()
+        self.recovered: dict[str, int] = {}
+
+    def stop(self) -> None:
+        """Ask `run` to stop claiming and return once in-flight sagas are done."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """Stop gracefully on SIGTERM and SIGINT (call from the running loop)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    async def run(self) -> None:
+        """Recover in passes until `stop`; in-flight sagas get ``shutdown_grace`` seconds to finish."""
+        in_flight: set[asyncio.Task[None]] = set()
+        while not self._stop.is_set():
+            try:
+                claimed = await self._claim()
+            except Exception:
+                logger.warning("Recovery claim failed; retrying after %.1fs", self.poll_interval, exc_info=True)
+                claimed = []
+            for record in claimed:
+                task = asyncio.ensure_future(self._recover_guarded(record))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            if len(claimed) < self.batch_size:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.poll_interval)
+            elif in_flight:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        if in_flight:
+            _, pending = await asyncio.wait(in_flight, timeout=self.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def run_once(self) -> int:
+        """One pass: claim a batch and recover it; returns how many were claimed."""
+        claimed = await self._claim()
+        await asyncio.gather(*(self._recover_guarded(record) for record in claimed))
+        return len(claimed)
+
+    async def _claim(self) -> list[SagaRecord]:
+        return await self.storage.claim_recoverable(
+            process_owner(),
+            self.settings.lease_seconds,
+            limit=self.batch_size,
+            names=[saga_type.name for saga_type in self.saga_map.sagas()],
+        )
+
+    async def _recover_guarded(self, record: SagaRecord) -> None:
+        async with self._semaphore:
+            outcome = await self._recover(record)
+        self.recovered[outcome] = self.recovered.get(outcome, 0) + 1
+
+    async def _recover(self, record: SagaRecord) -> str:
+        """Recover one claimed saga; returns a word for the tally."""
+        lease = Lease(owner=record.owner or process_owner(), epoch=record.lease_epoch)
+        saga_type = self.saga_map.by_name(record.name)
+        if saga_type is None or saga_type.version != record.definition_version:
+            logger.error(
+                "Saga %s is %r version %d, which this worker does not know; leaving it untouched",
+                record.saga_id, record.name, record.definition_version,
+            )
+            await self._release(record, lease)
+            return "unknown"
+        if record.recovery_attempts > self.max_attempts:
+            reason = f"parked after {record.recovery_attempts - 1} recovery attempts (last error: {record.error})"
+            logger.error("Saga %s %s", record.saga_id, reason)
+            await self.storage.park_saga(record.saga_id, reason)
+            return "parked"
+        run = SagaRun(
+            saga_type,
+            record.saga_id,
+            storage=self.storage,
+            container=self.container,
+            settings=self.settings,
+        )
+        try:
+            history = await self.storage.get_step_history(record.saga_id)
+            run.adopt(record, history, lease)
+            async for _ in run.advance():
+                pass
+        except asyncio.CancelledError:
+            await self._release(record, lease)
+            raise
+        except ContextDeserializationError as error:
+            logger.error("Saga %s cannot be recovered: %s", record.saga_id, error)
+            await self._release(record, lease)
+            return "undeserialisable"
+        except SagaOwnershipLostError:
+            return "lost"
+        except SagaCompensatedError:
+            return str(run.status)
+        except Exception as error:
+            if run.status in (SagaStatus.FAILED, SagaStatus.COMPENSATION_FAILED):
+                return str(run.status)
+            logger.warning(
+                "Recovery of saga %s interrupted (%s); it stays recoverable",
+                record.saga_id, error_text(error), exc_info=True,
+            )
+            await self._release(record, lease)
+            return "error"
+        return str(run.status)
+
+    async def _release(self, record: SagaRecord, lease: Lease) -> None:
+        try:
+            await self.storage.release_lease(record.saga_id, lease)
+        except Exception:
+            logger.warning("Could not release saga %s; its lease will lapse", record.saga_id, exc_info=True)

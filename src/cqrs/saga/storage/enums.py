@@ -1,0 +1,54 @@
+"""Saga and step statuses, stored as plain strings."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["SagaStatus", "SagaStepStatus"]
+
+
+class SagaStatus(str, enum.Enum):
+    """Where a saga stands.
+
+    ``PENDING``: recorded, not yet picked up by a runner. ``RUNNING``: steps are
+    going forward. ``COMPENSATING``: a step failed and completed steps are being
+    undone; never runs forward again. ``COMPLETED``: every step succeeded.
+    ``FAILED``: a step failed and every compensation succeeded.
+    ``COMPENSATION_FAILED``: a compensation kept failing; recovery retries it.
+    ``PARKED``: taken out of recovery (too many attempts, or by an operator).
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATION_FAILED = "compensation_failed"
+    PARKED = "parked"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.PARKED})
+
+#: Statuses a runner may claim and advance.
+RESUMABLE = frozenset(
+    {SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED}
+)
+
+
+class SagaStepStatus(str, enum.Enum):
+    """The outcome a step log entry records."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATED = "compensated"
+
+    def __str__(self) -> str:
+        return self.value

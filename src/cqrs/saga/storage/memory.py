@@ -1,0 +1,351 @@
+"""An in-memory saga storage: the protocol's twin, for tests, demos and single processes.
+
+It keeps its own deep copies of everything it is given and hands out copies,
+so callers cannot change stored state behind its back. ``clock`` lets tests
+move time (lease expiry, ages) without sleeping.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import typing
+import uuid
+
+from cqrs.saga.exceptions import SagaNotFoundError
+from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus
+from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
+
+__all__ = ["MemorySagaStorage"]
+
+JsonDict = dict[str, typing.Any]
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class MemorySagaStorage:
+    """Keeps sagas in a dict; every method behaves as the SQL storage does."""
+
+    def __init__(self, clock: typing.Callable[[], datetime.datetime] = _utcnow) -> None:
+        self._clock = clock
+        self._sagas: dict[uuid.UUID, SagaRecord] = {}
+        self._logs: dict[uuid.UUID, list[SagaLogEntry]] = {}
+        self._seq = 0
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _get(self, saga_id: uuid.UUID) -> SagaRecord:
+        record = self._sagas.get(saga_id)
+        if record is None:
+            raise SagaNotFoundError(saga_id)
+        return record
+
+    def _put(self, record: SagaRecord, **changes: typing.Any) -> SagaRecord:
+        updated = dataclasses.replace(record, updated_at=self._clock(), **changes)
+        self._sagas[record.saga_id] = updated
+        return updated
+
+    def _log_row(self, saga_id: uuid.UUID, entry: StepEntry) -> SagaLogEntry:
+        """The row ``entry`` becomes (its own copy), not yet appended: building it may fail."""
+        return SagaLogEntry(
+            saga_id=saga_id,
+            step_name=entry.step_name,
+            action=entry.action,
+            status=SagaStepStatus(entry.status),
+            timestamp=self._clock(),
+            details=entry.details,
+            response=copy.deepcopy(entry.response),
+        )
+
+    def _append(self, saga_id: uuid.UUID, row: SagaLogEntry) -> None:
+        self._seq += 1
+        self._logs[saga_id].append(dataclasses.replace(row, seq=self._seq))
+
+    def _holds(self, record: SagaRecord, lease: Lease) -> bool:
+        return record.owner == lease.owner and record.lease_epoch == lease.epoch
+
+    def _lease_free(self, record: SagaRecord, owner: str) -> bool:
+        return (
+            record.owner is None
+            or record.owner == owner
+            or record.lease_expires_at is None
+            or record.lease_expires_at <= self._clock()
+        )
+
+    def _expiry(self, lease_seconds: float) -> datetime.datetime:
+        return self._clock() + datetime.timedelta(seconds=lease_seconds)
+
+    @staticmethod
+    def _copy(record: SagaRecord) -> SagaRecord:
+        return dataclasses.replace(record, context=copy.deepcopy(record.context))
+
+    def _copy_history(self, saga_id: uuid.UUID) -> list[SagaLogEntry]:
+        return [dataclasses.replace(e, response=copy.deepcopy(e.response)) for e in self._logs[saga_id]]
+
+    # -- engine ------------------------------------------------------------------
+
+    async def start_saga(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
+        if saga.saga_id in self._sagas:
+            return None
+        now = self._clock()
+        self._sagas[saga.saga_id] = SagaRecord(
+            saga_id=saga.saga_id,
+            name=saga.name,
+            status=SagaStatus(saga.status),
+            context=copy.deepcopy(saga.context),
+            version=1,
+            definition_version=saga.definition_version,
+            correlation_id=saga.correlation_id,
+            owner=owner,
+            lease_epoch=1,
+            lease_expires_at=now + datetime.timedelta(seconds=lease_seconds),
+            created_at=now,
+            updated_at=now,
+        )
+        self._logs[saga.saga_id] = []
+        return Lease(owner=owner, epoch=1)
+
+    async def claim_saga(self, saga_id: uuid.UUID, owner: str, lease_seconds: float) -> SagaClaim | None:
+        record = self._sagas.get(saga_id)
+        if record is None:
+            return None
+        lease: Lease | None = None
+        busy = False
+        if record.status in RESUMABLE:
+            if self._lease_free(record, owner):
+                record = self._put(
+                    record,
+                    owner=owner,
+                    lease_epoch=record.lease_epoch + 1,
+                    lease_expires_at=self._expiry(lease_seconds),
+                    status=SagaStatus.RUNNING if record.status == SagaStatus.PENDING else record.status,
+                )
+                lease = Lease(owner=owner, epoch=record.lease_epoch)
+            else:
+                busy = True
+        return SagaClaim(
+            record=self._copy(record), history=self._copy_history(saga_id), lease=lease, busy=busy
+        )
+
+    async def checkpoint(
+        self,
+        saga_id: uuid.UUID,
+        lease: Lease,
+        *,
+        entry: StepEntry | None,
+        context: JsonDict | None = None,
+        status: SagaStatus | None = None,
+        error: str | None = None,
+        lease_seconds: float,
+        release: bool = False,
+    ) -> bool:
+        record = self._sagas.get(saga_id)
+        if record is None or not self._holds(record, lease):
+            return False
+        # Everything that may fail (copying what is stored) comes first: a checkpoint is all or nothing.
+        row = self._log_row(saga_id, entry) if entry is not None else None
+        changes: dict[str, typing.Any] = {"version": record.version + 1}
+        if context is not None:
+            changes["context"] = copy.deepcopy(context)
+        if status is not None:
+            changes["status"] = status
+        if error is not None:
+            changes["error"] = error
+        if release:
+            changes.update(owner=None, lease_expires_at=None)
+        else:
+            changes["lease_expires_at"] = self._expiry(lease_seconds)
+        self._put(record, **changes)
+        if row is not None:
+            self._append(saga_id, row)
+        return True
+
+    async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
+        record = self._sagas.get(saga_id)
+        if record is None or not self._holds(record, lease):
+            return False
+        self._put(record, lease_expires_at=self._expiry(lease_seconds))
+        return True
+
+    async def release_lease(self, saga_id: uuid.UUID, lease: Lease) -> bool:
+        record = self._sagas.get(saga_id)
+        if record is None or not self._holds(record, lease):
+            return False
+        self._put(record, owner=None, lease_expires_at=None)
+        return True
+
+    async def claim_recoverable(
+        self,
+        owner: str,
+        lease_seconds: float,
+        *,
+        limit: int,
+        names: typing.Collection[str] | None = None,
+        max_attempts: int | None = None,
+    ) -> list[SagaRecord]:
+        now = self._clock()
+        claimed: list[SagaRecord] = []
+        candidates = sorted(
+            (
+                r
+                for r in self._sagas.values()
+                if r.status in RESUMABLE
+                and (r.owner is None or r.lease_expires_at is None or r.lease_expires_at <= now)
+                and (names is None or r.name in names)
+                and (max_attempts is None or r.recovery_attempts < max_attempts)
+            ),
+            key=lambda r: (r.lease_expires_at or now, r.created_at or now),
+        )
+        for record in candidates[:limit]:
+            updated = self._put(
+                record,
+                owner=owner,
+                lease_epoch=record.lease_epoch + 1,
+                lease_expires_at=self._expiry(lease_seconds),
+                recovery_attempts=record.recovery_attempts + 1,
+                status=SagaStatus.RUNNING if record.status == SagaStatus.PENDING else record.status,
+            )
+            claimed.append(self._copy(updated))
+        return claimed
+
+    # -- python-cqrs-shaped API -----------------------------------------------------
+
+    async def create_saga(
+        self, saga_id: uuid.UUID, name: str, context: JsonDict, *, correlation_id: str | None = None
+    ) -> None:
+        if saga_id in self._sagas:
+            raise ValueError(f"A saga with id {saga_id} is already stored")
+        now = self._clock()
+        self._sagas[saga_id] = SagaRecord(
+            saga_id=saga_id,
+            name=name,
+            status=SagaStatus.PENDING,
+            context=copy.deepcopy(context),
+            version=1,
+            correlation_id=correlation_id,
+            created_at=now,
+            updated_at=now,
+        )
+        self._logs[saga_id] = []
+
+    async def update_context(
+        self, saga_id: uuid.UUID, context: JsonDict, current_version: int | None = None
+    ) -> None:
+        record = self._get(saga_id)
+        if current_version is not None and record.version != current_version:
+            raise RuntimeError(
+                f"Saga {saga_id} is at version {record.version}, not {current_version}"
+            )
+        self._put(record, context=copy.deepcopy(context), version=record.version + 1)
+
+    async def update_status(self, saga_id: uuid.UUID, status: SagaStatus) -> None:
+        record = self._get(saga_id)
+        self._put(record, status=SagaStatus(status), version=record.version + 1)
+
+    async def log_step(
+        self,
+        saga_id: uuid.UUID,
+        step_name: str,
+        action: typing.Literal["act", "compensate"],
+        status: SagaStepStatus,
+        details: str | None = None,
+    ) -> None:
+        self._get(saga_id)
+        self._append(saga_id, self._log_row(saga_id, StepEntry(step_name, action, SagaStepStatus(status), details)))
+
+    async def load_saga_state(
+        self, saga_id: uuid.UUID, *, read_for_update: bool = False
+    ) -> tuple[SagaStatus, JsonDict, int]:
+        record = self._get(saga_id)
+        return record.status, copy.deepcopy(record.context), record.version
+
+    async def get_step_history(self, saga_id: uuid.UUID) -> list[SagaLogEntry]:
+        self._get(saga_id)
+        return self._copy_history(saga_id)
+
+    async def get_sagas_for_recovery(
+        self,
+        limit: int,
+        max_recovery_attempts: int = 5,
+        stale_after_seconds: float | None = None,
+        saga_name: str | None = None,
+    ) -> list[uuid.UUID]:
+        now = self._clock()
+        stale_before = (
+            now - datetime.timedelta(seconds=stale_after_seconds)
+            if stale_after_seconds is not None
+            else None
+        )
+        found = [
+            r
+            for r in sorted(self._sagas.values(), key=lambda r: r.updated_at or now)
+            if r.status in RESUMABLE
+            and r.recovery_attempts < max_recovery_attempts
+            and (saga_name is None or r.name == saga_name)
+            and (stale_before is None or (r.updated_at or now) < stale_before)
+            and (r.owner is None or r.lease_expires_at is None or r.lease_expires_at <= now)
+        ]
+        return [r.saga_id for r in found[:limit]]
+
+    async def increment_recovery_attempts(
+        self, saga_id: uuid.UUID, new_status: SagaStatus | None = None
+    ) -> None:
+        record = self._get(saga_id)
+        self._put(
+            record,
+            recovery_attempts=record.recovery_attempts + 1,
+            status=SagaStatus(new_status) if new_status is not None else record.status,
+        )
+
+    async def set_recovery_attempts(self, saga_id: uuid.UUID, attempts: int) -> None:
+        self._put(self._get(saga_id), recovery_attempts=attempts)
+
+    # -- operators -------------------------------------------------------------------------
+
+    async def get_saga(self, saga_id: uuid.UUID) -> SagaRecord | None:
+        record = self._sagas.get(saga_id)
+        return self._copy(record) if record is not None else None
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        name: str | None = None,
+        older_than: datetime.timedelta | None = None,
+        correlation_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        now = self._clock()
+        found = [
+            r
+            for r in self._sagas.values()
+            if (status is None or r.status == status)
+            and (name is None or r.name == name)
+            and (older_than is None or (r.created_at or now) <= now - older_than)
+            and (correlation_id is None or r.correlation_id == correlation_id)
+        ]
+        found.sort(key=lambda r: r.created_at or now)
+        return [self._copy(r) for r in found[:limit]]
+
+    async def park_saga(self, saga_id: uuid.UUID, reason: str) -> None:
+        record = self._get(saga_id)
+        self._put(record, status=SagaStatus.PARKED, error=reason, owner=None, lease_expires_at=None)
+
+    async def reset_saga(self, saga_id: uuid.UUID) -> None:
+        record = self._get(saga_id)
+        compensating = any(
+            e.action == "compensate" or e.status == SagaStepStatus.FAILED for e in self._logs[saga_id]
+        )
+        self._put(
+            record,
+            status=SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING,
+            recovery_attempts=0,
+            owner=None,
+            lease_expires_at=None,
+        )
+
+    async def close(self) -> None:
+        return None

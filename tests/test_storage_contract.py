@@ -1,0 +1,1372 @@
+"""The storage contract: one suite, run on the memory, SQLite (aiosqlite) and PostgreSQL (asyncpg) storages.
+
+Every method of `SagaStorage` is exercised here with its edge cases; a test
+that holds only for the SQL storages (schema, indexes, commits, connections)
+says so with `sql_only`. Nothing sleeps: time moves through `advance` (the
+memory storage's fake clock; on SQL, every stored timestamp is shifted back,
+which is the same thing to a storage that reads the database clock), and
+races start together on an `asyncio.Event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import typing
+import uuid
+
+import di
+import pytest
+import sqlalchemy as sa
+
+import cqrs
+from cqrs.saga.bootstrap import bootstrap
+from cqrs.saga.exceptions import SagaNotFoundError
+from cqrs.saga.models import SagaContext
+from cqrs.saga.saga import Saga
+from cqrs.saga.step import SagaStepHandler, SagaStepResult
+from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
+from cqrs.saga.storage.memory import MemorySagaStorage
+from cqrs.saga.storage.models import Lease, NewSaga, SagaLogEntry, SagaRecord, StepEntry
+from cqrs.saga.storage.protocol import SagaStorage
+from cqrs.saga.storage.sqlalchemy import Base, SqlAlchemySagaStorage
+from engine_helpers import FakeClock
+
+LEASE = 30.0
+UTC = datetime.timezone.utc
+JsonDict = dict[str, typing.Any]
+
+
+# -- the storages ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    """The parameter of `storage`: its URL (the database fixtures run outside the event loop)."""
+    if request.param == "memory":
+        return "memory://"
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+async def storage(storage_url: str) -> typing.AsyncIterator[SagaStorage]:
+    """A fresh, empty storage of each kind: memory (with a fake clock), SQLite, PostgreSQL."""
+    if storage_url == "memory://":
+        store: SagaStorage = MemorySagaStorage(clock=FakeClock())
+    else:
+        sql = SqlAlchemySagaStorage.from_url(storage_url)
+        await sql.create_tables()
+        store = sql
+    yield store
+    await store.close()
+
+
+def kind(storage: SagaStorage) -> str:
+    if isinstance(storage, MemorySagaStorage):
+        return "memory"
+    assert isinstance(storage, SqlAlchemySagaStorage)
+    return storage.engine.dialect.name
+
+
+def sql_only(storage: SagaStorage) -> SqlAlchemySagaStorage:
+    if not isinstance(storage, SqlAlchemySagaStorage):
+        pytest.skip("a property of the SQL storage")
+    return storage
+
+
+async def advance(storage: SagaStorage, seconds: float) -> None:
+    """Let ``seconds`` pass (negative: go back) as far as ``storage`` can tell."""
+    if isinstance(storage, MemorySagaStorage):
+        clock = storage._clock
+        assert isinstance(clock, FakeClock)
+        clock.advance(seconds)
+        return
+    assert isinstance(storage, SqlAlchemySagaStorage)
+    if storage.engine.dialect.name == "postgresql":
+
+        def shift(column: str) -> str:
+            return f"{column} - make_interval(secs => {seconds!r})"
+    else:
+
+        def shift(column: str) -> str:
+            return f"strftime('%Y-%m-%d %H:%M:%f', {column}, '{-seconds:+.3f} seconds')"
+
+    async with storage.engine.begin() as conn:
+        columns = ", ".join(f"{c} = {shift(c)}" for c in ("created_at", "updated_at", "lease_expires_at"))
+        await conn.exec_driver_sql(f"UPDATE saga_executions SET {columns}")
+        await conn.exec_driver_sql(f"UPDATE saga_log SET created_at = {shift('created_at')}")
+
+
+def another(storage: SagaStorage) -> SagaStorage:
+    """A second storage on the same data, as another process would have (memory: the same one)."""
+    if isinstance(storage, MemorySagaStorage):
+        return storage
+    assert isinstance(storage, SqlAlchemySagaStorage)
+    return SqlAlchemySagaStorage.from_url(storage.engine.url)
+
+
+def new_saga(
+    name: str = "order",
+    context: JsonDict | None = None,
+    *,
+    saga_id: uuid.UUID | None = None,
+    correlation_id: str | None = None,
+    status: SagaStatus = SagaStatus.RUNNING,
+    definition_version: int = 1,
+) -> NewSaga:
+    return NewSaga(
+        saga_id=saga_id or uuid.uuid4(),
+        name=name,
+        context=context if context is not None else {"order_id": "o-1"},
+        definition_version=definition_version,
+        correlation_id=correlation_id,
+        status=status,
+    )
+
+
+async def started(
+    storage: SagaStorage, owner: str = "runner-a", lease_seconds: float = LEASE, **saga: typing.Any
+) -> tuple[uuid.UUID, Lease]:
+    new = new_saga(**saga)
+    lease = await storage.start_saga(new, owner, lease_seconds)
+    assert lease is not None
+    return new.saga_id, lease
+
+
+def act(step: str, response: JsonDict | None = None, details: str | None = None) -> StepEntry:
+    return StepEntry(step, "act", SagaStepStatus.COMPLETED, details, response)
+
+
+async def record_of(storage: SagaStorage, saga_id: uuid.UUID) -> SagaRecord:
+    record = await storage.get_saga(saga_id)
+    assert record is not None
+    return record
+
+
+def steps(history: list[SagaLogEntry]) -> list[tuple[str, str, str]]:
+    return [(e.step_name, e.action, SagaStepStatus(e.status).value) for e in history]
+
+
+def moved(storage: SagaStorage, record: SagaRecord, seconds: float) -> SagaRecord:
+    """``record`` as it reads after `advance` (on SQL the stored timestamps were shifted back)."""
+    if kind(storage) == "memory":
+        return record
+    back = datetime.timedelta(seconds=seconds)
+    return dataclasses.replace(
+        record,
+        created_at=aware(record.created_at) - back,
+        updated_at=aware(record.updated_at) - back,
+        lease_expires_at=None if record.lease_expires_at is None else record.lease_expires_at - back,
+    )
+
+
+def aware(value: datetime.datetime | None) -> datetime.datetime:
+    assert value is not None and value.utcoffset() == datetime.timedelta(0)
+    return value
+
+
+# -- start_saga ---------------------------------------------------------------------------------------
+
+
+async def test_start_saga_stores_a_running_saga_leased_to_its_starter(storage: SagaStorage) -> None:
+    new = new_saga("order", {"order_id": "o-7"}, correlation_id="corr-1", definition_version=3)
+
+    lease = await storage.start_saga(new, "runner-a", LEASE)
+
+    assert lease == Lease(owner="runner-a", epoch=1)
+    record = await record_of(storage, new.saga_id)
+    assert (record.saga_id, record.name, record.status, record.context) == (
+        new.saga_id, "order", SagaStatus.RUNNING, {"order_id": "o-7"},
+    )
+    assert (record.version, record.definition_version, record.correlation_id) == (1, 3, "corr-1")
+    assert (record.owner, record.lease_epoch, record.recovery_attempts, record.error) == ("runner-a", 1, 0, None)
+    created, updated, expires = aware(record.created_at), aware(record.updated_at), aware(record.lease_expires_at)
+    assert created == updated
+    assert datetime.timedelta(seconds=LEASE - 1) <= expires - created <= datetime.timedelta(seconds=LEASE + 1)
+    assert type(record.status) is SagaStatus
+    assert await storage.get_step_history(new.saga_id) == []
+
+
+async def test_start_saga_can_store_a_pending_saga(storage: SagaStorage) -> None:
+    new = new_saga(status=SagaStatus.PENDING)
+    assert await storage.start_saga(new, "runner-a", LEASE) == Lease("runner-a", 1)
+    assert (await record_of(storage, new.saga_id)).status == SagaStatus.PENDING
+
+
+async def test_a_second_start_of_the_same_id_returns_none_and_changes_nothing(storage: SagaStorage) -> None:
+    saga_id, _ = await started(storage, context={"first": True}, correlation_id="c-1")
+    before = await record_of(storage, saga_id)
+    await advance(storage, 5)
+
+    again = new_saga("other-name", {"second": True}, saga_id=saga_id, correlation_id="c-2")
+    assert await storage.start_saga(again, "runner-b", LEASE) is None
+    assert await storage.start_saga(again, "runner-a", LEASE) is None
+
+    assert await record_of(storage, saga_id) == moved(storage, before, 5)
+    assert await storage.get_step_history(saga_id) == []
+
+
+async def test_concurrent_starts_of_one_id_grant_exactly_one_lease(storage: SagaStorage) -> None:
+    others = [another(storage) for _ in range(6)]
+    saga_id = uuid.uuid4()
+
+    def start(store: SagaStorage, owner: str) -> typing.Callable[[], typing.Awaitable[Lease | None]]:
+        return lambda: store.start_saga(new_saga(saga_id=saga_id), owner, LEASE)
+
+    try:
+        leases = await all_at_once([start(s, f"runner-{i}") for i, s in enumerate([storage, *others])])
+    finally:
+        await close_others(storage, others)
+    granted = [lease for lease in leases if lease is not None]
+    assert len(granted) == 1
+    assert (await record_of(storage, saga_id)).owner == granted[0].owner
+
+
+T = typing.TypeVar("T")
+
+
+async def all_at_once(calls: list[typing.Callable[[], typing.Awaitable[T]]]) -> list[T]:
+    """Run ``calls`` concurrently, each starting only once every one of them is ready to start."""
+    arrived = 0
+    go = asyncio.Event()
+
+    async def run(call: typing.Callable[[], typing.Awaitable[T]]) -> T:
+        nonlocal arrived
+        arrived += 1
+        if arrived == len(calls):
+            go.set()
+        await go.wait()
+        return await call()
+
+    return list(await asyncio.gather(*(run(call) for call in calls)))
+
+
+async def close_others(storage: SagaStorage, others: typing.Iterable[SagaStorage]) -> None:
+    for other in others:
+        if other is not storage:
+            await other.close()
+
+
+# -- claim_saga ----------------------------------------------------------------------------------------
+
+
+async def test_claim_saga_of_an_unknown_id_is_none(storage: SagaStorage) -> None:
+    assert await storage.claim_saga(uuid.uuid4(), "runner-a", LEASE) is None
+
+
+async def test_a_live_lease_is_exclusive(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+    assert await storage.checkpoint(saga_id, lease, entry=act("reserve", {"r": 1}), lease_seconds=LEASE)
+    before = await record_of(storage, saga_id)
+
+    claim = await storage.claim_saga(saga_id, "runner-b", LEASE)
+
+    assert claim is not None
+    assert claim.lease is None and claim.busy
+    assert claim.record == before
+    assert steps(claim.history) == [("reserve", "act", "completed")]
+    assert await record_of(storage, saga_id) == before
+    # The holder is unaffected.
+    assert await storage.renew_lease(saga_id, lease, LEASE)
+
+
+async def test_an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced(storage: SagaStorage) -> None:
+    saga_id, stale = await started(storage, context={"n": 0})
+    assert await storage.checkpoint(saga_id, stale, entry=act("one"), context={"n": 1}, lease_seconds=LEASE)
+    await advance(storage, LEASE + 1)
+
+    claim = await storage.claim_saga(saga_id, "runner-b", LEASE)
+
+    assert claim is not None and not claim.busy
+    fresh = claim.lease
+    assert fresh == Lease(owner="runner-b", epoch=2)
+    assert (claim.record.owner, claim.record.lease_epoch, claim.record.context) == ("runner-b", 2, {"n": 1})
+    assert aware(claim.record.lease_expires_at) > aware(claim.record.updated_at)
+    assert steps(claim.history) == [("one", "act", "completed")]
+    before = await record_of(storage, saga_id)
+
+    # The stale runner's writes match nothing and write nothing.
+    assert not await storage.checkpoint(
+        saga_id, stale, entry=act("two"), context={"n": 99}, status=SagaStatus.COMPLETED, error="x",
+        lease_seconds=LEASE,
+    )
+    assert not await storage.checkpoint(saga_id, stale, entry=None, context={"n": 98}, lease_seconds=LEASE)
+    assert not await storage.checkpoint(saga_id, stale, entry=act("two"), lease_seconds=LEASE, release=True)
+    assert not await storage.renew_lease(saga_id, stale, LEASE)
+    assert not await storage.release_lease(saga_id, stale)
+    assert await record_of(storage, saga_id) == before
+    assert steps(await storage.get_step_history(saga_id)) == [("one", "act", "completed")]
+
+    # The new owner writes.
+    assert fresh is not None
+    assert await storage.checkpoint(saga_id, fresh, entry=act("two"), context={"n": 2}, lease_seconds=LEASE)
+    assert (await storage.load_saga_state(saga_id))[1] == {"n": 2}
+
+
+async def test_the_stale_owner_cannot_claim_back_a_live_lease(storage: SagaStorage) -> None:
+    saga_id, _ = await started(storage, lease_seconds=0)
+    await advance(storage, 1)
+    assert (claim := await storage.claim_saga(saga_id, "runner-b", LEASE)) is not None and claim.lease
+    again = await storage.claim_saga(saga_id, "runner-a", LEASE)
+    assert again is not None and again.busy and again.lease is None
+    assert (await record_of(storage, saga_id)).owner == "runner-b"
+
+
+async def test_a_claim_by_the_same_owner_bumps_the_epoch_and_fences_its_older_lease(storage: SagaStorage) -> None:
+    saga_id, first = await started(storage)
+
+    claim = await storage.claim_saga(saga_id, "runner-a", LEASE)
+
+    assert claim is not None and claim.lease == Lease("runner-a", 2) and not claim.busy
+    assert not await storage.checkpoint(saga_id, first, entry=act("one"), lease_seconds=LEASE)
+    assert not await storage.renew_lease(saga_id, first, LEASE)
+    assert await storage.checkpoint(saga_id, claim.lease, entry=act("one"), lease_seconds=LEASE)
+
+
+async def test_a_released_lease_can_be_claimed_at_once(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+
+    assert await storage.release_lease(saga_id, lease)
+    record = await record_of(storage, saga_id)
+    assert (record.owner, record.lease_expires_at, record.lease_epoch) == (None, None, 1)
+    # A released lease is gone for its holder too.
+    assert not await storage.renew_lease(saga_id, lease, LEASE)
+    assert not await storage.release_lease(saga_id, lease)
+    assert not await storage.checkpoint(saga_id, lease, entry=act("x"), lease_seconds=LEASE)
+
+    claim = await storage.claim_saga(saga_id, "runner-b", LEASE)
+    assert claim is not None and claim.lease == Lease("runner-b", 2)
+
+
+async def test_claiming_a_pending_saga_makes_it_running(storage: SagaStorage) -> None:
+    saga_id = uuid.uuid4()
+    await storage.create_saga(saga_id, "order", {"a": 1})
+
+    claim = await storage.claim_saga(saga_id, "runner-a", LEASE)
+
+    assert claim is not None and claim.lease == Lease("runner-a", 1)
+    assert claim.record.status == SagaStatus.RUNNING
+    assert (await record_of(storage, saga_id)).status == SagaStatus.RUNNING
+
+
+@pytest.mark.parametrize("final", [SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.PARKED])
+async def test_a_final_saga_is_returned_with_its_history_but_no_lease(
+    storage: SagaStorage, final: SagaStatus
+) -> None:
+    saga_id, lease = await started(storage)
+    assert await storage.checkpoint(
+        saga_id, lease, entry=act("only", {"ok": True}), status=final, lease_seconds=LEASE, release=True
+    )
+    before = await record_of(storage, saga_id)
+
+    claim = await storage.claim_saga(saga_id, "runner-b", LEASE)
+
+    assert claim is not None
+    assert (claim.lease, claim.busy, claim.record) == (None, False, before)
+    assert [e.response for e in claim.history] == [{"ok": True}]
+    assert await record_of(storage, saga_id) == before
+
+
+@pytest.mark.parametrize("status", [SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED])
+async def test_a_compensating_saga_is_claimed_without_changing_its_status(
+    storage: SagaStorage, status: SagaStatus
+) -> None:
+    saga_id, lease = await started(storage)
+    assert await storage.checkpoint(saga_id, lease, entry=None, status=status, lease_seconds=LEASE, release=True)
+
+    claim = await storage.claim_saga(saga_id, "runner-b", LEASE)
+
+    assert claim is not None and claim.lease == Lease("runner-b", 2)
+    assert claim.record.status == status
+
+
+async def test_concurrent_claims_of_one_saga_grant_one_lease(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+    assert await storage.release_lease(saga_id, lease)
+    others = [another(storage) for _ in range(7)]
+
+    def claim(store: SagaStorage, owner: str) -> typing.Callable[[], typing.Awaitable[Lease | None]]:
+        async def call() -> Lease | None:
+            result = await store.claim_saga(saga_id, owner, LEASE)
+            assert result is not None
+            return result.lease
+
+        return call
+
+    try:
+        leases = await all_at_once([claim(s, f"runner-{i}") for i, s in enumerate([storage, *others])])
+    finally:
+        await close_others(storage, others)
+    granted = [lease for lease in leases if lease is not None]
+    assert granted == [Lease(granted[0].owner, 2)]
+    assert (await record_of(storage, saga_id)).owner == granted[0].owner
+
+
+# -- checkpoint ----------------------------------------------------------------------------------------
+
+
+async def test_a_checkpoint_writes_entry_context_status_and_error_together(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage, context={"step": 0})
+    before = await record_of(storage, saga_id)
+    await advance(storage, 10)
+
+    ok = await storage.checkpoint(
+        saga_id,
+        lease,
+        entry=StepEntry("pay", "act", SagaStepStatus.FAILED, "card declined", {"code": 51}),
+        context={"step": 1, "paid": False},
+        status=SagaStatus.COMPENSATING,
+        error="CardError: declined",
+        lease_seconds=LEASE,
+    )
+
+    assert ok
+    record = await record_of(storage, saga_id)
+    assert (record.status, record.context, record.error, record.version) == (
+        SagaStatus.COMPENSATING, {"step": 1, "paid": False}, "CardError: declined", 2,
+    )
+    assert (record.owner, record.lease_epoch) == ("runner-a", 1)
+    assert aware(record.updated_at) > aware(record.created_at)
+    # The lease was renewed from the checkpoint's time.
+    assert aware(record.lease_expires_at) - aware(record.updated_at) >= datetime.timedelta(seconds=LEASE - 1)
+    assert aware(record.lease_expires_at) > aware(before.lease_expires_at) - datetime.timedelta(seconds=10)
+    [entry] = await storage.get_step_history(saga_id)
+    assert (entry.saga_id, entry.step_name, entry.action, entry.status, entry.details, entry.response) == (
+        saga_id, "pay", "act", SagaStepStatus.FAILED, "card declined", {"code": 51},
+    )
+    assert type(entry.status) is SagaStepStatus
+    # Written together (SQLite's clock may tick a millisecond between the two statements).
+    assert abs(aware(entry.timestamp) - aware(record.updated_at)) < datetime.timedelta(seconds=1)
+
+
+async def test_a_checkpoint_without_entry_context_or_status_changes_only_what_it_is_given(
+    storage: SagaStorage,
+) -> None:
+    saga_id, lease = await started(storage, context={"keep": "me"})
+
+    assert await storage.checkpoint(saga_id, lease, entry=None, lease_seconds=LEASE)
+    record = await record_of(storage, saga_id)
+    assert (record.status, record.context, record.error, record.version) == (
+        SagaStatus.RUNNING, {"keep": "me"}, None, 2,
+    )
+    assert await storage.get_step_history(saga_id) == []
+
+    assert await storage.checkpoint(saga_id, lease, entry=act("one"), lease_seconds=LEASE)
+    record = await record_of(storage, saga_id)
+    assert (record.status, record.context, record.version) == (SagaStatus.RUNNING, {"keep": "me"}, 3)
+
+    assert await storage.checkpoint(saga_id, lease, entry=None, status=SagaStatus.COMPLETED, lease_seconds=LEASE)
+    assert (await record_of(storage, saga_id)).status == SagaStatus.COMPLETED
+
+
+async def test_a_releasing_checkpoint_frees_the_saga(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+
+    assert await storage.checkpoint(
+        saga_id, lease, entry=act("last"), context={"done": True}, status=SagaStatus.COMPLETED,
+        lease_seconds=LEASE, release=True,
+    )
+
+    record = await record_of(storage, saga_id)
+    assert (record.status, record.owner, record.lease_expires_at, record.lease_epoch) == (
+        SagaStatus.COMPLETED, None, None, 1,
+    )
+    assert not await storage.checkpoint(saga_id, lease, entry=act("again"), lease_seconds=LEASE)
+    assert steps(await storage.get_step_history(saga_id)) == [("last", "act", "completed")]
+
+
+async def test_a_checkpoint_of_an_unknown_saga_is_false(storage: SagaStorage) -> None:
+    unknown = uuid.uuid4()
+    assert not await storage.checkpoint(unknown, Lease("runner-a", 1), entry=act("x"), lease_seconds=LEASE)
+    assert not await storage.checkpoint(unknown, Lease("runner-a", 1), entry=None, lease_seconds=LEASE)
+    assert not await storage.renew_lease(unknown, Lease("runner-a", 1), LEASE)
+    assert not await storage.release_lease(unknown, Lease("runner-a", 1))
+    assert await storage.get_saga(unknown) is None
+
+
+async def test_a_checkpoint_that_fails_midway_writes_nothing(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage, context={"n": 0})
+    before = await record_of(storage, saga_id)
+
+    # The log entry cannot be stored (its response is not JSON): neither is the rest of the checkpoint.
+    with pytest.raises((TypeError, sa.exc.StatementError)):
+        await storage.checkpoint(
+            saga_id, lease, entry=act("bad", {"gen": (i for i in range(3))}), context={"n": 1},
+            status=SagaStatus.COMPLETED, lease_seconds=LEASE,
+        )
+
+    assert await record_of(storage, saga_id) == before
+    assert await storage.get_step_history(saga_id) == []
+    assert await storage.checkpoint(saga_id, lease, entry=act("good"), context={"n": 1}, lease_seconds=LEASE)
+
+
+async def test_renew_lease_pushes_the_expiry_from_now(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage, lease_seconds=5)
+    await advance(storage, 4)
+
+    assert await storage.renew_lease(saga_id, lease, 60)
+
+    record = await record_of(storage, saga_id)
+    assert aware(record.lease_expires_at) - aware(record.created_at) >= datetime.timedelta(seconds=63)
+    await advance(storage, 10)
+    claim = await storage.claim_saga(saga_id, "runner-b", LEASE)
+    assert claim is not None and claim.busy
+
+
+# -- the step log --------------------------------------------------------------------------------------
+
+
+async def test_history_is_in_write_order_even_when_the_clock_goes_back(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+    names = ["one", "two", "three", "four"]
+    for name in names:
+        assert await storage.checkpoint(saga_id, lease, entry=act(name), lease_seconds=LEASE)
+        await advance(storage, -60)  # the next entry is stamped a minute *earlier*
+
+    history = await storage.get_step_history(saga_id)
+
+    assert [e.step_name for e in history] == names
+    assert [e.seq for e in history] == sorted(e.seq for e in history)
+    assert len({e.seq for e in history}) == len(names)
+    stamps = [aware(e.timestamp) for e in history]
+    assert stamps == sorted(stamps, reverse=True)  # the premise: timestamps disagree with the order
+    claim = await storage.claim_saga(saga_id, "runner-a", LEASE)
+    assert claim is not None and [e.step_name for e in claim.history] == names
+
+
+async def test_responses_are_stored_with_their_entries(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+    responses: list[JsonDict | None] = [
+        {"reservation_id": "r-1", "lines": [{"sku": "a", "qty": 2}], "meta": {"nested": {"deep": [1, 2.5, None]}}},
+        None,
+        {},
+    ]
+    for index, response in enumerate(responses):
+        entry = StepEntry(f"s{index}", "act", SagaStepStatus.COMPLETED, f"details {index}", response)
+        assert await storage.checkpoint(saga_id, lease, entry=entry, lease_seconds=LEASE)
+    entry = StepEntry("s0", "compensate", SagaStepStatus.COMPENSATED, None, None)
+    assert await storage.checkpoint(saga_id, lease, entry=entry, lease_seconds=LEASE)
+
+    history = await storage.get_step_history(saga_id)
+
+    assert [e.response for e in history] == [*responses, None]
+    assert [e.details for e in history] == ["details 0", "details 1", "details 2", None]
+    assert steps(history)[-1] == ("s0", "compensate", "compensated")
+    assert all(e.saga_id == saga_id for e in history)
+
+
+async def test_histories_of_two_sagas_do_not_mix(storage: SagaStorage) -> None:
+    first, first_lease = await started(storage)
+    second, second_lease = await started(storage)
+    for name in ("a", "b"):
+        assert await storage.checkpoint(first, first_lease, entry=act(f"1{name}"), lease_seconds=LEASE)
+        assert await storage.checkpoint(second, second_lease, entry=act(f"2{name}"), lease_seconds=LEASE)
+
+    assert [e.step_name for e in await storage.get_step_history(first)] == ["1a", "1b"]
+    assert [e.step_name for e in await storage.get_step_history(second)] == ["2a", "2b"]
+
+
+async def test_log_step_appends_to_the_same_ordered_history(storage: SagaStorage) -> None:
+    saga_id = uuid.uuid4()
+    await storage.create_saga(saga_id, "order", {})
+    await storage.log_step(saga_id, "reserve", "act", SagaStepStatus.STARTED)
+    await storage.log_step(saga_id, "reserve", "act", SagaStepStatus.COMPLETED, "ok")
+    claim = await storage.claim_saga(saga_id, "runner-a", LEASE)
+    assert claim is not None and claim.lease is not None
+    assert await storage.checkpoint(saga_id, claim.lease, entry=act("pay", {"p": 1}), lease_seconds=LEASE)
+    await storage.log_step(saga_id, "pay", "compensate", SagaStepStatus.COMPENSATED)
+
+    history = await storage.get_step_history(saga_id)
+
+    assert steps(history) == [
+        ("reserve", "act", "started"),
+        ("reserve", "act", "completed"),
+        ("pay", "act", "completed"),
+        ("pay", "compensate", "compensated"),
+    ]
+    assert [e.details for e in history] == [None, "ok", None, None]
+    assert [e.response for e in history] == [None, None, {"p": 1}, None]
+    with pytest.raises(SagaNotFoundError):
+        await storage.log_step(uuid.uuid4(), "x", "act", SagaStepStatus.COMPLETED)
+
+
+async def test_the_history_of_an_unknown_saga_is_not_found(storage: SagaStorage) -> None:
+    unknown = uuid.uuid4()
+    with pytest.raises(SagaNotFoundError) as raised:
+        await storage.get_step_history(unknown)
+    assert raised.value.saga_id == unknown
+
+
+# -- claim_recoverable ---------------------------------------------------------------------------------
+
+
+async def test_claim_recoverable_takes_only_resumable_sagas_without_a_live_lease(storage: SagaStorage) -> None:
+    async def with_status(status: SagaStatus | None, *, release: bool, lease_seconds: float = LEASE) -> uuid.UUID:
+        saga_id, lease = await started(storage, lease_seconds=lease_seconds)
+        if status is not None or release:
+            assert await storage.checkpoint(
+                saga_id, lease, entry=None, status=status, lease_seconds=lease_seconds, release=release
+            )
+        return saga_id
+
+    live = await with_status(None, release=False)
+    live_compensating = await with_status(SagaStatus.COMPENSATING, release=False)
+    expired = await with_status(None, release=False, lease_seconds=10)
+    released = await with_status(None, release=True)
+    compensating = await with_status(SagaStatus.COMPENSATING, release=True)
+    compensation_failed = await with_status(SagaStatus.COMPENSATION_FAILED, release=True)
+    finals = [await with_status(s, release=True) for s in (SagaStatus.COMPLETED, SagaStatus.FAILED)]
+    parked = await with_status(None, release=True)
+    await storage.park_saga(parked, "by hand")
+    pending = uuid.uuid4()
+    await storage.create_saga(pending, "order", {"p": 1})
+    await advance(storage, 11)  # `expired`'s lease ran out, the others' did not
+    untouched = {s: await record_of(storage, s) for s in (live, live_compensating, *finals, parked)}
+
+    claimed = await storage.claim_recoverable("recoverer", 60, limit=100)
+
+    by_id = {r.saga_id: r for r in claimed}
+    assert set(by_id) == {expired, released, compensating, compensation_failed, pending}
+    for saga_id, record in by_id.items():
+        assert record.owner == "recoverer"
+        assert record.recovery_attempts == 1
+        assert aware(record.lease_expires_at) - aware(record.updated_at) >= datetime.timedelta(seconds=59)
+        assert record == await record_of(storage, saga_id)
+    assert by_id[pending].status == SagaStatus.RUNNING and by_id[pending].lease_epoch == 1
+    assert by_id[expired].lease_epoch == 2 and by_id[released].lease_epoch == 2
+    assert by_id[compensating].status == SagaStatus.COMPENSATING
+    assert by_id[compensation_failed].status == SagaStatus.COMPENSATION_FAILED
+    for saga_id, before in untouched.items():
+        assert await record_of(storage, saga_id) == before
+    # Claimed sagas now hold a live lease.
+    assert await storage.claim_recoverable("another", 60, limit=100) == []
+    # The claim is a lease like any other: the previous holder of `expired` is fenced.
+    assert not await storage.renew_lease(expired, Lease("runner-a", 1), LEASE)
+    assert await storage.renew_lease(expired, Lease("recoverer", 2), LEASE)
+
+
+async def test_claim_recoverable_respects_limit_names_and_max_attempts(storage: SagaStorage) -> None:
+    ids: list[uuid.UUID] = []
+    for index in range(5):
+        saga_id, lease = await started(storage, name="order" if index < 4 else "refund")
+        assert await storage.release_lease(saga_id, lease)
+        ids.append(saga_id)
+        await advance(storage, 1)
+    assert await storage.claim_recoverable("r", LEASE, limit=0) == []
+
+    first = await storage.claim_recoverable("r", 0, limit=2, names=["order"])
+    assert len(first) == 2 and all(r.name == "order" for r in first)
+    assert [r.saga_id for r in first] == ids[:2]  # free leases, oldest first
+
+    await advance(storage, 1)  # the zero-second leases above have lapsed
+    await storage.set_recovery_attempts(ids[2], 3)
+    second = await storage.claim_recoverable("r", LEASE, limit=10, names={"order"}, max_attempts=3)
+    assert {r.saga_id for r in second} == {ids[0], ids[1], ids[3]}
+    assert {r.saga_id: r.recovery_attempts for r in second} == {ids[0]: 2, ids[1]: 2, ids[3]: 1}
+
+    third = await storage.claim_recoverable("r", LEASE, limit=10, names=["refund", "nothing"])
+    assert [r.saga_id for r in third] == [ids[4]]
+    assert await storage.claim_recoverable("r", LEASE, limit=10, names=[]) == []
+    # Without max_attempts, the saga skipped above is claimed as well.
+    fourth = await storage.claim_recoverable("r", LEASE, limit=10)
+    assert [(r.saga_id, r.recovery_attempts) for r in fourth] == [(ids[2], 4)]
+
+
+async def test_claim_recoverable_takes_the_longest_expired_first(storage: SagaStorage) -> None:
+    ids = []
+    for lease_seconds in (30, 10, 20):
+        saga_id, _ = await started(storage, lease_seconds=lease_seconds)
+        ids.append(saga_id)
+    await advance(storage, 31)
+
+    claimed = [r.saga_id for r in await storage.claim_recoverable("r", LEASE, limit=2)]
+
+    assert set(claimed) == {ids[1], ids[2]}
+
+
+async def test_concurrent_recoverers_never_claim_the_same_saga(storage: SagaStorage) -> None:
+    ids = set()
+    for _ in range(50):
+        saga_id, lease = await started(storage)
+        assert await storage.release_lease(saga_id, lease)
+        ids.add(saga_id)
+    others = [another(storage) for _ in range(7)]
+
+    def recoverer(store: SagaStorage, owner: str) -> typing.Callable[[], typing.Awaitable[list[uuid.UUID]]]:
+        async def call() -> list[uuid.UUID]:
+            mine: list[uuid.UUID] = []
+            while batch := await store.claim_recoverable(owner, LEASE, limit=3):
+                assert all(r.owner == owner for r in batch)
+                mine.extend(r.saga_id for r in batch)
+                await asyncio.sleep(0)  # a yield, not a wait: the memory storage's calls never suspend
+            return mine
+
+        return call
+
+    try:
+        results = await all_at_once([recoverer(s, f"recoverer-{i}") for i, s in enumerate([storage, *others])])
+    finally:
+        await close_others(storage, others)
+
+    claimed = [saga_id for result in results for saga_id in result]
+    assert len(claimed) == len(set(claimed)) == 50
+    assert set(claimed) == ids
+    for index, result in enumerate(results):
+        for saga_id in result:
+            record = await record_of(storage, saga_id)
+            assert (record.owner, record.lease_epoch, record.recovery_attempts) == (f"recoverer-{index}", 2, 1)
+
+
+# -- the python-cqrs-shaped API --------------------------------------------------------------------------
+
+
+async def test_create_saga_stores_a_pending_unleased_saga(storage: SagaStorage) -> None:
+    saga_id = uuid.uuid4()
+
+    await storage.create_saga(saga_id, "order", {"a": [1, 2]}, correlation_id="c-9")
+
+    record = await record_of(storage, saga_id)
+    assert (record.name, record.status, record.context, record.version, record.correlation_id) == (
+        "order", SagaStatus.PENDING, {"a": [1, 2]}, 1, "c-9",
+    )
+    assert (record.owner, record.lease_epoch, record.lease_expires_at, record.recovery_attempts) == (None, 0, None, 0)
+    assert record.definition_version == 1
+    assert await storage.load_saga_state(saga_id) == (SagaStatus.PENDING, {"a": [1, 2]}, 1)
+    with pytest.raises(ValueError, match="already stored"):
+        await storage.create_saga(saga_id, "order", {})
+    assert (await record_of(storage, saga_id)).context == {"a": [1, 2]}
+
+
+async def test_update_context_and_status_bump_the_version(storage: SagaStorage) -> None:
+    saga_id = uuid.uuid4()
+    await storage.create_saga(saga_id, "order", {"v": 0})
+
+    await storage.update_context(saga_id, {"v": 1})
+    await storage.update_context(saga_id, {"v": 2}, current_version=2)
+    await storage.update_status(saga_id, SagaStatus.RUNNING)
+
+    assert await storage.load_saga_state(saga_id) == (SagaStatus.RUNNING, {"v": 2}, 4)
+    with pytest.raises(RuntimeError, match="version 4"):
+        await storage.update_context(saga_id, {"v": 3}, current_version=3)
+    assert await storage.load_saga_state(saga_id) == (SagaStatus.RUNNING, {"v": 2}, 4)
+    status, _, _ = await storage.load_saga_state(saga_id, read_for_update=True)
+    assert type(status) is SagaStatus
+
+
+async def test_load_saga_state_of_an_unknown_saga_raises_saga_not_found(storage: SagaStorage) -> None:
+    unknown = uuid.uuid4()
+    with pytest.raises(SagaNotFoundError) as raised:
+        await storage.load_saga_state(unknown)
+    assert raised.value.saga_id == unknown
+    assert isinstance(raised.value, LookupError)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, i: s.update_context(i, {}),
+        lambda s, i: s.update_context(i, {}, current_version=1),
+        lambda s, i: s.update_status(i, SagaStatus.RUNNING),
+        lambda s, i: s.increment_recovery_attempts(i),
+        lambda s, i: s.set_recovery_attempts(i, 1),
+        lambda s, i: s.park_saga(i, "why"),
+        lambda s, i: s.reset_saga(i),
+        lambda s, i: s.log_step(i, "x", "act", SagaStepStatus.COMPLETED),
+        lambda s, i: s.get_step_history(i),
+        lambda s, i: s.load_saga_state(i, read_for_update=True),
+    ],
+    ids=[
+        "update_context", "update_context_versioned", "update_status", "increment_recovery_attempts",
+        "set_recovery_attempts", "park_saga", "reset_saga", "log_step", "get_step_history", "load_saga_state",
+    ],
+)
+async def test_writes_to_an_unknown_saga_raise_saga_not_found(
+    storage: SagaStorage, call: typing.Callable[[SagaStorage, uuid.UUID], typing.Awaitable[object]]
+) -> None:
+    unknown = uuid.uuid4()
+    with pytest.raises(SagaNotFoundError):
+        await call(storage, unknown)
+    assert await storage.get_saga(unknown) is None
+    assert await storage.list_sagas() == []
+
+
+async def test_get_sagas_for_recovery_lists_resumable_unleased_sagas(storage: SagaStorage) -> None:
+    stale, lease = await started(storage, name="order")
+    assert await storage.release_lease(stale, lease)
+    await advance(storage, 100)
+    other_name, lease = await started(storage, name="refund")
+    assert await storage.release_lease(other_name, lease)
+    await started(storage, name="order")  # leased: not listed
+    worn_out, lease = await started(storage, name="order")
+    assert await storage.release_lease(worn_out, lease)
+    await storage.set_recovery_attempts(worn_out, 5)
+    done, lease = await started(storage, name="order")
+    assert await storage.checkpoint(done, lease, entry=None, status=SagaStatus.COMPLETED, lease_seconds=0, release=True)
+    fresh, lease = await started(storage, name="order")
+    assert await storage.release_lease(fresh, lease)
+    await advance(storage, 10)
+
+    assert await storage.get_sagas_for_recovery(10) == [stale, other_name, fresh]
+    assert await storage.get_sagas_for_recovery(1) == [stale]
+    assert await storage.get_sagas_for_recovery(10, saga_name="order") == [stale, fresh]
+    assert await storage.get_sagas_for_recovery(10, stale_after_seconds=50) == [stale]
+    assert await storage.get_sagas_for_recovery(10, max_recovery_attempts=6) == [stale, other_name, worn_out, fresh]
+    assert await storage.get_sagas_for_recovery(0) == []
+    # A read: nothing was claimed.
+    assert (await record_of(storage, stale)).owner is None
+
+
+async def test_recovery_attempts_are_counted_and_set(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+    assert await storage.release_lease(saga_id, lease)
+
+    assert [r.recovery_attempts for r in await storage.claim_recoverable("r", 0, limit=1)] == [1]
+    await advance(storage, 1)
+    await storage.increment_recovery_attempts(saga_id)
+    assert (await record_of(storage, saga_id)).recovery_attempts == 2
+    await storage.increment_recovery_attempts(saga_id, SagaStatus.PARKED)
+    record = await record_of(storage, saga_id)
+    assert (record.recovery_attempts, record.status) == (3, SagaStatus.PARKED)
+    await storage.set_recovery_attempts(saga_id, 0)
+    assert (await record_of(storage, saga_id)).recovery_attempts == 0
+
+
+# -- operators ---------------------------------------------------------------------------------------------
+
+
+async def test_get_saga_of_an_unknown_id_is_none(storage: SagaStorage) -> None:
+    assert await storage.get_saga(uuid.uuid4()) is None
+
+
+async def test_list_sagas_filters_by_status_name_age_and_correlation_id(storage: SagaStorage) -> None:
+    old_order, lease = await started(storage, name="order", correlation_id="req-1")
+    assert await storage.checkpoint(
+        old_order, lease, entry=None, status=SagaStatus.COMPLETED, lease_seconds=LEASE, release=True
+    )
+    await advance(storage, 3600)
+    old_refund, _ = await started(storage, name="refund", correlation_id="req-1")
+    await advance(storage, 600)
+    new_order, _ = await started(storage, name="order", correlation_id="req-2")
+    no_correlation, _ = await started(storage, name="order")
+
+    def ids(records: list[SagaRecord]) -> list[uuid.UUID]:
+        return [r.saga_id for r in records]
+
+    assert ids(await storage.list_sagas()) == [old_order, old_refund, new_order, no_correlation]
+    assert ids(await storage.list_sagas(limit=2)) == [old_order, old_refund]
+    assert ids(await storage.list_sagas(limit=0)) == []
+    assert ids(await storage.list_sagas(status=SagaStatus.RUNNING)) == [old_refund, new_order, no_correlation]
+    assert ids(await storage.list_sagas(status=SagaStatus.COMPLETED)) == [old_order]
+    assert ids(await storage.list_sagas(status=SagaStatus.PARKED)) == []
+    assert ids(await storage.list_sagas(name="order")) == [old_order, new_order, no_correlation]
+    assert ids(await storage.list_sagas(older_than=datetime.timedelta(minutes=5))) == [old_order, old_refund]
+    assert ids(await storage.list_sagas(older_than=datetime.timedelta(minutes=30))) == [old_order]
+    assert ids(await storage.list_sagas(correlation_id="req-1")) == [old_order, old_refund]
+    assert ids(await storage.list_sagas(correlation_id="req-2")) == [new_order]
+    assert ids(await storage.list_sagas(correlation_id="nope")) == []
+    assert ids(
+        await storage.list_sagas(
+            status=SagaStatus.RUNNING, name="refund", older_than=datetime.timedelta(minutes=5), correlation_id="req-1"
+        )
+    ) == [old_refund]
+    assert ids(await storage.list_sagas(name="order", correlation_id="req-1", status=SagaStatus.RUNNING)) == []
+    [record] = await storage.list_sagas(correlation_id="req-2")
+    assert record == await record_of(storage, new_order)
+
+
+async def test_park_saga_takes_a_saga_out_of_every_path(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+
+    await storage.park_saga(saga_id, "poison message: see ticket 42")
+
+    record = await record_of(storage, saga_id)
+    assert (record.status, record.error, record.owner, record.lease_expires_at) == (
+        SagaStatus.PARKED, "poison message: see ticket 42", None, None,
+    )
+    assert not await storage.checkpoint(saga_id, lease, entry=act("x"), lease_seconds=LEASE)
+    assert not await storage.renew_lease(saga_id, lease, LEASE)
+    claim = await storage.claim_saga(saga_id, "runner-b", LEASE)
+    assert claim is not None and claim.lease is None and not claim.busy
+    assert await storage.claim_recoverable("r", LEASE, limit=10) == []
+    assert await storage.get_sagas_for_recovery(10) == []
+    assert [r.saga_id for r in await storage.list_sagas(status=SagaStatus.PARKED)] == [saga_id]
+
+
+async def test_reset_saga_resumes_forward_or_compensation_with_fresh_attempts(storage: SagaStorage) -> None:
+    forward, lease = await started(storage)
+    assert await storage.checkpoint(forward, lease, entry=act("one"), lease_seconds=LEASE)
+    backward, lease_b = await started(storage)
+    assert await storage.checkpoint(backward, lease_b, entry=act("one"), lease_seconds=LEASE)
+    assert await storage.checkpoint(
+        backward, lease_b, entry=StepEntry("two", "act", SagaStepStatus.FAILED, "boom"),
+        status=SagaStatus.COMPENSATING, error="boom", lease_seconds=LEASE,
+    )
+    compensated, lease_c = await started(storage)
+    assert await storage.checkpoint(compensated, lease_c, entry=act("one"), lease_seconds=LEASE)
+    assert await storage.checkpoint(
+        compensated, lease_c, entry=StepEntry("one", "compensate", SagaStepStatus.FAILED, "still down"),
+        status=SagaStatus.COMPENSATION_FAILED, lease_seconds=LEASE, release=True,
+    )
+    for saga_id in (forward, backward, compensated):
+        await storage.set_recovery_attempts(saga_id, 5)
+        await storage.park_saga(saga_id, "too many attempts")
+
+    for saga_id in (forward, backward, compensated):
+        await storage.reset_saga(saga_id)
+
+    statuses = {s: await record_of(storage, s) for s in (forward, backward, compensated)}
+    assert statuses[forward].status == SagaStatus.RUNNING
+    assert statuses[backward].status == SagaStatus.COMPENSATING
+    assert statuses[compensated].status == SagaStatus.COMPENSATING
+    for record in statuses.values():
+        assert (record.recovery_attempts, record.owner, record.lease_expires_at) == (0, None, None)
+    # Reset sagas are claimable at once.
+    claimed = await storage.claim_recoverable("r", LEASE, limit=10)
+    assert {r.saga_id for r in claimed} == {forward, backward, compensated}
+
+
+# -- copies and JSON ------------------------------------------------------------------------------------------
+
+
+async def test_what_a_storage_hands_out_and_takes_in_are_copies(storage: SagaStorage) -> None:
+    context: JsonDict = {"items": ["a"], "nested": {"n": 1}}
+    response: JsonDict = {"lines": [{"sku": "a"}]}
+    new = new_saga(context=context)
+    lease = await storage.start_saga(new, "runner-a", LEASE)
+    assert lease is not None
+    context["items"].append("mutated after start")
+    assert await storage.checkpoint(
+        new.saga_id, lease, entry=act("one", response), context=context, lease_seconds=LEASE
+    )
+    context["nested"]["n"] = 2
+    response["lines"].append({"sku": "mutated after checkpoint"})
+    created = uuid.uuid4()
+    create_context: JsonDict = {"x": [1]}
+    await storage.create_saga(created, "order", create_context)
+    create_context["x"].append(2)
+    update_context: JsonDict = {"y": [1]}
+    await storage.update_context(created, update_context)
+    update_context["y"].append(2)
+
+    stored_context = {"items": ["a", "mutated after start"], "nested": {"n": 1}}
+    stored_response = {"lines": [{"sku": "a"}]}
+
+    record = await record_of(storage, new.saga_id)
+    record.context["items"].clear()
+    _, loaded, _ = await storage.load_saga_state(new.saga_id)
+    loaded["nested"]["n"] = 3
+    [entry] = await storage.get_step_history(new.saga_id)
+    assert entry.response is not None
+    entry.response["lines"].clear()
+    [listed] = await storage.list_sagas(name="order", status=SagaStatus.RUNNING)
+    listed.context["nested"].clear()
+    claim = await storage.claim_saga(new.saga_id, "runner-a", LEASE)
+    assert claim is not None and claim.history[0].response is not None
+    claim.record.context["items"].append("via claim")
+    claim.history[0].response["lines"].append("via claim")
+
+    assert (await record_of(storage, new.saga_id)).context == stored_context
+    assert (await storage.load_saga_state(new.saga_id))[1] == stored_context
+    assert [e.response for e in await storage.get_step_history(new.saga_id)] == [stored_response]
+    assert (await storage.load_saga_state(created))[1] == {"y": [1]}
+    claim = await storage.claim_saga(new.saga_id, "runner-a", LEASE)
+    assert claim is not None
+    assert claim.record.context == stored_context and claim.history[0].response == stored_response
+
+
+ODD_JSON: JsonDict = {
+    "unicode": "Grüße, 東京, عربى, עברית, 🚀🧾, e\u0301, \u2028, tab\tquote\" back\\slash",
+    "ключ 🔑": {"日本": ["ü", "ß", "😀"]},
+    "big": 2**63 + 1,
+    "bigger": -(2**70),
+    "huge": 10**30,
+    "max_int64": 2**63 - 1,
+    "float": 0.1,
+    "tiny": 1.5e-300,
+    "fraction": -12345.6789,
+    "bools": [True, False, None],
+    "empty": {"list": [], "dict": {}, "string": ""},
+    "deep": {"a": {"b": {"c": {"d": {"e": [[1, [2, [3, {"f": "g"}]]]]}}}}},
+    "numeric_keys": {"1": "one", "10": "ten", "2": "two"},
+}
+
+
+async def test_contexts_and_responses_round_trip_through_json(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage, context=ODD_JSON)
+    assert await storage.load_saga_state(saga_id) == (SagaStatus.RUNNING, ODD_JSON, 1)
+
+    changed = {**ODD_JSON, "step": "two"}
+    assert await storage.checkpoint(saga_id, lease, entry=act("one", ODD_JSON), context=changed, lease_seconds=LEASE)
+
+    record = await record_of(storage, saga_id)
+    assert record.context == changed
+    assert type(record.context["big"]) is int and type(record.context["huge"]) is int
+    assert type(record.context["float"]) is float
+    assert [e.response for e in await storage.get_step_history(saga_id)] == [ODD_JSON]
+    other = uuid.uuid4()
+    await storage.create_saga(other, "order", ODD_JSON)
+    assert (await storage.load_saga_state(other))[1] == ODD_JSON
+    await storage.update_context(other, changed)
+    assert (await storage.load_saga_state(other))[1] == changed
+    [listed] = await storage.list_sagas(status=SagaStatus.PENDING)
+    assert listed.context == changed
+
+
+async def test_integral_floats_in_exponent_form_come_back_with_their_value(storage: SagaStorage) -> None:
+    floats = {"big": 1e16, "huge": 1.5e300, "negative": -2e20}
+    saga_id, _ = await started(storage, context=floats)
+
+    _, context, _ = await storage.load_saga_state(saga_id)
+
+    assert {key: float(value) for key, value in context.items()} == floats
+    # PostgreSQL's JSONB keeps numbers as `numeric` and writes these without an exponent or a
+    # fraction, so they are read back as ints of the same value (a float field of a context
+    # turns them back into floats). The other storages keep them floats.
+    expected = int if kind(storage) == "postgresql" else float
+    assert {type(value) for value in context.values()} == {expected}
+
+
+# -- close ---------------------------------------------------------------------------------------------------
+
+
+async def test_close_is_idempotent_and_leaves_no_connection(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+    # Several connections in the pool at once.
+    await asyncio.gather(*(storage.get_saga(saga_id) for _ in range(4)), storage.renew_lease(saga_id, lease, LEASE))
+    if kind(storage) == "postgresql":
+        assert await pg_backends(storage) >= 1
+
+    await storage.close()
+    await storage.close()
+
+    if isinstance(storage, SqlAlchemySagaStorage):
+        pool = storage.engine.pool
+        assert (pool.checkedout(), pool.checkedin()) == (0, 0)
+    if kind(storage) == "postgresql":
+        assert await pg_backends(storage) == 0
+
+
+async def pg_backends(storage: SagaStorage) -> int:
+    """How many server processes are connected to the storage's database (asked from another database)."""
+    import asyncpg
+
+    assert isinstance(storage, SqlAlchemySagaStorage)
+    url = storage.engine.url
+    conn = await asyncpg.connect(host=url.host, port=url.port, user=url.username, database="postgres")
+    try:
+        count = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", url.database)
+    finally:
+        await conn.close()
+    return int(count)
+
+
+async def test_a_closed_storage_made_from_a_sessionmaker_leaves_the_engine_to_its_owner(
+    storage_url: str,
+) -> None:
+    if storage_url == "memory://":
+        pytest.skip("a property of the SQL storage")
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    engine = create_async_engine(storage_url)
+    try:
+        store = SqlAlchemySagaStorage(async_sessionmaker(engine))
+        await store.create_tables()
+        saga_id, _ = await started(store)
+        await store.close()
+        await store.close()
+        # The engine still works: it belongs to whoever made it.
+        assert await SqlAlchemySagaStorage(engine).get_saga(saga_id) is not None
+    finally:
+        await engine.dispose()
+
+
+# -- the schema (SQL) --------------------------------------------------------------------------------------------
+
+
+async def test_the_schema_uses_jsonb_on_postgresql_and_plain_strings_for_statuses(storage: SagaStorage) -> None:
+    sql = sql_only(storage)
+
+    def columns(conn: sa.Connection) -> dict[str, dict[str, str]]:
+        inspector = sa.inspect(conn)
+        return {
+            table: {c["name"]: str(c["type"]) for c in inspector.get_columns(table)}
+            for table in ("saga_executions", "saga_log")
+        }
+
+    async with sql.engine.connect() as conn:
+        types = await conn.run_sync(columns)
+        if kind(sql) == "postgresql":
+            enums = await conn.scalar(sa.text("SELECT count(*) FROM pg_type WHERE typtype = 'e'"))
+            assert enums == 0
+    if kind(sql) == "postgresql":
+        assert types["saga_executions"]["context"] == "JSONB"
+        assert types["saga_log"]["response"] == "JSONB"
+    else:
+        assert types["saga_executions"]["context"] == "JSON"
+        assert types["saga_log"]["response"] == "JSON"
+    assert types["saga_executions"]["status"] == "VARCHAR(32)"
+    assert types["saga_log"]["status"] == "VARCHAR(32)"
+    assert types["saga_log"]["action"] == "VARCHAR(16)"
+
+    # Statuses are the enum values; a missing response is SQL NULL, whichever method wrote the row.
+    saga_id, lease = await started(sql)
+    assert await sql.checkpoint(saga_id, lease, entry=act("none"), lease_seconds=LEASE)
+    assert await sql.checkpoint(
+        saga_id, lease, entry=act("some", {"a": 1}), status=SagaStatus.COMPLETED, lease_seconds=LEASE, release=True
+    )
+    await sql.log_step(saga_id, "logged", "compensate", SagaStepStatus.COMPENSATED)
+    async with sql.engine.connect() as conn:
+        query = "SELECT step_name, status, response IS NULL FROM saga_log ORDER BY seq"
+        rows = (await conn.exec_driver_sql(query)).all()
+        saga_status = await conn.scalar(sa.text("SELECT status FROM saga_executions"))
+    assert [tuple(r) for r in rows] == [
+        ("none", "completed", True), ("some", "completed", False), ("logged", "compensated", True),
+    ]
+    assert saga_status == "completed"
+    # Creating the tables again is harmless.
+    await sql.create_tables()
+    assert (await record_of(sql, saga_id)).status == SagaStatus.COMPLETED
+
+
+EXPECTED_INDEXES = {
+    "saga_executions": {
+        "ix_saga_executions_recovery": ["status", "lease_expires_at"],
+        "ix_saga_executions_status_created": ["status", "created_at"],
+        "ix_saga_executions_name_created": ["name", "created_at"],
+        "ix_saga_executions_correlation_id": ["correlation_id"],
+    },
+    "saga_log": {"ix_saga_log_saga_id_seq": ["saga_id", "seq"]},
+}
+
+
+async def test_every_lookup_has_an_index(storage: SagaStorage) -> None:
+    sql = sql_only(storage)
+
+    def indexes(conn: sa.Connection) -> dict[str, dict[str, list[str | None]]]:
+        inspector = sa.inspect(conn)
+        return {
+            table: {str(i["name"]): list(i["column_names"]) for i in inspector.get_indexes(table)}
+            for table in EXPECTED_INDEXES
+        }
+
+    async with sql.engine.connect() as conn:
+        found = await conn.run_sync(indexes)
+    assert found == EXPECTED_INDEXES
+    # The metadata Alembic autogenerates from says the same.
+    for table, expected in EXPECTED_INDEXES.items():
+        assert {str(i.name): [c.name for c in i.columns] for i in Base.metadata.tables[table].indexes} == expected
+
+
+async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStorage) -> None:
+    sql = sql_only(storage)
+    if kind(sql) != "postgresql":
+        pytest.skip("query plans are checked on PostgreSQL")
+    for _ in range(3):
+        saga_id, lease = await started(sql, name="order", correlation_id=f"c-{uuid.uuid4()}")
+        assert await sql.checkpoint(saga_id, lease, entry=act("one"), lease_seconds=LEASE)
+    # A table as it looks in production: mostly finished sagas, a few in flight, statistics up to date.
+    async with sql.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO saga_executions (id, name, status, context, version, definition_version, correlation_id,"
+            " lease_epoch, recovery_attempts, created_at, updated_at)"
+            " SELECT gen_random_uuid(), 'order', 'completed', '{}'::jsonb, 4, 1, 'c-' || g, 1, 0,"
+            " now() - make_interval(secs => g), now() FROM generate_series(1, 5000) AS g"
+        )
+        await conn.exec_driver_sql(
+            "INSERT INTO saga_log (saga_id, step_name, action, status, created_at)"
+            " SELECT id, 'step-' || g, 'act', 'completed', now() FROM saga_executions, generate_series(1, 3) AS g"
+        )
+    async with sql.engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.exec_driver_sql("ANALYZE")
+    statements = sql._sql
+    cases: list[tuple[str, typing.Any, dict[str, typing.Any]]] = [
+        ("ix_saga_executions_recovery", statements.for_recovery(False, False), {"b_max_attempts": 5, "b_limit": 10}),
+        (
+            "ix_saga_executions_recovery",
+            statements.claim_recoverable(False, False),
+            {"b_owner": "r", "b_lease_seconds": 1.0, "b_limit": 10},
+        ),
+        (
+            "ix_saga_executions_status_created",
+            statements.list_sagas(True, False, False, False),
+            {"b_status": "running", "b_limit": 10},
+        ),
+        (
+            "ix_saga_executions_name_created",
+            statements.list_sagas(False, True, False, False),
+            {"b_name": "order", "b_limit": 10},
+        ),
+        (
+            "ix_saga_executions_correlation_id",
+            statements.list_sagas(False, False, False, True),
+            {"b_correlation_id": "c-1", "b_limit": 10},
+        ),
+        ("ix_saga_log_saga_id_seq", statements.history, {"b_id": saga_id}),
+        ("saga_executions_pkey", statements.get, {"b_id": saga_id}),
+    ]
+    async with sql.engine.connect() as conn:
+        await conn.exec_driver_sql("SET enable_seqscan = off")
+        for index, statement, params in cases:
+            # EXPLAIN (not ANALYZE) plans the statement without running it.
+            compiled = statement.compile(dialect=sql.engine.dialect)
+            positional = [compiled.construct_params(params)[name] for name in compiled.positiontup or ()]
+            processors = compiled._bind_processors
+            values = [
+                processors[name](value) if name in processors else value
+                for name, value in zip(compiled.positiontup or (), positional, strict=True)
+            ]
+            plan = "\n".join(
+                row[0] for row in await conn.exec_driver_sql(f"EXPLAIN {compiled.string}", tuple(values))
+            )
+            assert index in plan, f"{index} not used:\n{compiled.string}\n{plan}"
+        await conn.rollback()
+
+
+# -- commits per saga (SQL) ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ShipContext(SagaContext):
+    order_id: str
+    reserved: bool = False
+    charged: bool = False
+
+
+class Shipped(cqrs.Response):
+    tracking: str
+
+
+class Reserve(SagaStepHandler[ShipContext, cqrs.Response]):
+    async def act(self, context: ShipContext) -> SagaStepResult[ShipContext, cqrs.Response]:
+        context.reserved = True
+        return self._generate_step_result(cqrs.Response())
+
+
+class Charge(SagaStepHandler[ShipContext, cqrs.Response]):
+    async def act(self, context: ShipContext) -> SagaStepResult[ShipContext, cqrs.Response]:
+        context.charged = True
+        return self._generate_step_result(cqrs.Response())
+
+
+class Ship(SagaStepHandler[ShipContext, Shipped]):
+    async def act(self, context: ShipContext) -> SagaStepResult[ShipContext, Shipped]:
+        return self._generate_step_result(Shipped(tracking=f"T-{context.order_id}"))
+
+
+class ShipSaga(Saga[ShipContext]):
+    steps = [Reserve, Charge, Ship]
+
+
+class Tally:
+    """Counts the transactions SQLAlchemy commits and the statements it sends, on one engine."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.commits = 0
+        self.rollbacks = 0
+        self.statements: list[str] = []
+        self.engine = engine
+        sa.event.listen(engine, "commit", self._commit)
+        sa.event.listen(engine, "rollback", self._rollback)
+        sa.event.listen(engine, "after_cursor_execute", self._statement)
+
+    def _commit(self, conn: sa.Connection) -> None:
+        self.commits += 1
+
+    def _rollback(self, conn: sa.Connection) -> None:
+        self.rollbacks += 1
+
+    def _statement(self, conn: sa.Connection, cursor: object, statement: str, *args: object) -> None:
+        self.statements.append(statement.split(None, 1)[0].upper())
+
+    def remove(self) -> None:
+        sa.event.remove(self.engine, "commit", self._commit)
+        sa.event.remove(self.engine, "rollback", self._rollback)
+        sa.event.remove(self.engine, "after_cursor_execute", self._statement)
+
+
+async def pg_commits(sql: SqlAlchemySagaStorage) -> int:
+    """PostgreSQL's own count of committed transactions in the storage's database.
+
+    The storage's (only) pooled connection is told to flush its statistics;
+    it does so before it answers, so the count read from another database
+    (whose own transactions are counted there) is exact.
+    """
+    import asyncpg
+
+    async with sql.engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+    url = sql.engine.url
+    admin = await asyncpg.connect(host=url.host, port=url.port, user=url.username, database="postgres")
+    try:
+        value = await admin.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", url.database)
+    finally:
+        await admin.close()
+    return int(value)
+
+
+async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> None:
+    sql = sql_only(storage)
+    mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
+    # Connections and prepared statements are made by a first run, so the second one counts only its writes.
+    await sql.engine.dispose()
+    warm = await mediator.run(ShipContext(order_id="warm-up"))
+    assert warm.status == SagaStatus.COMPLETED
+    # pg_stat_force_next_flush() is PostgreSQL 15's; older servers are checked through SQLAlchemy only.
+    server_counts = kind(sql) == "postgresql" and (sql.engine.dialect.server_version_info or (0,)) >= (15,)
+    pg_before = await pg_commits(sql) if server_counts else 0
+    tally = Tally(sql.engine.sync_engine)
+    try:
+        outcome = await mediator.run(ShipContext(order_id="o-1"), correlation_id="req-7")
+    finally:
+        tally.remove()
+
+    assert outcome.status == SagaStatus.COMPLETED
+    assert (tally.commits, tally.rollbacks) == (4, 0)  # start + one per step, COMPLETED folded into the last
+    if kind(sql) == "postgresql":
+        # One statement per commit: INSERT ... ON CONFLICT, then WITH u AS (UPDATE ...) INSERT INTO saga_log.
+        assert tally.statements == ["INSERT", "WITH", "WITH", "WITH"]
+        if server_counts:
+            # The server agrees: 4 transactions committed (plus the statistics flush's own).
+            assert await pg_commits(sql) - pg_before == 4 + 1
+    else:
+        assert tally.statements == ["INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT"]
+    record = await record_of(sql, outcome.saga_id)
+    assert (record.status, record.owner, record.version, record.correlation_id) == (
+        SagaStatus.COMPLETED, None, 4, "req-7",
+    )
+    assert record.context == {"order_id": "o-1", "reserved": True, "charged": True}
+    history = await sql.get_step_history(outcome.saga_id)
+    assert steps(history) == [
+        ("Reserve", "act", "completed"), ("Charge", "act", "completed"), ("Ship", "act", "completed"),
+    ]
+    assert history[-1].response == {"tracking": "T-o-1"}
+
+
+async def test_each_engine_write_is_one_commit(storage: SagaStorage) -> None:
+    sql = sql_only(storage)
+    tally = Tally(sql.engine.sync_engine)
+    try:
+        saga_id, lease = await started(sql)
+        counts = [tally.commits]
+        assert await sql.checkpoint(saga_id, lease, entry=act("one", {"r": 1}), context={"a": 1}, lease_seconds=LEASE)
+        counts.append(tally.commits)
+        assert await sql.renew_lease(saga_id, lease, LEASE)
+        counts.append(tally.commits)
+        assert await sql.release_lease(saga_id, lease)
+        counts.append(tally.commits)
+        claim = await sql.claim_saga(saga_id, "runner-b", LEASE)
+        assert claim is not None and claim.lease is not None
+        counts.append(tally.commits)
+        assert await sql.checkpoint(saga_id, claim.lease, entry=None, lease_seconds=0, release=True)
+        counts.append(tally.commits)
+        assert len(await sql.claim_recoverable("r", LEASE, limit=10)) == 1
+        counts.append(tally.commits)
+        # A fenced write commits nothing it was asked to write.
+        assert not await sql.checkpoint(saga_id, lease, entry=act("two"), lease_seconds=LEASE)
+    finally:
+        tally.remove()
+    assert counts == [1, 2, 3, 4, 5, 6, 7]
+    assert steps(await sql.get_step_history(saga_id)) == [("one", "act", "completed")]
