@@ -1,0 +1,38 @@
+"""The benchmark runs (``--quick``) and measures what it claims: 4 commits per saga, for engine and floor.
+
+Only a smoke test: the figures of a loaded CI machine say nothing about the
+targets, so no speed is asserted here; run benchmarks/bench_saga.py for that.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_saga.py"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_quick_benchmark_measures_four_commits_per_saga(postgres_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--url", postgres_url, "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "targets:" in proc.stdout
+    summary = json.loads(out.read_text())
+    rows = {(row["label"], row["concurrency"]): row for row in summary["rows"]}
+    assert set(rows) == {(label, level) for label in ("engine", "storage", "floor") for level in (1, 16)}
+    for (label, level), row in rows.items():
+        assert row["sagas"] == 100, (label, level)
+        # Measured from pg_stat_database: start + one checkpoint per step, and nothing else.
+        assert row["commits_per_saga"] == pytest.approx(4.0, abs=0.05), (label, level, row)
+        assert row["sagas_per_s"] > 0 and row["p50_ms"] > 0 and row["cpu_ms_per_saga"] > 0
+    for level in ("1", "16"):
+        assert summary["ratios"][level]["throughput"] > 0
