@@ -1,0 +1,94 @@
+"""One long-lived event loop per process, in a daemon thread, for synchronous frameworks.
+
+Flask and Django views are plain functions on server threads; they submit
+coroutines here and block on the result. No loop is created or closed per
+request, and many request threads can wait at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import typing
+
+T = typing.TypeVar("T")
+
+
+class LoopThread:
+    """An event loop running forever in a background thread (recreated after fork)."""
+
+    def __init__(self, name: str = "cqrs-saga-loop") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid() or not self._loop.is_running():
+                self._start()
+            assert self._loop is not None
+            return self._loop
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(started.set)
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, name=self._name, daemon=True)
+        thread.start()
+        started.wait()
+        self._loop, self._thread, self._pid = loop, thread, os.getpid()
+
+    def submit(self, coro: typing.Coroutine[typing.Any, typing.Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop; returns a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: typing.Coroutine[typing.Any, typing.Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block this thread until it finishes."""
+        if self._in_loop_thread():
+            coro.close()
+            raise RuntimeError("LoopThread.run() called from its own loop; await the coroutine instead")
+        return self.submit(coro).result(timeout)
+
+    def _in_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def stop(self) -> None:
+        """Stop the loop and join its thread (at process shutdown)."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None and self._pid == os.getpid():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            if not loop.is_running():
+                loop.close()
+
+
+_shared: LoopThread | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_loop_thread() -> LoopThread:
+    """The process-wide `LoopThread` the synchronous integrations share.
+
+    Created on first use; its loop is stopped by an ``atexit`` hook registered
+    then, so hooks registered afterwards (which run first) can still use it.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            import atexit
+
+            _shared = LoopThread()
+            atexit.register(_shared.stop)
+        return _shared

@@ -1,0 +1,59 @@
+"""Framework-agnostic status and diagram views of a stored saga."""
+
+from __future__ import annotations
+
+import typing
+import uuid
+
+from cqrs.integrations._requests import BadRequest
+from cqrs.saga.map import SagaMap
+from cqrs.saga.storage.enums import SagaStepStatus
+from cqrs.saga.storage.models import SagaLogEntry, SagaRecord
+from cqrs.saga.storage.protocol import SagaStorage
+
+
+async def saga_status(storage: SagaStorage, saga_id: uuid.UUID) -> dict[str, typing.Any]:
+    """The stored state of a saga as a JSON-ready dict; 404 for an unknown id."""
+    record = await storage.get_saga(saga_id)
+    if record is None:
+        raise BadRequest(404, f"No saga with id {saga_id}")
+    history = await storage.get_step_history(saga_id)
+    return status_body(record, history)
+
+
+def status_body(record: SagaRecord, history: list[SagaLogEntry]) -> dict[str, typing.Any]:
+    completed = [
+        {"step": e.step_name, "response": e.response, "at": e.timestamp.isoformat()}
+        for e in history
+        if e.action == "act" and e.status == SagaStepStatus.COMPLETED
+    ]
+    compensated = [
+        e.step_name for e in history if e.action == "compensate" and e.status == SagaStepStatus.COMPENSATED
+    ]
+    failed = [e.step_name for e in history if e.action == "act" and e.status == SagaStepStatus.FAILED]
+    return {
+        "saga_id": str(record.saga_id),
+        "saga": record.name,
+        "status": record.status.value,
+        "correlation_id": record.correlation_id,
+        "completed_steps": completed,
+        "compensated_steps": compensated,
+        "failed_step": failed[-1] if failed else None,
+        "error": record.error,
+        "context": record.context,
+        "created_at": record.created_at.isoformat() if record.created_at else None,
+        "updated_at": record.updated_at.isoformat() if record.updated_at else None,
+    }
+
+
+async def saga_diagram(storage: SagaStorage, saga_map: SagaMap, saga_id: uuid.UUID) -> str:
+    """Mermaid source of a saga run with its completed, compensated and failed steps marked."""
+    from cqrs.saga.mermaid import SagaMermaid
+
+    record = await storage.get_saga(saga_id)
+    if record is None:
+        raise BadRequest(404, f"No saga with id {saga_id}")
+    saga_type = saga_map.by_name(record.name)
+    if saga_type is None:
+        raise BadRequest(404, f"Saga {saga_id} is a {record.name!r}, which this application does not define")
+    return SagaMermaid(saga_type).run_diagram(await storage.get_step_history(saga_id))

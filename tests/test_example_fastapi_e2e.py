@@ -1,0 +1,251 @@
+"""examples/fastapi_app as users run it: a real uvicorn process on a loopback port, SQLite in tmp_path.
+
+Orders go in over HTTP (background, failing, streamed); the server is stopped
+with SIGTERM (or killed, then restarted); the SQLite file must then hold every
+saga created, each completed or failed with its compensations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing
+import uuid
+
+import httpx
+import pytest
+
+from cqrs.config import open_storage
+from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
+from cqrs.saga.storage.models import SagaLogEntry, SagaRecord
+
+pytestmark = pytest.mark.slow
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "fastapi_app" / "main.py"
+STEPS = ["reserve_inventory", "charge_payment", "ship_order"]
+# uvicorn shuts down gracefully on SIGTERM, then re-raises it: the exit status says "terminated".
+GRACEFUL = (0, -signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``python examples/fastapi_app/main.py --port N`` in a subprocess, output to a file."""
+
+    def __init__(self, tmp_path: pathlib.Path, storage_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / f"server-{self.port}.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(EXAMPLE), "--port", str(self.port)],
+            cwd=tmp_path,
+            env={**os.environ, "CQRS_SAGA_STORAGE_URL": storage_url, "PYTHONUNBUFFERED": "1", **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_until_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"the example exited with {self.process.returncode}:\n{self.output}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=0.5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"the example did not answer /health within {timeout}s:\n{self.output}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running(tmp_path: pathlib.Path, storage_url: str, **env: str) -> typing.Iterator[Server]:
+    server = Server(tmp_path, storage_url, **env)
+    try:
+        server.wait_until_healthy()
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.kill()
+        elif not server._log.closed:
+            server._log.close()
+
+
+def read_sse(client: httpx.Client, body: dict[str, typing.Any]) -> list[dict[str, typing.Any]]:
+    """POST /orders/stream and read it as a browser's EventSource would: line by line."""
+    events: list[dict[str, typing.Any]] = []
+    with client.stream("POST", "/orders/stream", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name: str | None = None
+        data: list[str] = []
+        for line in response.iter_lines():
+            if line == "":
+                if name is not None:
+                    payload = json.loads("\n".join(data))
+                    assert payload["type"] == name
+                    events.append(payload)
+                name, data = None, []
+            elif line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                data.append(line[len("data: "):])
+    return events
+
+
+def stored(storage_url: str) -> tuple[list[SagaRecord], dict[uuid.UUID, list[SagaLogEntry]]]:
+    """Every saga in the database and its step history, read with the library's storage."""
+
+    async def read() -> tuple[list[SagaRecord], dict[uuid.UUID, list[SagaLogEntry]]]:
+        storage = await open_storage(storage_url, create_tables=False)
+        try:
+            records = await storage.list_sagas(limit=1000)
+            return records, {r.saga_id: await storage.get_step_history(r.saga_id) for r in records}
+        finally:
+            await storage.close()
+
+    return asyncio.run(read())
+
+
+def steps(history: list[SagaLogEntry]) -> list[tuple[str, str, str]]:
+    return [(e.step_name, e.action, e.status.value) for e in history]
+
+
+COMPLETED_RUN = [(name, "act", SagaStepStatus.COMPLETED.value) for name in STEPS]
+COMPENSATED_RUN = [
+    ("reserve_inventory", "act", "completed"),
+    ("charge_payment", "act", "failed"),
+    ("reserve_inventory", "compensate", "compensated"),
+]
+
+
+def order(n: int, **extra: typing.Any) -> dict[str, typing.Any]:
+    return {"order_id": f"E-{n}", "items": ["book", "pen"], "amount": 10.0 + n, **extra}
+
+
+def test_example_app_end_to_end(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'orders.sqlite3'}"
+    expected: dict[str, list[tuple[str, str, str]]] = {}
+    with running(tmp_path, url) as server, httpx.Client(base_url=server.base_url, timeout=10) as client:
+        assert f"curl -s -X POST {server.base_url}/orders" in server.output
+        assert f"curl -N -X POST {server.base_url}/orders/stream" in server.output
+
+        # Background runs: 202 with the id at once.
+        extras: list[dict[str, typing.Any]] = [{}, {}, {"fail_payment": True}, {"ship_delay": 3}]
+        for n, extra in enumerate(extras):
+            response = client.post("/orders", json=order(n, **extra), headers={"X-Correlation-ID": f"e2e-{n}"})
+            assert response.status_code == 202, response.text
+            assert response.headers["x-correlation-id"] == f"e2e-{n}"
+            body = response.json()
+            assert response.headers["location"] == body["status_url"] == f"/sagas/{body['saga_id']}"
+            expected[body["saga_id"]] = COMPENSATED_RUN if extra.get("fail_payment") else COMPLETED_RUN
+        slow_id = list(expected)[-1]
+
+        # Streams, read line by line.
+        events = read_sse(client, order(10, ship_delay=0.2))
+        assert [e["type"] for e in events] == ["start", *["step_completed"] * 3, "completed"]
+        assert [e["step"] for e in events[1:4]] == STEPS
+        assert events[3]["response"] == {"tracking_number": "trk-E-10"}
+        expected[events[0]["saga_id"]] = COMPLETED_RUN
+
+        events = read_sse(client, order(11, fail_payment=True))
+        assert [(e["type"], e.get("step")) for e in events] == [
+            ("start", None),
+            ("step_completed", "reserve_inventory"),
+            ("step_failed", "charge_payment"),
+            ("compensating", None),
+            ("step_compensated", "reserve_inventory"),
+            ("failed", None),
+        ]
+        assert "PaymentDeclined" in events[-1]["error"]
+        expected[events[0]["saga_id"]] = COMPENSATED_RUN
+
+        # Inline run through Depends(get_mediator).
+        waited = client.post("/orders/wait", json=order(12)).json()
+        assert waited["status"] == "completed"
+        assert waited["steps"]["ship_order"] == {"tracking_number": "trk-E-12"}
+        expected[waited["saga_id"]] = COMPLETED_RUN
+
+        # Status and diagram of the stream that completed; errors stay 4xx JSON.
+        status = client.get(f"/sagas/{waited['saga_id']}").json()
+        assert status["status"] == "completed"
+        assert [s["step"] for s in status["completed_steps"]] == STEPS
+        diagram = client.get(f"/sagas/{waited['saga_id']}/diagram")
+        assert diagram.status_code == 200 and diagram.text.startswith("flowchart")
+        assert client.get(f"/sagas/{uuid.uuid4()}").status_code == 404
+        assert client.get("/sagas/nope").status_code == 422
+        bad = client.post("/orders", json={"order_id": "E-99", "items": "book", "amount": "ten"})
+        assert bad.status_code == 400 and "amount" in bad.json()["detail"]
+
+        # Stop while the slow background saga is still shipping: shutdown lets it finish.
+        assert client.get(f"/sagas/{slow_id}").json()["status"] == "running"
+        assert server.stop(signal.SIGTERM) in GRACEFUL, server.output
+    assert "shutting down" in server.output
+    assert "Application shutdown complete" in server.output
+
+    records, histories = stored(url)
+    assert {str(r.saga_id) for r in records} == set(expected), "a saga was lost or one too many was stored"
+    for record in records:
+        history = steps(histories[record.saga_id])
+        assert history == expected[str(record.saga_id)], (record, history)
+        want = SagaStatus.COMPLETED if history == COMPLETED_RUN else SagaStatus.FAILED
+        assert record.status == want, record
+    by_id = {str(r.saga_id): r for r in records}
+    assert by_id[slow_id].correlation_id == "e2e-3"
+
+
+def test_example_app_finishes_a_saga_interrupted_by_a_crash(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'orders.sqlite3'}"
+    fast_leases = {"CQRS_SAGA_LEASE_SECONDS": "1", "CQRS_SAGA_RECOVERY_INTERVAL": "0.2"}
+    with running(tmp_path, url, **fast_leases) as server, httpx.Client(base_url=server.base_url) as client:
+        saga_id = client.post("/orders", json=order(1, ship_delay=3)).json()["saga_id"]
+        deadline = time.monotonic() + 10
+        while len(client.get(f"/sagas/{saga_id}").json()["completed_steps"]) < 2:
+            assert time.monotonic() < deadline, "the saga did not get to shipping"
+            time.sleep(0.05)
+        server.kill()  # SIGKILL while shipping: no shutdown, the lease is left to expire
+
+    records, _ = stored(url)
+    assert [r.status for r in records] == [SagaStatus.RUNNING]
+
+    with running(tmp_path, url, **fast_leases) as server, httpx.Client(base_url=server.base_url) as client:
+        deadline = time.monotonic() + 30
+        while (status := client.get(f"/sagas/{saga_id}").json())["status"] != "completed":
+            assert time.monotonic() < deadline, f"recovery did not finish the saga: {status}"
+            time.sleep(0.1)
+        assert server.stop() in GRACEFUL, server.output
+
+    records, histories = stored(url)
+    assert [(str(r.saga_id), r.status) for r in records] == [(saga_id, SagaStatus.COMPLETED)]
+    assert steps(histories[records[0].saga_id]) == COMPLETED_RUN

@@ -1,0 +1,841 @@
+"""The Flask integration: both init forms, config keys, run_sync, the shared loop, correlation ids,
+status/diagram/health routes, request bodies, shutdown.
+
+Requests go through Flask's test client; sagas run on the process's shared
+loop thread, as they do under a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import io
+import json
+import logging
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+import typing
+import uuid
+
+import di
+import flask
+import pytest
+from di.dependent import Dependent
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+import cqrs
+from cqrs import correlation
+from cqrs.config import open_storage
+from cqrs.integrations import _loop
+from cqrs.integrations.flask import (
+    SagaExtension,
+    SagaHandle,
+    SagaResult,
+    SagaRunTimeout,
+    read_saga_context,
+)
+from cqrs.saga.exceptions import SagaDefinitionError
+from cqrs.saga.models import SagaContext
+from cqrs.saga.saga import Saga
+from cqrs.saga.step import SagaStepHandler, SagaStepResult
+from cqrs.saga.storage.enums import SagaStatus
+
+# -- a saga whose steps record what they saw ----------------------------------------------------------
+
+
+class Probe:
+    """Injected into every step: records the loop, correlation id and saga id each step saw.
+
+    A step named in ``hold`` waits (without blocking the loop) until its gate is set.
+    """
+
+    def __init__(self) -> None:
+        self.loops: list[asyncio.AbstractEventLoop] = []
+        self.threads: list[threading.Thread] = []
+        self.correlation_ids: list[str | None] = []
+        self.compensated: list[str] = []
+        self.hold: dict[str, threading.Event] = {}
+        self.entered: dict[str, threading.Event] = {}
+
+    async def visit(self, step: str) -> None:
+        self.loops.append(asyncio.get_running_loop())
+        self.threads.append(threading.current_thread())
+        self.correlation_ids.append(correlation.get_correlation_id())
+        logging.getLogger("tests.flask.steps").info("step %s runs", step)
+        self.entered.setdefault(step, threading.Event()).set()
+        gate = self.hold.get(step)
+        if gate is not None:
+            deadline = time.monotonic() + 10
+            while not gate.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+
+
+@dataclasses.dataclass
+class OrderContext(SagaContext):
+    order_id: str
+    amount: float
+    fail_payment: bool = False
+    reservation_id: str | None = None
+    payment_id: str | None = None
+
+
+class Reserved(cqrs.Response):
+    reservation_id: str
+
+
+class Charged(cqrs.Response):
+    payment_id: str
+
+
+class Shipped(cqrs.Response):
+    tracking: str
+
+
+class PaymentDeclined(Exception):
+    pass
+
+
+class Reserve(SagaStepHandler[OrderContext, Reserved]):
+    name = "reserve"
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Reserved]:
+        await self.probe.visit("reserve")
+        context.reservation_id = f"res-{context.order_id}"
+        return self._generate_step_result(Reserved(reservation_id=context.reservation_id))
+
+    async def compensate(self, context: OrderContext) -> None:
+        self.probe.compensated.append("reserve")
+
+
+class Charge(SagaStepHandler[OrderContext, Charged]):
+    name = "charge"
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Charged]:
+        await self.probe.visit("charge")
+        if context.fail_payment:
+            raise PaymentDeclined(f"card declined for {context.order_id}")
+        context.payment_id = f"pay-{context.order_id}"
+        return self._generate_step_result(Charged(payment_id=context.payment_id))
+
+
+class Ship(SagaStepHandler[OrderContext, Shipped]):
+    name = "ship"
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Shipped]:
+        await self.probe.visit("ship")
+        return self._generate_step_result(Shipped(tracking=f"trk-{context.order_id}"))
+
+
+class OrderSaga(Saga[OrderContext]):
+    name = "order"
+    steps = [Reserve, Charge, Ship]
+
+
+STEPS = ["reserve", "charge", "ship"]
+
+
+def container_for(probe: Probe) -> di.Container:
+    container = di.Container()
+    container.bind(di.bind_by_type(Dependent(lambda: probe, scope=None), Probe))
+    return container
+
+
+# -- the app under test ----------------------------------------------------------------------------
+
+
+def add_views(app: flask.Flask, ext: SagaExtension) -> None:
+    """The views a user writes: the seed's shape, plus variants the tests need."""
+
+    @app.post("/orders")
+    def create_order() -> tuple[dict[str, typing.Any], int]:
+        context = read_saga_context(OrderContext)
+        logging.getLogger("tests.flask.view").info("order %s", context.order_id)
+        saga = ext.create_saga(OrderSaga)
+        timeout = flask.request.args.get("timeout", type=float)
+        result = ext.run_sync(saga, context, timeout=timeout)
+        return {"saga_id": result["saga_id"], **result.to_dict()}, 201 if result.succeeded else 422
+
+    @app.post("/orders/raw")
+    def create_order_from_dict() -> dict[str, typing.Any]:
+        result = ext.run_sync(OrderSaga, flask.request.get_json())
+        return result.to_dict()
+
+
+@dataclasses.dataclass
+class Served:
+    app: flask.Flask
+    ext: SagaExtension
+    probe: Probe
+    client: flask.testing.FlaskClient
+
+    def sagas(self) -> list[typing.Any]:
+        self.ext.initialize(self.app)
+        storage = self.ext.config(self.app).require_storage()
+        return self.ext.run_coroutine(storage.list_sagas(limit=1000))
+
+
+@pytest.fixture
+def make_app() -> typing.Iterator[typing.Callable[..., Served]]:
+    extensions: list[SagaExtension] = []
+
+    def make(*, factory: bool = False, routes: bool = True, **config: typing.Any) -> Served:
+        probe = Probe()
+        app = flask.Flask(__name__)
+        app.config["CQRS_SAGA_STORAGE_URL"] = "memory://"
+        app.config["CQRS_SAGA_MAX_BODY_BYTES"] = 256
+        app.config["CQRS_SAGA_COMPENSATION_RETRY_DELAY"] = 0.0
+        app.config.update(config)
+        if factory:
+            ext = SagaExtension(sagas=[OrderSaga])
+            ext.init_app(app, container=container_for(probe))
+        else:
+            ext = SagaExtension(app, sagas=[OrderSaga], container=container_for(probe))
+        extensions.append(ext)
+        add_views(app, ext)
+        if routes:
+            ext.register_routes(app)
+        return Served(app, ext, probe, app.test_client())
+
+    yield make
+    for ext in extensions:
+        ext.close()
+
+
+def order(n: int = 1, **extra: typing.Any) -> dict[str, typing.Any]:
+    return {"order_id": f"O-{n}", "amount": 10.0 + n, **extra}
+
+
+# -- setting up ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", [False, True], ids=["SagaExtension(app)", "init_app(app)"])
+def test_both_init_forms_register_and_run(make_app: typing.Callable[..., Served], factory: bool) -> None:
+    served = make_app(factory=factory)
+    assert served.app.extensions["cqrs_saga"] is served.ext
+
+    response = served.client.post("/orders", json=order())
+
+    assert response.status_code == 201, response.json
+    assert response.json is not None and response.json["status"] == "completed"
+    assert [s.status for s in served.sagas()] == [SagaStatus.COMPLETED]
+
+
+def test_one_extension_serves_several_apps_with_their_own_storage() -> None:
+    probe = Probe()
+    ext = SagaExtension(sagas=[OrderSaga], container=container_for(probe))
+    first, second = flask.Flask("first"), flask.Flask("second")
+    first.config["CQRS_SAGA_CORRELATION_HEADER"] = "X-First"
+    ext.init_app(first)
+    ext.init_app(second)
+    try:
+        add_views(first, ext)
+        add_views(second, ext)
+        assert first.test_client().post("/orders", json=order(1)).headers["X-First"]
+        assert second.test_client().post("/orders", json=order(2)).headers["X-Correlation-ID"]
+        assert ext.config(first) is not ext.config(second)
+        for app, order_id in ((first, "O-1"), (second, "O-2")):
+            with app.app_context():
+                records = ext.run_coroutine(ext.config().require_storage().list_sagas())
+            assert [r.context["order_id"] for r in records] == [order_id]
+        with pytest.raises(RuntimeError, match="app context"):
+            ext.config()
+    finally:
+        ext.close()
+
+
+def test_registering_twice_on_one_app_is_an_error(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    with pytest.raises(RuntimeError, match="already registered"):
+        SagaExtension(served.app)
+
+
+def test_config_keys_are_read_with_the_prefix(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app(
+        CQRS_SAGA_CORRELATION_HEADER="X-Request-ID",
+        CQRS_SAGA_COMPENSATION_RETRY_COUNT="5",
+        CQRS_SAGA_COMPENSATION_RETRY_BACKOFF=1.5,
+        CQRS_SAGA_LEASE_SECONDS="12.5",
+        CQRS_SAGA_MAX_BODY_BYTES="64",
+        OTHER_SETTING="not ours",
+    )
+    config = served.ext.config(served.app)
+    assert config.storage_url == "memory://"
+    assert config.correlation_header == "X-Request-ID"
+    assert config.compensation_retry_count == 5
+    assert config.compensation_retry_backoff == 1.5
+    assert config.lease_seconds == 12.5
+    assert config.max_body_bytes == 64
+    assert config.engine_settings.compensation_retry.attempts == 5
+
+    response = served.client.post("/orders", json=order(), headers={"X-Request-ID": "req-1"})
+    assert response.status_code == 201
+    assert response.headers["X-Request-ID"] == "req-1"
+    assert "X-Correlation-ID" not in response.headers
+    big = served.client.post("/orders", json=order(extra="x" * 100))
+    assert big.status_code == 413
+
+
+def test_keyword_settings_and_a_custom_prefix() -> None:
+    app = flask.Flask(__name__)
+    app.config["SAGAS_STORAGE_URL"] = "sqlite+aiosqlite:///never-opened.db"
+    app.config["SAGAS_LEASE_SECONDS"] = "7"
+    ext = SagaExtension(app, prefix="SAGAS_", sagas=[OrderSaga], storage_url="memory://")
+    try:
+        assert ext.config().storage_url == "memory://"  # keyword settings win over app.config
+        assert ext.config().lease_seconds == 7.0
+    finally:
+        ext.close()
+
+
+def test_an_unknown_config_key_is_an_error() -> None:
+    app = flask.Flask(__name__)
+    app.config["CQRS_SAGA_STORAGE_ULR"] = "memory://"
+    with pytest.raises(ValueError, match=r"CQRS_SAGA_\*.*STORAGE_ULR"):
+        SagaExtension(app, sagas=[OrderSaga])
+    app.config.pop("CQRS_SAGA_STORAGE_ULR")
+    app.config["CQRS_SAGA_LEASE_SECONDS"] = "soon"
+    with pytest.raises(ValueError, match="LEASE_SECONDS must be a number"):
+        SagaExtension(app, sagas=[OrderSaga])
+    assert "cqrs_saga" not in app.extensions
+
+
+def test_the_storage_opens_on_first_use_and_closes(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    config = served.ext.config(served.app)
+    assert config.storage is None
+    served.ext.initialize(served.app)
+    storage = config.storage
+    assert storage is not None
+    served.ext.initialize(served.app)
+    assert config.storage is storage  # once per process
+
+    served.ext.close()
+    assert config.storage is None
+    served.ext.close()  # idempotent
+    assert served.client.post("/orders", json=order()).status_code == 201  # opens again on use
+    assert config.storage is not None
+
+
+# -- run_sync --------------------------------------------------------------------------------------
+
+
+def test_run_sync_returns_id_status_and_step_results(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    with served.app.app_context():
+        saga = served.ext.create_saga(OrderSaga)
+        assert isinstance(saga, SagaHandle) and saga.name == "order"
+        result = served.ext.run_sync(saga, OrderContext(order_id="A", amount=3.0))
+
+    assert isinstance(result, SagaResult)
+    assert result.status is SagaStatus.COMPLETED and result["status"] is SagaStatus.COMPLETED
+    assert result.succeeded and result.error is None
+    assert isinstance(result.saga_id, uuid.UUID) and result["saga_id"] == result.saga_id
+    assert [r.step_type.name for r in result.results] == STEPS
+    assert result.steps == {
+        "reserve": {"reservation_id": "res-A"},
+        "charge": {"payment_id": "pay-A"},
+        "ship": {"tracking": "trk-A"},
+    }
+    assert result["steps"] == result.steps
+    with pytest.raises(KeyError):
+        result["nope"]
+    assert json.loads(json.dumps(result.to_dict()))["saga_id"] == str(result.saga_id)
+
+    # The seed's view: jsonify({"saga_id": result["saga_id"]}).
+    body = served.client.post("/orders", json=order(7)).json
+    assert body is not None
+    assert uuid.UUID(body["saga_id"])
+    assert body["completed_steps"] == [
+        {"step": "reserve", "response": {"reservation_id": "res-O-7"}},
+        {"step": "charge", "response": {"payment_id": "pay-O-7"}},
+        {"step": "ship", "response": {"tracking": "trk-O-7"}},
+    ]
+
+
+def test_run_sync_outside_a_request_and_with_a_saga_class(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    # One app: no app context needed; the saga class instead of a handle; a handle's own run().
+    result = served.ext.run_sync(OrderSaga, OrderContext(order_id="B", amount=1.0))
+    assert result.status is SagaStatus.COMPLETED
+    again = served.ext.create_saga(OrderSaga).run({"order_id": "C", "amount": 2})
+    assert again.status is SagaStatus.COMPLETED and again.correlation_id is None
+
+
+def test_a_failing_step_is_a_result_not_an_exception(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    response = served.client.post("/orders", json=order(fail_payment=True))
+    assert response.status_code == 422
+    body = response.json
+    assert body is not None
+    assert body["status"] == "failed"
+    assert body["error"].startswith("PaymentDeclined: card declined")
+    assert served.probe.compensated == ["reserve"]
+    with served.app.app_context():
+        result = served.ext.run_sync(OrderSaga, OrderContext(order_id="D", amount=1, fail_payment=True))
+    assert isinstance(result.error, PaymentDeclined)
+    assert result.status is SagaStatus.FAILED
+
+
+def test_a_mapping_context_is_validated(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    ok = served.client.post("/orders/raw", json={"order_id": "E", "amount": "4.5"})
+    assert ok.status_code == 200 and ok.json is not None and ok.json["status"] == "completed"
+    bad = served.client.post("/orders/raw", json={"order_id": "E"})
+    assert bad.status_code == 400
+    assert bad.json is not None and bad.json["details"][0]["field"] == "amount"
+    with pytest.raises(TypeError, match="runs on OrderContext"):
+        served.ext.run_sync(OrderSaga, ["not", "a", "context"])  # type: ignore[misc]
+
+
+def test_create_saga_refuses_a_second_saga_for_the_same_context(make_app: typing.Callable[..., Served]) -> None:
+    class OtherOrderSaga(Saga[OrderContext]):
+        name = "other-order"
+        steps = [Reserve]
+
+    served = make_app()
+    with served.app.app_context(), pytest.raises(SagaDefinitionError, match="bound to OrderSaga"):
+        served.ext.create_saga(OtherOrderSaga)
+    with pytest.raises(SagaDefinitionError, match="Saga subclass"):
+        served.ext.create_saga(OrderContext)  # type: ignore[arg-type]
+
+
+def test_create_saga_registers_a_saga_not_given_upfront() -> None:
+    probe = Probe()
+    app = flask.Flask(__name__)
+    ext = SagaExtension(app, container=container_for(probe))
+    try:
+        result = ext.create_saga(OrderSaga).run(OrderContext(order_id="F", amount=1))
+        assert result.status is SagaStatus.COMPLETED
+        assert ext.config().saga_map.by_name("order") is OrderSaga
+    finally:
+        ext.close()
+
+
+def test_one_long_lived_loop_serves_every_request(
+    make_app: typing.Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = make_app()
+    served.ext.initialize(served.app)
+    created: list[asyncio.AbstractEventLoop] = []
+    closed: list[asyncio.AbstractEventLoop] = []
+    new_event_loop, close = asyncio.new_event_loop, asyncio.BaseEventLoop.close
+
+    def counting_new_event_loop() -> asyncio.AbstractEventLoop:
+        loop = new_event_loop()
+        created.append(loop)
+        return loop
+
+    def counting_close(self: asyncio.BaseEventLoop) -> None:
+        closed.append(self)
+        close(self)
+
+    monkeypatch.setattr(asyncio, "new_event_loop", counting_new_event_loop)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "close", counting_close)
+
+    assert served.client.post("/orders", json=order(1)).status_code == 201
+    assert served.client.post("/orders", json=order(2)).status_code == 201
+
+    def request(n: int) -> int:
+        return served.client.post("/orders", json=order(n)).status_code
+
+    threads = [threading.Thread(target=lambda n=n: codes.append(request(n))) for n in range(3, 11)]
+    codes: list[int] = []
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert codes == [201] * 8
+    shared = _loop.shared_loop_thread().loop
+    assert len(served.probe.loops) == 30
+    assert all(loop is shared for loop in served.probe.loops)
+    assert {t.name for t in served.probe.threads} == {"cqrs-saga-loop"}
+    assert created == [] and closed == []
+    assert shared.is_running() and not shared.is_closed()
+
+
+def test_a_saga_outlives_a_request_that_stops_waiting(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    gate = served.probe.hold["charge"] = threading.Event()
+
+    response = served.client.post("/orders?timeout=0.2", json=order())
+
+    assert response.status_code == 202
+    body = response.json
+    assert body is not None and body["status"] == "running"
+    saga_id = body["saga_id"]
+    assert served.client.get(f"/sagas/{saga_id}").json["status"] == "running"  # type: ignore[index]
+    gate.set()
+    deadline = time.monotonic() + 10
+    while served.client.get(f"/sagas/{saga_id}").json["status"] != "completed":  # type: ignore[index]
+        assert time.monotonic() < deadline, "the saga did not finish after its request gave up"
+        time.sleep(0.01)
+    assert served.probe.entered["ship"].is_set()
+
+
+def test_run_sync_timeout_raises_with_the_saga_id_and_409_for_a_running_id(
+    make_app: typing.Callable[..., Served],
+) -> None:
+    served = make_app()
+    gate = served.probe.hold["reserve"] = threading.Event()
+    saga_id = uuid.uuid4()
+    with served.app.app_context():
+        with pytest.raises(SagaRunTimeout) as caught:
+            served.ext.run_sync(OrderSaga, OrderContext(order_id="G", amount=1), saga_id=saga_id, timeout=0.05)
+        assert caught.value.saga_id == saga_id
+        with served.app.test_request_context():
+            # The same id while it runs: a 409 BadRequest the extension answers as JSON.
+            with pytest.raises(Exception, match="being run by another runner") as conflict:
+                served.ext.run_sync(OrderSaga, OrderContext(order_id="G", amount=1), saga_id=saga_id)
+            assert getattr(conflict.value, "status", None) == 409
+    gate.set()
+    deadline = time.monotonic() + 10
+    while served.sagas()[0].status is not SagaStatus.COMPLETED:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # Running a final saga's id again answers for it without running a step.
+    entered = len(served.probe.loops)
+    replay = served.ext.run_sync(OrderSaga, OrderContext(order_id="G", amount=1), saga_id=saga_id)
+    assert replay.status is SagaStatus.COMPLETED and all(r.replayed for r in replay.results)
+    assert len(served.probe.loops) == entered
+
+
+def test_close_waits_for_running_sagas(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    gate = served.probe.hold["ship"] = threading.Event()
+    with pytest.raises(SagaRunTimeout) as caught:
+        served.ext.run_sync(OrderSaga, OrderContext(order_id="H", amount=1), timeout=0.05)
+    storage = served.ext.config(served.app).require_storage()
+    threading.Timer(0.2, gate.set).start()
+
+    served.ext.close()
+
+    record = _loop.shared_loop_thread().run(storage.get_saga(caught.value.saga_id))
+    assert record is not None and record.status is SagaStatus.COMPLETED
+    assert served.ext.config(served.app).storage is None
+
+
+def test_close_cancels_sagas_running_past_the_grace(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    served.ext._runtime(served.app).shutdown_grace = 0.1
+    served.probe.hold["charge"] = threading.Event()  # never set
+    with pytest.raises(SagaRunTimeout) as caught:
+        served.ext.run_sync(OrderSaga, OrderContext(order_id="I", amount=1), timeout=0.05)
+    storage = served.ext.config(served.app).require_storage()
+
+    served.ext.close()
+
+    # Cancelled: nothing more written; the saga stays running, for recovery to finish.
+    record = _loop.shared_loop_thread().run(storage.get_saga(caught.value.saga_id))
+    assert record is not None and record.status is SagaStatus.RUNNING
+
+
+# -- correlation ids ---------------------------------------------------------------------------------
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(correlation.CorrelationIdFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def captured_logs() -> typing.Iterator[Capture]:
+    handler = Capture()
+    logger = logging.getLogger("tests.flask")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_an_incoming_correlation_id_is_echoed_stored_and_logged(
+    make_app: typing.Callable[..., Served], captured_logs: Capture
+) -> None:
+    served = make_app()
+    response = served.client.post("/orders", json=order(), headers={"X-Correlation-ID": "trace-123"})
+
+    assert response.status_code == 201
+    assert response.headers["X-Correlation-ID"] == "trace-123"
+    body = response.json
+    assert body is not None and body["correlation_id"] == "trace-123"
+    assert served.probe.correlation_ids == ["trace-123"] * 3
+    [record] = served.sagas()
+    assert record.correlation_id == "trace-123"
+    status = served.client.get(f"/sagas/{body['saga_id']}").json
+    assert status is not None and status["correlation_id"] == "trace-123"
+
+    steps = [r for r in captured_logs.records if r.name == "tests.flask.steps"]
+    assert [r.getMessage() for r in steps] == [f"step {s} runs" for s in STEPS]
+    assert {(r.correlation_id, r.saga_id, r.threadName) for r in steps} == {  # type: ignore[attr-defined]
+        ("trace-123", body["saga_id"], "cqrs-saga-loop")
+    }
+    [view] = [r for r in captured_logs.records if r.name == "tests.flask.view"]
+    assert view.correlation_id == "trace-123"  # type: ignore[attr-defined]
+    assert correlation.get_correlation_id() is None  # reset after the request
+
+
+def test_a_correlation_id_is_generated_when_missing_or_unfit(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    first = served.client.post("/orders", json=order(1))
+    generated = first.headers["X-Correlation-ID"]
+    assert len(generated) == 32 and int(generated, 16) >= 0
+    assert served.probe.correlation_ids == [generated] * 3
+    second = served.client.get("/health", headers={"X-Correlation-ID": "bad\x01id" + "x" * 200})
+    assert second.headers["X-Correlation-ID"] not in (generated, "")
+    assert "\x01" not in second.headers["X-Correlation-ID"]
+    by_id = {r.context["order_id"]: r.correlation_id for r in served.sagas()}
+    assert by_id == {"O-1": generated}
+    # Errors are answered with the id too.
+    assert served.client.get("/sagas/nope", headers={"X-Correlation-ID": "e-1"}).headers["X-Correlation-ID"] == "e-1"
+
+
+# -- routes ------------------------------------------------------------------------------------------
+
+
+def test_status_route_reports_steps_failure_and_404(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    done = served.client.post("/orders", json=order(1)).json
+    failed = served.client.post("/orders", json=order(2, fail_payment=True)).json
+    assert done is not None and failed is not None
+
+    status = served.client.get(f"/sagas/{done['saga_id']}").json
+    assert status is not None
+    assert status["status"] == "completed" and status["saga"] == "order"
+    assert [(s["step"], s["response"]) for s in status["completed_steps"]] == [
+        ("reserve", {"reservation_id": "res-O-1"}),
+        ("charge", {"payment_id": "pay-O-1"}),
+        ("ship", {"tracking": "trk-O-1"}),
+    ]
+    assert status["failed_step"] is None and status["error"] is None
+
+    status = served.client.get(f"/sagas/{failed['saga_id']}").json
+    assert status is not None
+    assert status["status"] == "failed"
+    assert status["failed_step"] == "charge"
+    assert "card declined" in status["error"]
+    assert status["compensated_steps"] == ["reserve"]
+
+    missing = served.client.get(f"/sagas/{uuid.uuid4()}")
+    assert missing.status_code == 404 and missing.is_json
+    assert "No saga with id" in missing.json["error"]  # type: ignore[index]
+    malformed = served.client.get("/sagas/not-a-uuid")
+    assert malformed.status_code == 422 and malformed.is_json
+    assert "not a saga id" in malformed.json["error"]  # type: ignore[index]
+
+
+def test_diagram_route(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    failed = served.client.post("/orders", json=order(fail_payment=True)).json
+    assert failed is not None
+
+    text = served.client.get(f"/sagas/{failed['saga_id']}/diagram")
+    assert text.status_code == 200 and text.mimetype == "text/plain"
+    diagram = text.get_data(as_text=True)
+    assert diagram.startswith("flowchart")
+    assert "reserve" in diagram and "charge" in diagram
+
+    as_json = served.client.get(f"/sagas/{failed['saga_id']}/diagram?format=json").json
+    assert as_json == {"saga_id": failed["saga_id"], "status": "failed", "diagram": diagram}
+    assert served.client.get(f"/sagas/{failed['saga_id']}/diagram?format=svg").status_code == 422
+    missing = served.client.get(f"/sagas/{uuid.uuid4()}/diagram")
+    assert missing.status_code == 404 and missing.is_json
+    assert served.client.get("/sagas/123/diagram").status_code == 422
+
+
+def test_health_route_and_custom_paths(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app(routes=False)
+    served.ext.register_routes(served.app, prefix="/admin/sagas/", health="/ready", name="saga_admin")
+    health = served.client.get("/ready")
+    assert health.status_code == 200 and health.json == {"status": "ok"}
+    assert served.client.get("/health").status_code == 404
+    done = served.client.post("/orders", json=order()).json
+    assert done is not None
+    assert served.client.get(f"/admin/sagas/{done['saga_id']}").json["status"] == "completed"  # type: ignore[index]
+
+
+def test_health_is_503_when_the_storage_cannot_open(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app(CQRS_SAGA_STORAGE_URL="mysql://nowhere/db")
+    response = served.client.get("/health")
+    assert response.status_code == 503
+    assert response.json is not None and "Unsupported saga storage URL" in response.json["error"]
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"order_id=1&amount=2", "application/x-www-form-urlencoded", "not valid JSON"),
+        (b"{not json", "application/json", "not valid JSON"),
+        (b"", "application/json", "not valid JSON"),
+        (b"[1, 2]", "application/json", "must be a JSON object, got list"),
+        (b'{"amount": 3}', "application/json", "order_id: Field required"),
+        (b'{"order_id": "X", "amount": "lots"}', "application/json", "amount: Input should be a valid number"),
+        (b'{"order_id": ["X"], "amount": 1}', "application/json", "order_id: Input should be a valid string"),
+    ],
+)
+def test_bad_bodies_are_400_naming_the_problem(
+    make_app: typing.Callable[..., Served], body: bytes, content_type: str, message: str
+) -> None:
+    served = make_app()
+    response = served.client.post("/orders", data=body, content_type=content_type)
+    assert response.status_code == 400
+    assert response.is_json and response.json is not None
+    assert message in response.json["error"]
+    assert response.headers["X-Correlation-ID"]
+    assert served.sagas() == []
+    assert served.probe.loops == []
+
+
+def test_bad_fields_are_listed_in_details(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    response = served.client.post("/orders", json={"amount": "lots", "fail_payment": "maybe"})
+    assert response.status_code == 400 and response.json is not None
+    assert {d["field"] for d in response.json["details"]} == {"order_id", "amount", "fail_payment"}
+
+
+def test_an_oversized_body_is_413(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()  # CQRS_SAGA_MAX_BODY_BYTES = 256
+    response = served.client.post("/orders", json=order(note="x" * 300))
+    assert response.status_code == 413 and response.is_json
+    assert "256" in response.json["error"]  # type: ignore[index]
+    # Without a Content-Length (a chunked upload), the bytes read are counted.
+    environ = EnvironBuilder("/orders", method="POST", input_stream=io.BytesIO(b"{" + b" " * 400 + b"}")).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input_terminated"] = True
+    app_iter, status, _ = run_wsgi_app(served.app, environ, buffered=True)
+    assert status.startswith("413")
+    assert "larger than the limit of 256 bytes" in json.loads(b"".join(app_iter))["error"]
+    nonsense = served.client.post("/orders", data=b"{}", headers={"Content-Length": "many"})
+    assert nonsense.status_code == 400
+    assert served.sagas() == []
+
+
+def test_read_saga_context_takes_its_own_limit(make_app: typing.Callable[..., Served]) -> None:
+    served = make_app()
+    body = json.dumps(order()).encode()
+    with served.app.test_request_context("/", method="POST", data=body, content_type="application/json"):
+        assert read_saga_context(OrderContext).order_id == "O-1"
+    with served.app.test_request_context("/", method="POST", data=body, content_type="application/json"):
+        with pytest.raises(Exception, match=r"limit of 10 bytes|limit is 10") as caught:
+            read_saga_context(OrderContext, max_bytes=10)
+        assert getattr(caught.value, "status", None) == 413
+
+
+# -- SQL storages --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_sql_storage_end_to_end(
+    make_app: typing.Callable[..., Served], request: pytest.FixtureRequest, database: str
+) -> None:
+    url = request.getfixturevalue(f"{database}_url")
+    served = make_app(CQRS_SAGA_STORAGE_URL=url)
+    response = served.client.post("/orders", json=order(), headers={"X-Correlation-ID": "sql-1"})
+    assert response.status_code == 201, response.json
+    saga_id = response.json["saga_id"]  # type: ignore[index]
+    failed = served.client.post("/orders", json=order(2, fail_payment=True)).json
+    assert failed is not None and failed["status"] == "failed"
+    status = served.client.get(f"/sagas/{saga_id}").json
+    assert status is not None and status["status"] == "completed" and status["correlation_id"] == "sql-1"
+    assert [s["step"] for s in status["completed_steps"]] == STEPS
+    diagram = served.client.get(f"/sagas/{failed['saga_id']}/diagram").get_data(as_text=True)
+    assert "step_charge" in diagram and "compensated" in diagram and "failed" in diagram
+    assert served.client.get("/health").json == {"status": "ok"}
+    assert {(r.context["order_id"], r.status) for r in served.sagas()} == {
+        ("O-1", SagaStatus.COMPLETED),
+        ("O-2", SagaStatus.FAILED),
+    }
+    served.ext.close()
+    assert served.ext.config(served.app).storage is None
+
+
+EXIT_SCRIPT = """
+import asyncio, dataclasses, sys
+import flask
+import cqrs
+from cqrs.integrations.flask import SagaExtension, SagaRunTimeout
+from cqrs.saga.models import SagaContext
+from cqrs.saga.saga import Saga
+from cqrs.saga.step import SagaStepHandler, SagaStepResult
+
+@dataclasses.dataclass
+class Ctx(SagaContext):
+    n: int
+
+class Done(cqrs.Response):
+    n: int
+
+class Slow(SagaStepHandler[Ctx, Done]):
+    name = "slow"
+    async def act(self, context: Ctx) -> SagaStepResult[Ctx, Done]:
+        await asyncio.sleep(0.5)
+        return self._generate_step_result(Done(n=context.n))
+
+class SlowSaga(Saga[Ctx]):
+    steps = [Slow]
+
+app = flask.Flask("exit")
+app.config["CQRS_SAGA_STORAGE_URL"] = sys.argv[1]
+ext = SagaExtension(app, sagas=[SlowSaga])
+try:
+    ext.run_sync(SlowSaga, Ctx(n=1), timeout=0.05)
+except SagaRunTimeout as error:
+    print(error.saga_id)
+# no ext.close(): the atexit hook waits for the saga, then closes the storage
+"""
+
+
+def test_at_exit_running_sagas_finish_and_the_storage_closes(tmp_path: pathlib.Path, sqlite_url: str) -> None:
+    script = tmp_path / "exit_app.py"
+    script.write_text(EXIT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script), sqlite_url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    saga_id = uuid.UUID(done.stdout.strip())
+
+    async def read() -> typing.Any:
+        storage = await open_storage(sqlite_url, create_tables=False)
+        try:
+            return await storage.get_saga(saga_id)
+        finally:
+            await storage.close()
+
+    record = asyncio.run(read())
+    assert record is not None and record.status is SagaStatus.COMPLETED
+
+
+# -- packaging ---------------------------------------------------------------------------------------
+
+
+def test_missing_flask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "flask", None)
+    monkeypatch.delitem(sys.modules, "cqrs.integrations.flask")
+    with pytest.raises(ImportError, match=r"pip install 'cqrs-saga\[flask\]'"):
+        importlib.import_module("cqrs.integrations.flask")
