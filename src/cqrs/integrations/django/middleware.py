@@ -1,0 +1,79 @@
+"""Correlation ids for Django requests, in sync (WSGI) and async (ASGI) middleware chains."""
+
+from __future__ import annotations
+
+import typing
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+from cqrs import correlation
+
+__all__ = ["CorrelationIdMiddleware"]
+
+DEFAULT_HEADER = "X-Correlation-ID"
+
+
+def _header_name() -> str:
+    from cqrs.integrations.django import _runtime
+
+    runtime = _runtime.current_or_none()
+    if runtime is None or runtime.settings is None:
+        return DEFAULT_HEADER
+    return runtime.settings.config.correlation_header or DEFAULT_HEADER
+
+
+class CorrelationIdMiddleware:
+    """Gives each request a correlation id, as the FastAPI and Flask integrations do.
+
+    Add ``"cqrs.integrations.django.CorrelationIdMiddleware"`` near the top of
+    ``MIDDLEWARE``. The id comes from the ``CQRS_SAGA["CORRELATION_HEADER"]``
+    request header (default ``X-Correlation-ID``) when it is a sane value (see
+    `cqrs.correlation.accept_correlation_id`), else a fresh one. For the
+    request it is:
+
+    - ``request.correlation_id``;
+    - the current correlation id (`cqrs.correlation.get_correlation_id`), so
+      sagas started in the request store it and their steps see it;
+    - on log records, through `cqrs.correlation.CorrelationIdFilter`
+      (``CQRS_SAGA["LOGGING"]`` adds it to the log handlers);
+    - echoed on the response in the same header.
+
+    Works in both sync and async middleware chains.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: typing.Callable[[typing.Any], typing.Any]) -> None:
+        self.get_response = get_response
+        self.header_name = _header_name()
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def _accept(self, request: typing.Any) -> str:
+        correlation_id = correlation.accept_correlation_id(request.headers.get(self.header_name))
+        request.correlation_id = correlation_id
+        return correlation_id
+
+    def __call__(self, request: typing.Any) -> typing.Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        correlation_id = self._accept(request)
+        token = correlation.set_correlation_id(correlation_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            correlation.reset_correlation_id(token)
+        response[self.header_name] = correlation_id
+        return response
+
+    async def __acall__(self, request: typing.Any) -> typing.Any:
+        correlation_id = self._accept(request)
+        token = correlation.set_correlation_id(correlation_id)
+        try:
+            response = await self.get_response(request)
+        finally:
+            correlation.reset_correlation_id(token)
+        response[self.header_name] = correlation_id
+        return response

@@ -1,0 +1,262 @@
+"""Starting a saga in the same database transaction as the Django ORM writes it belongs to.
+
+`atomic_saga_start` INSERTs the saga row through Django's own connection, so
+it commits or rolls back with the ``transaction.atomic()`` block around it.
+The statement is built from the SQLAlchemy storage's table
+(``Base.metadata.tables["saga_executions"]``) compiled for the connection's
+dialect, so the schema is defined in one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+import uuid
+
+from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+from django.db import transaction  # type: ignore[import-untyped]
+
+from cqrs import correlation
+from cqrs.integrations.django import _runtime
+from cqrs.saga import _serialization
+from cqrs.saga.storage.enums import SagaStatus
+
+if typing.TYPE_CHECKING:
+    import sqlalchemy
+    from sqlalchemy.engine import Dialect
+
+__all__ = ["atomic_saga_start", "create_saga_tables", "drop_saga_tables", "prepare_sqlite_connection"]
+
+SAGA_TABLE = "saga_executions"
+LOG_TABLE = "saga_log"
+
+
+def atomic_saga_start(
+    saga_or_context: typing.Any,
+    context: typing.Any = None,
+    *,
+    using: str | None = None,
+    saga_id: uuid.UUID | None = None,
+    correlation_id: str | None = None,
+) -> uuid.UUID:
+    """Record a saga in the current transaction of database ``using``; run it after the commit.
+
+    Call it inside ``transaction.atomic(using=...)`` next to the ORM writes the
+    saga belongs to, as ``atomic_saga_start(OrderSaga, context)`` or
+    ``atomic_saga_start(context)``::
+
+        with transaction.atomic():
+            order = Order.objects.create(...)
+            saga_id = atomic_saga_start(OrderSaga, OrderContext(order_id=order.pk, ...))
+
+    The saga row (status ``pending``, no owner, a lease that has already
+    expired) is INSERTed through ``connections[using]``, so it commits or rolls
+    back with everything else: on rollback no trace of the saga remains. On
+    commit, ``transaction.on_commit`` hands the id to this process's saga loop,
+    which runs it. If the process dies between the commit and the end of the
+    run, ``manage.py saga_worker`` finishes the saga. With
+    ``CQRS_SAGA["RUN_ON_COMMIT"] = False`` only workers run it.
+
+    Timestamps come from the database's clock, as the storage's do.
+    ``using`` defaults to ``CQRS_SAGA["DATABASE"]`` (``"default"``), and must be
+    the database the saga storage uses. The saga class must be listed in
+    ``CQRS_SAGA["SAGAS"]``. The correlation id defaults to the request's.
+    Outside ``atomic()`` (autocommit) the row commits at once and the run starts
+    immediately. Returns the saga id.
+    """
+    runtime = _runtime.current()
+    settings = runtime.require()
+    saga_type, context = runtime.saga_for(saga_or_context, context)
+    alias = using or settings.database
+    if not settings.shares_database(alias):
+        if settings.derived:
+            raise ImproperlyConfigured(
+                f"atomic_saga_start(using={alias!r}): sagas live in DATABASES[{settings.database!r}] "
+                "(CQRS_SAGA['DATABASE']), so only a transaction of that database can start one"
+            )
+        raise ImproperlyConfigured(
+            f"atomic_saga_start(using={alias!r}) needs the saga storage in that database, but "
+            f"CQRS_SAGA['STORAGE_URL'] points elsewhere; drop STORAGE_URL (sagas then live in "
+            f"DATABASES[{settings.database!r}]) or start the saga with start_saga()"
+        )
+    data = _serialization.dump_context(context)
+    saga_id = saga_id or uuid.uuid4()
+    connection = transaction.get_connection(alias)
+    now = database_now(connection)
+    row: dict[str, typing.Any] = {
+        "id": saga_id,
+        "name": saga_type.name,
+        "definition_version": saga_type.version,
+        "status": SagaStatus.PENDING.value,
+        "context": data,
+        "version": 1,
+        "correlation_id": correlation_id or correlation.get_correlation_id(),
+        "owner": None,
+        "lease_epoch": 0,
+        "lease_expires_at": now,
+        "recovery_attempts": 0,
+        "error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    sql, params = insert_statement(connection, row)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    if settings.run_on_commit:
+        transaction.on_commit(functools.partial(runtime.hand_off, saga_id), using=alias, robust=True)
+    return saga_id
+
+
+# -- SQL from the SQLAlchemy schema ------------------------------------------------------------
+
+
+def saga_metadata() -> sqlalchemy.MetaData:
+    """The SQLAlchemy storage's tables; `ImproperlyConfigured` when SQLAlchemy is missing."""
+    try:
+        from cqrs.saga.storage.sqlalchemy import Base
+    except ImportError as error:
+        raise ImproperlyConfigured(
+            "Keeping sagas in the Django database needs SQLAlchemy and an async driver: "
+            "pip install 'cqrs-saga[django,sqlite]' (or [django,postgres])"
+        ) from error
+    return Base.metadata
+
+
+def database_now(connection: typing.Any) -> typing.Any:
+    """The database's own clock as a SQL expression (the storage never uses the host's clock).
+
+    On SQLite it is the UTC text the storage writes (``strftime('%Y-%m-%d %H:%M:%f', 'now')``).
+    """
+    import sqlalchemy as sa
+
+    from cqrs.saga.storage.sqlalchemy import Timestamp
+
+    if connection.vendor == "sqlite":
+        return sa.func.strftime(
+            sa.literal_column("'%Y-%m-%d %H:%M:%f'"), sa.literal_column("'now'"), type_=Timestamp
+        )
+    return sa.func.now(type_=Timestamp)
+
+
+def saga_tables() -> list[sqlalchemy.Table]:
+    """``saga_executions`` and ``saga_log``, parents first."""
+    metadata = saga_metadata()
+    return [metadata.tables[SAGA_TABLE], metadata.tables[LOG_TABLE]]
+
+
+def sqlalchemy_dialect(connection: typing.Any, *, paramstyle: str | None = "format") -> Dialect:
+    """The SQLAlchemy dialect of a Django connection, rendering Django's ``%s`` placeholders.
+
+    For PostgreSQL it is the dialect of the driver Django uses (psycopg or
+    psycopg2), so bound values are adapted the way that driver expects.
+    """
+    vendor = connection.vendor
+    dialect: Dialect
+    if vendor == "sqlite":
+        from sqlalchemy.dialects.sqlite import pysqlite
+
+        dialect = pysqlite.dialect(paramstyle=paramstyle)
+    elif vendor == "postgresql":
+        if connection.Database.__name__.startswith("psycopg2"):
+            from sqlalchemy.dialects.postgresql import psycopg2
+
+            dialect = psycopg2.dialect(paramstyle=paramstyle)  # type: ignore[no-untyped-call]
+        else:
+            from sqlalchemy.dialects.postgresql import psycopg
+
+            dialect = psycopg.dialect(paramstyle=paramstyle)  # type: ignore[no-untyped-call]
+    else:
+        raise ImproperlyConfigured(
+            f"Sagas cannot be stored through a {vendor} connection; use SQLite or PostgreSQL"
+        )
+    return dialect
+
+
+def insert_statement(connection: typing.Any, row: dict[str, typing.Any]) -> tuple[str, list[typing.Any]]:
+    """``INSERT INTO saga_executions`` for ``row``, as SQL and parameters for ``connection.cursor()``.
+
+    Values go through the column types' bind processing for the dialect (UUIDs,
+    JSON and datetimes are stored exactly as the SQLAlchemy storage stores them).
+    """
+    table = saga_metadata().tables[SAGA_TABLE]
+    dialect = sqlalchemy_dialect(connection)
+    values: dict[str, typing.Any] = {}
+    for column in table.columns:
+        if column.name in row:
+            values[column.name] = row[column.name]
+            continue
+        default = column.default
+        if default is not None and getattr(default, "is_scalar", False):
+            values[column.name] = default.arg  # type: ignore[attr-defined]
+        elif default is not None and getattr(default, "is_callable", False):
+            values[column.name] = default.arg(None)  # type: ignore[attr-defined]
+        elif column.server_default is None and not column.nullable and column.autoincrement is not True:
+            raise ImproperlyConfigured(f"{SAGA_TABLE}.{column.name} needs a value atomic_saga_start does not know")
+    compiled = table.insert().values(values).compile(dialect=dialect)
+    raw = compiled.construct_params()
+    params: list[typing.Any] = []
+    for name in compiled.positiontup or ():
+        value = raw[name]
+        processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        params.append(processor(value) if processor is not None else value)
+    return str(compiled), params
+
+
+def _stores_sagas(connection: typing.Any) -> bool:
+    runtime = _runtime.current_or_none()
+    if runtime is None or runtime.settings is None:
+        return False
+    return runtime.settings.shares_database(connection.alias)
+
+
+def prepare_sqlite_connection(sender: typing.Any = None, *, connection: typing.Any, **kwargs: typing.Any) -> None:
+    """``connection_created`` receiver: put a SQLite database that holds sagas in WAL mode.
+
+    Django's connection and the saga storage's (aiosqlite) write the same file.
+    In SQLite's default rollback-journal mode a reader blocks a committing
+    writer, and a reader that then wants to write while another connection
+    commits gets "database is locked" at once (SQLite refuses to wait, to avoid
+    a deadlock). In WAL mode readers never block the writer, and writers wait
+    for each other (busy timeout). The storage switches its own connections to
+    WAL too, but cannot while a Django transaction holds the write lock (for
+    instance when its first connection opens inside ``transaction.atomic()``),
+    so the switch is made here, when Django connects, outside any transaction.
+    WAL is a property of the database file: it lasts.
+    """
+    if connection.vendor != "sqlite" or not _stores_sagas(connection):
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        row = cursor.fetchone()
+        if row and str(row[0]).lower() in ("wal", "memory"):
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except Exception as error:  # another connection holds a lock: the storage retries on connect
+            _runtime.logger.warning("Could not switch %s to WAL journal mode: %s", connection.alias, error)
+
+
+def create_saga_tables(apps: typing.Any, schema_editor: typing.Any) -> None:
+    """Migration step: create the saga tables in the database the sagas live in (if not there yet)."""
+    connection = schema_editor.connection
+    if not _stores_sagas(connection):
+        return
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    dialect = sqlalchemy_dialect(connection, paramstyle=None)
+    for table in saga_tables():
+        schema_editor.execute(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)), None)
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            schema_editor.execute(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)), None)
+
+
+def drop_saga_tables(apps: typing.Any, schema_editor: typing.Any) -> None:
+    """Migration step (reverse): drop the saga tables."""
+    connection = schema_editor.connection
+    if not _stores_sagas(connection):
+        return
+    from sqlalchemy.schema import DropTable
+
+    dialect = sqlalchemy_dialect(connection, paramstyle=None)
+    for table in reversed(saga_tables()):
+        schema_editor.execute(str(DropTable(table, if_exists=True).compile(dialect=dialect)), None)

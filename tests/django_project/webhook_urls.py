@@ -1,0 +1,15 @@
+"""URLs of the webhook tests: the integration's URLconf as a user includes it, plus a customised one."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+
+from cqrs.integrations.django.webhooks import webhook_urlpatterns
+from django_project.webhook_sagas import WebhookPaymentSaga
+
+urlpatterns = [
+    # options from settings.CQRS_SAGA_WEBHOOKS
+    path("webhooks/", include("cqrs.integrations.django.webhooks")),
+    # options given in code: no signature, only the payment saga
+    path("open-hooks/", include(webhook_urlpatterns(sagas=[WebhookPaymentSaga]))),
+]
