@@ -1,0 +1,88 @@
+"""What the FastAPI, Flask and Django webhook endpoints share.
+
+Each framework adapter reads the raw body (refusing one over the limit with
+413 before reading it all), then hands it with the headers to the
+`cqrs.triggers.TriggerDispatcher` this module builds for the app's config,
+answers ``202`` with `cqrs.triggers.AcceptedEvent.as_json` and runs the
+recorded sagas with its own background runner (`resume_quietly`). Every
+refusal is a `BadRequest`, answered ``{"error": ...}`` with its status by all
+three frameworks alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import typing
+import uuid
+
+from cqrs.config import SagaConfig
+from cqrs.saga.exceptions import SagaAlreadyRunningError
+from cqrs.saga.saga import Saga
+from cqrs.triggers import SignatureVerifier, TriggerDispatcher
+
+if typing.TYPE_CHECKING:
+    from cqrs.saga.mediator import SagaMediator, SagaOutcome
+
+logger = logging.getLogger("cqrs.integrations.webhooks")
+
+
+class WebhookEndpoint:
+    """The options of one mounted webhook endpoint; builds its dispatcher for an app's config.
+
+    ``sagas`` defaults to every saga of the config (those with ``@trigger``
+    methods serve events); sagas given here must be among the config's too,
+    so that recovery can finish them. ``max_body_bytes`` defaults to the
+    config's.
+    """
+
+    def __init__(
+        self,
+        *,
+        sagas: typing.Sequence[type[Saga[typing.Any]]] | None = None,
+        verifier: SignatureVerifier | None = None,
+        max_body_bytes: int | None = None,
+    ) -> None:
+        if verifier is not None and not isinstance(verifier, SignatureVerifier):
+            raise TypeError(f"verifier must be a cqrs.triggers.SignatureVerifier, got {verifier!r}")
+        self.sagas = tuple(sagas) if sagas is not None else None
+        self.verifier = verifier
+        self.max_body_bytes = max_body_bytes
+        self._lock = threading.Lock()
+        self._cached: tuple[SagaConfig, TriggerDispatcher] | None = None
+
+    def dispatcher(self, config: SagaConfig) -> TriggerDispatcher:
+        """The dispatcher for ``config`` (built on first use, again if the config changes)."""
+        cached = self._cached
+        if cached is not None and cached[0] is config:
+            return cached[1]
+        with self._lock:
+            if self._cached is None or self._cached[0] is not config:
+                saga_map = config.saga_map
+                sagas = self.sagas if self.sagas is not None else tuple(saga_map.sagas())
+                for saga_type in sagas:
+                    if saga_map.by_name(saga_type.name) is not saga_type:
+                        raise RuntimeError(
+                            f"Webhook saga {saga_type.__qualname__} is not among the app's sagas; "
+                            "add it to the config's sagas so it can be run and recovered"
+                        )
+                limit = self.max_body_bytes if self.max_body_bytes is not None else config.max_body_bytes
+                self._cached = (config, TriggerDispatcher(sagas, verifier=self.verifier, max_body_bytes=limit))
+            return self._cached[1]
+
+
+async def resume_quietly(mediator: SagaMediator, saga_id: uuid.UUID) -> SagaOutcome | None:
+    """Run a recorded saga to its end in the background; errors are logged, not raised.
+
+    A saga that stops here (storage down, shutdown) stays recoverable.
+    """
+    try:
+        return await mediator.resume(saga_id)
+    except asyncio.CancelledError:
+        raise
+    except SagaAlreadyRunningError:
+        logger.info("Saga %s is being run elsewhere; leaving it", saga_id)
+    except Exception:
+        logger.exception("Background run of saga %s stopped; recovery will finish it", saga_id)
+    return None
