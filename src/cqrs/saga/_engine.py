@@ -113,42 +113,50 @@ class _LocalRuns:
     fence a run that is mid-step, so its step would run again.
     """
 
-    def __init__(self) -> None:
-        self.latest: dict[uuid.UUID, object] = {}
-        self.advancing: dict[uuid.UUID, object] = {}
+    # Keyed by ``saga_id.int``: hashing a UUID runs Python code, and these run several times a step.
 
-    def _busy(self, saga_id: uuid.UUID, token: object) -> bool:
-        holder = self.advancing.get(saga_id)
+    def __init__(self) -> None:
+        self.latest: dict[int, object] = {}
+        self.advancing: dict[int, object] = {}
+
+    def _busy(self, key: int, token: object) -> bool:
+        holder = self.advancing.get(key)
         return holder is not None and holder is not token
 
     def reserve(self, saga_id: uuid.UUID, token: object) -> None:
         """Before claiming from the storage: refuse if another run is advancing the saga, else block them."""
-        if self._busy(saga_id, token):
+        key = saga_id.int
+        if self._busy(key, token):
             raise SagaAlreadyRunningError(saga_id)
-        self.advancing[saga_id] = token
+        self.advancing[key] = token
 
     def claim(self, saga_id: uuid.UUID, token: object) -> None:
-        if self._busy(saga_id, token):
+        key = saga_id.int
+        if self._busy(key, token):
             raise SagaAlreadyRunningError(saga_id)
-        self.latest[saga_id] = token
+        self.latest[key] = token
 
     def hold(self, saga_id: uuid.UUID, token: object) -> None:
         """Before a step or compensation: another run advancing the saga now has claimed it since."""
-        if self._busy(saga_id, token):
+        key = saga_id.int
+        if self._busy(key, token):
             raise SagaOwnershipLostError(saga_id)
-        self.advancing[saga_id] = token
+        self.advancing[key] = token
 
     def pause(self, saga_id: uuid.UUID, token: object) -> None:
-        if self.advancing.get(saga_id) is token:
-            del self.advancing[saga_id]
+        key = saga_id.int
+        if self.advancing.get(key) is token:
+            del self.advancing[key]
 
     def is_latest(self, saga_id: uuid.UUID, token: object) -> bool:
-        return self.latest.get(saga_id) is token
+        return self.latest.get(saga_id.int) is token
 
     def forget(self, saga_id: uuid.UUID, token: object) -> None:
-        if self.latest.get(saga_id) is token:
-            del self.latest[saga_id]
-        self.pause(saga_id, token)
+        key = saga_id.int
+        if self.latest.get(key) is token:
+            del self.latest[key]
+        if self.advancing.get(key) is token:
+            del self.advancing[key]
 
 
 _local_runs = _LocalRuns()
@@ -159,30 +167,58 @@ def error_text(error: BaseException) -> str:
 
 
 class _Heartbeat:
-    """Renews the lease while a long action runs; costs one timer when actions are short."""
+    """Renews a run's lease while one of its actions (``act`` or ``compensate``) runs.
+
+    One per run, used as ``async with`` around an action (or `begin` / `end`
+    on the hot path). Its timer is armed by an action and re-armed only while
+    an action is running, so a run of short actions costs one timer, not one
+    per step. `stop` disarms it when the run ends.
+    """
+
+    __slots__ = ("_acting", "_handle", "_run", "_task")
 
     def __init__(self, run: SagaRun) -> None:
         self._run = run
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stopped = False
+        self._acting = False
+
+    def begin(self) -> None:
+        """An action starts."""
+        self._acting = True
+        if self._handle is None:
+            self._schedule()
+
+    def end(self) -> asyncio.Future[None] | None:
+        """An action ended; await what this returns (if anything) before the next write."""
+        self._acting = False
+        task = self._task
+        if task is not None and not task.done():
+            # The next write must not race a renewal of the same lease.
+            return asyncio.shield(task)
+        return None
 
     async def __aenter__(self) -> None:
-        self._schedule()
+        self.begin()
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stopped = True
+        renewal = self.end()
+        if renewal is not None:
+            await renewal
+
+    def stop(self) -> None:
+        self._acting = False
         if self._handle is not None:
             self._handle.cancel()
-        if self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
+            self._handle = None
 
     def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
         self._handle = loop.call_later(self._run.settings.lease_seconds / 3, self._fire)
 
     def _fire(self) -> None:
-        if not self._stopped:
+        self._handle = None
+        if self._acting:
             self._task = asyncio.get_running_loop().create_task(self._renew())
 
     async def _renew(self) -> None:
@@ -192,11 +228,11 @@ class _Heartbeat:
             return
         except Exception:
             logger.warning("Could not renew the lease of saga %s; will retry", self._run.saga_id, exc_info=True)
-        if not self._stopped:
+        if self._acting and self._handle is None:
             self._schedule()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Done:
     """A step completed in this run or an earlier one."""
 
@@ -247,6 +283,7 @@ class SagaRun:
         self._lease_fresh_until = 0.0
         self._token = object()
         self._current_step: str | None = None
+        self._heartbeat = _Heartbeat(self)
 
     # -- opening -----------------------------------------------------------------
 
@@ -347,7 +384,8 @@ class SagaRun:
             start = done[-1].index + 1 if done else 0
             for index in range(start, len(steps)):
                 self._hold()
-                await self.refresh_lease_if_stale()
+                if asyncio.get_running_loop().time() > self._lease_fresh_until:
+                    await self.renew_lease()
                 result = await self._forward(index, steps[index], done)
                 _local_runs.pause(self.saga_id, self._token)
                 yield result
@@ -358,6 +396,7 @@ class SagaRun:
                 await self._checkpoint(None, status=SagaStatus.COMPLETED, release=True)
                 self.status = SagaStatus.COMPLETED
         finally:
+            self._heartbeat.stop()
             _local_runs.forget(self.saga_id, self._token)
 
     async def _finished(self) -> typing.AsyncIterator[Result]:
@@ -373,7 +412,8 @@ class SagaRun:
 
     async def _forward(self, index: int, entry: SagaEntry, done: list[_Done]) -> Result:
         try:
-            self._check_deadline()
+            if self.saga_type.deadline is not None:
+                self._check_deadline()
             step_type, instance, result = await self._run_entry(entry)
         except (asyncio.CancelledError, SagaOwnershipLostError):
             raise
@@ -391,7 +431,7 @@ class SagaRun:
             await self._fail(done, error, step_type.name)
             raise
         last = index == len(self.saga_type.steps) - 1
-        details = _fallback_note(entry, step_type)
+        details = _fallback_note(entry, step_type) if isinstance(entry, Fallback) else None
         await self._checkpoint(
             StepEntry(step_type.name, "act", SagaStepStatus.COMPLETED, details, response_json),
             context=context_json,
@@ -405,16 +445,20 @@ class SagaRun:
             events = instance.events
             if events:
                 await self.dispatcher.dispatch(events)
-        self._emit("step_completed", step_type.name, response=result.response)
-        if last:
-            self._emit("completed")
+        if self.listener is not None:
+            self._emit("step_completed", step_type.name, response=result.response)
+            if last:
+                self._emit("completed")
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Saga %s: step %s completed", self.saga_id, step_type.name)
+        if type(result) is SagaStepResult:  # the usual case, without `dataclasses.replace`'s cost
+            return SagaStepResult(result.response, result.step_type, self.saga_id, result.replayed)
         return dataclasses.replace(result, saga_id=self.saga_id)
 
     async def _run_entry(self, entry: SagaEntry) -> tuple[StepType, Step, Result]:
         if not isinstance(entry, Fallback):
-            instance = await self._resolve(entry)
+            self._current_step = entry.name
+            instance = await self.container.resolve(entry)
             return entry, instance, await self._act(entry, instance)
         breaker = entry.circuit_breaker
         primary = entry.step
@@ -448,26 +492,37 @@ class SagaRun:
     async def _act(self, step_type: StepType, instance: Step) -> Result:
         self._current_step = step_type.name
         policy = step_type.retry or NO_RETRY
+        heartbeat = self._heartbeat
+        heartbeat.begin()
+        try:
+            if policy.attempts == 1:  # the common case, without `_retry`'s closure and loop
+                with correlation_scope(self):
+                    return await self._attempt(step_type, instance)
+            return await self._retry(lambda: self._attempt(step_type, instance), policy, step_type.name, "act")
+        finally:
+            renewal = heartbeat.end()
+            if renewal is not None:
+                await renewal
 
-        async def attempt() -> Result:
-            events = getattr(instance, "_events", None)
-            events_before = len(events) if isinstance(events, list) else 0
-            try:
+    async def _attempt(self, step_type: StepType, instance: Step) -> Result:
+        events = getattr(instance, "_events", None)
+        events_before = len(events) if isinstance(events, list) else 0
+        try:
+            if step_type.timeout is None and self.saga_type.deadline is None:
+                result = await instance.act(self.context)
+            else:
                 result = await self._with_deadline(step_type, instance.act(self.context))
-            except BaseException:
-                # A failed attempt's events describe something that did not happen.
-                if isinstance(events, list):
-                    del events[events_before:]
-                raise
-            if not isinstance(result, SagaStepResult):
-                raise StepContractError(
-                    f"{step_type.__qualname__}.act returned {result!r}; return "
-                    "self._generate_step_result(response)"
-                )
-            return result
-
-        async with _Heartbeat(self):
-            return await self._retry(attempt, policy, step_type.name, "act")
+        except BaseException:
+            # A failed attempt's events describe something that did not happen.
+            if isinstance(events, list):
+                del events[events_before:]
+            raise
+        if not isinstance(result, SagaStepResult):
+            raise StepContractError(
+                f"{step_type.__qualname__}.act returned {result!r}; return "
+                "self._generate_step_result(response)"
+            )
+        return result
 
     async def _with_deadline(self, step_type: StepType, action: typing.Awaitable[T]) -> T:
         timeout = step_type.timeout
@@ -543,7 +598,7 @@ class SagaRun:
             name = item.step_type.name
             try:
                 instance = item.instance or await self.container.resolve(item.step_type)
-                async with _Heartbeat(self):
+                async with self._heartbeat:
                     await self._retry(
                         lambda instance=instance: instance.compensate(self.context),  # type: ignore[misc]
                         self.compensation_retry,
@@ -609,10 +664,6 @@ class SagaRun:
     def _check_still_ours(self) -> None:
         if self.lease_lost or not _local_runs.is_latest(self.saga_id, self._token):
             raise SagaOwnershipLostError(self.saga_id)
-
-    async def refresh_lease_if_stale(self) -> None:
-        if asyncio.get_running_loop().time() > self._lease_fresh_until:
-            await self.renew_lease()
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -39,15 +39,22 @@ def _adapter(tp: type[typing.Any]) -> pydantic.TypeAdapter[typing.Any]:
     return adapter
 
 
+# The serializers of known context types, called directly: the TypeAdapter wrapper costs as much again.
+_context_serializers: dict[type[typing.Any], pydantic_core.SchemaSerializer] = {}
+
+
 def dump_context(context: object) -> JsonDict:
     """The JSON-ready dict of a dataclass or pydantic context, under its own field names."""
     tp = type(context)
-    if not is_context_type(tp):
-        raise ContextSerializationError(
-            f"A saga context must be a dataclass or a pydantic model, got {tp.__qualname__}"
-        )
+    serializer = _context_serializers.get(tp)
+    if serializer is None:
+        if not is_context_type(tp):
+            raise ContextSerializationError(
+                f"A saga context must be a dataclass or a pydantic model, got {tp.__qualname__}"
+            )
+        serializer = _context_serializers[tp] = _adapter(tp).serializer
     try:
-        data = _adapter(tp).dump_python(context, mode="json", by_alias=False, warnings=False)
+        data = serializer.to_python(context, mode="json", by_alias=False, warnings=False)
     except (pydantic_core.PydanticSerializationError, pydantic.PydanticSchemaGenerationError,
             pydantic.PydanticUserError, TypeError, ValueError):
         data = None
@@ -93,7 +100,8 @@ def restore_in_place(context: object, data: JsonDict) -> None:
 
 def dump_response(response: pydantic.BaseModel) -> JsonDict:
     try:
-        return response.model_dump(mode="json", by_alias=False, warnings=False)
+        data = type(response).__pydantic_serializer__.to_python(response, mode="json", by_alias=False, warnings=False)
+        return typing.cast(JsonDict, data)
     except pydantic_core.PydanticSerializationError as exc:
         raise ContextSerializationError(
             f"The response {type(response).__qualname__} cannot be stored as JSON: {exc}"

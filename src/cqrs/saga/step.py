@@ -16,7 +16,7 @@ ContextT = typing.TypeVar("ContextT")
 ResponseT = typing.TypeVar("ResponseT", bound=Response)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class SagaStepResult(typing.Generic[ContextT, ResponseT]):
     """What one completed step produced, as yielded by `SagaMediator.stream`.
 
@@ -79,7 +79,7 @@ class SagaStepHandler(abc.ABC, typing.Generic[ContextT, ResponseT]):
         return list(getattr(self, "_events", ()))
 
     def _generate_step_result(self, response: ResponseT) -> SagaStepResult[ContextT, ResponseT]:
-        return SagaStepResult(response=response, step_type=type(self))
+        return SagaStepResult(response, type(self))
 
 
 def _generic_arguments(cls: type) -> tuple[type[typing.Any] | None, type[Response] | None]:

@@ -1,0 +1,103 @@
+"""A run renews its lease while a step (or compensation) is running, and only then."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+
+import di
+
+import cqrs
+from cqrs.response import Response
+from cqrs.saga import bootstrap
+from cqrs.saga.models import SagaContext
+from cqrs.saga.saga import Saga
+from cqrs.saga.step import SagaStepHandler, SagaStepResult
+from cqrs.saga.storage.enums import SagaStatus
+from cqrs.saga.storage.memory import MemorySagaStorage
+from cqrs.saga.storage.models import Lease
+
+RENEWALS_WANTED = 3
+
+
+class CountingStorage(MemorySagaStorage):
+    """Memory storage that counts lease renewals and says when enough happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals = 0
+        self.enough = asyncio.Event()
+
+    async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
+        renewed = await super().renew_lease(saga_id, lease, lease_seconds)
+        self.renewals += 1
+        if self.renewals >= RENEWALS_WANTED:
+            self.enough.set()
+        return renewed
+
+
+STORAGE: CountingStorage
+
+
+@dataclasses.dataclass
+class JobContext(SagaContext):
+    job: str
+    slow: bool = False
+
+
+class Quick(SagaStepHandler[JobContext, Response]):
+    async def act(self, context: JobContext) -> SagaStepResult[JobContext, Response]:
+        return self._generate_step_result(Response())
+
+    async def compensate(self, context: JobContext) -> None:
+        return None
+
+
+class Long(SagaStepHandler[JobContext, Response]):
+    """Runs until the storage has seen several renewals (only the heartbeat makes them)."""
+
+    async def act(self, context: JobContext) -> SagaStepResult[JobContext, Response]:
+        if context.slow:
+            await STORAGE.enough.wait()
+        return self._generate_step_result(Response())
+
+    async def compensate(self, context: JobContext) -> None:
+        return None
+
+
+class JobSaga(Saga[JobContext]):
+    steps = [Quick, Long]
+
+
+def make_mediator(storage: CountingStorage, lease_seconds: float) -> cqrs.SagaMediator:
+    global STORAGE
+    STORAGE = storage
+
+    def saga_mapper(mapper: cqrs.SagaMap) -> None:
+        mapper.bind(JobContext, JobSaga)
+
+    return bootstrap.bootstrap(
+        di_container=di.Container(), sagas_mapper=saga_mapper, saga_storage=storage, lease_seconds=lease_seconds
+    )
+
+
+async def test_a_long_step_keeps_its_lease_renewed() -> None:
+    storage = CountingStorage()
+    # The heartbeat fires every lease_seconds / 3 while the step waits for it.
+    mediator = make_mediator(storage, lease_seconds=0.09)
+    outcome = await asyncio.wait_for(mediator.run(JobContext(job="export", slow=True)), timeout=30)
+    assert outcome.status == SagaStatus.COMPLETED
+    assert storage.renewals >= RENEWALS_WANTED
+    record = await storage.get_saga(outcome.saga_id)
+    assert record is not None and record.owner is None  # released at the end
+
+
+async def test_short_steps_renew_nothing() -> None:
+    storage = CountingStorage()
+    mediator = make_mediator(storage, lease_seconds=30)
+    for index in range(20):
+        outcome = await mediator.run(JobContext(job=f"job-{index}"))
+        assert outcome.status == SagaStatus.COMPLETED
+    # Each checkpoint extends the lease; a separate renewal would be a wasted write.
+    assert storage.renewals == 0
