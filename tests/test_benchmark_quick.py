@@ -36,3 +36,19 @@ def test_quick_benchmark_measures_four_commits_per_saga(postgres_url: str, tmp_p
         assert row["sagas_per_s"] > 0 and row["p50_ms"] > 0 and row["cpu_ms_per_saga"] > 0
     for level in ("1", "16"):
         assert summary["ratios"][level]["throughput"] > 0
+
+
+MEMORY_BENCH = BENCH.parent / "bench_memory.py"
+
+
+def test_memory_benchmark_reports_framework_cost_per_step(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    proc = subprocess.run(
+        [sys.executable, str(MEMORY_BENCH), "--sagas", "200", "--rounds", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "framework µs per step" in proc.stdout
+    figures = json.loads(out.read_text())
+    assert figures["sagas"] == 200
+    assert figures["engine_sagas_per_s"] > 0 and figures["engine_us_per_saga"] > 0
