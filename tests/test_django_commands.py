@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import itertools
 import re
 import subprocess
 import time
@@ -19,6 +20,7 @@ from django_project.testing import (
     Database,
     _django_configured,  # noqa: F401
     _saga_db,  # noqa: F401
+    age_saga,
     on_saga_loop,
     project_command,
     record,
@@ -56,8 +58,8 @@ def pending(context: typing.Any) -> uuid.UUID:
         return atomic_saga_start(context)
 
 
-def abandoned_running_saga(lease_seconds: float = 0.05) -> uuid.UUID:
-    """A saga whose runner died mid-run: ``running``, its lease expiring at once, no progress since."""
+def abandoned_running_saga(lease_seconds: float = 0.0) -> uuid.UUID:
+    """A saga whose runner died mid-run: ``running``, its lease already expired, no progress since."""
     from cqrs.saga._serialization import dump_context
     from django_project.sagas import EchoContext, EchoSaga
 
@@ -101,8 +103,8 @@ def test_saga_list_prints_an_aligned_table_and_filters(saga_db: Database, pendin
     assert column(lines[:-1], "ID") == [str(done)]
     assert lines[-1] == "1 saga(s) (the --limit; there may be more)"
     assert call("saga_list", "--older-than", "2h") == "No sagas match.\n"
-    time.sleep(1.1)
-    lines = call("saga_list", "--older-than", "1s", "--status", "completed").splitlines()
+    age_saga(done, 3 * 3600)
+    lines = call("saga_list", "--older-than", "2h", "--status", "completed").splitlines()
     assert column(lines[:-1], "ID") == [str(done)]
 
 
@@ -151,12 +153,12 @@ def test_saga_check_healthy_exits_zero(saga_db: Database) -> None:
 
 def test_saga_check_fails_on_a_stuck_saga(saga_db: Database) -> None:
     saga_id = abandoned_running_saga()
-    time.sleep(1.2)
-    checked = run_project(saga_db, "saga_check", "--stuck-after", "1s")
+    age_saga(saga_id, 120)
+    checked = run_project(saga_db, "saga_check", "--stuck-after", "1m")
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert check_lines(checked.stdout)["stuck sagas"] == "FAIL"
-    # At least the threshold; how much more depends on how long the subprocess took to start.
-    assert re.search(rf"{saga_id} \(EchoSaga, running, no progress for \d+s\)", checked.stdout), checked.stdout
+    # Backdated by two minutes: reported in whole minutes.
+    assert re.search(rf"{saga_id} \(EchoSaga, running, no progress for 2m\)", checked.stdout), checked.stdout
     assert "Unhealthy: 1 check(s) failed (stuck sagas)" in checked.stderr
 
     # Within the default threshold (15m) it is not stuck yet.
@@ -225,7 +227,6 @@ def test_saga_worker_once_runs_pending_and_abandoned_sagas(saga_db: Database, pe
     first = pending(EchoContext(text="one"))
     second = pending(EchoContext(text="two", fail=True))
     abandoned = abandoned_running_saga()
-    time.sleep(0.1)
     output = call("saga_worker", "--once")
     assert output.strip() == "saga_worker: claimed 3 saga(s): completed=2, failed=1"
     assert record(first).status == SagaStatus.COMPLETED
@@ -237,17 +238,22 @@ def test_saga_worker_once_runs_pending_and_abandoned_sagas(saga_db: Database, pe
 def test_saga_worker_concurrency(saga_db: Database, pending_only: None) -> None:
     from django_project.sagas import SlowContext
 
-    ids = [pending(SlowContext(seconds=1.0)) for _ in range(4)]
-    started = time.monotonic()
-    call("saga_worker", "--once", "--concurrency", "4")
-    assert time.monotonic() - started < 3.5  # side by side, not 4 x 1s
-    assert all(record(saga_id).status == SagaStatus.COMPLETED for saga_id in ids)
+    def naps(ids: list[uuid.UUID]) -> list[tuple[float, float]]:
+        stored = [record(saga_id) for saga_id in ids]
+        assert all(saga.status == SagaStatus.COMPLETED for saga in stored)
+        return sorted((saga.context["started"], saga.context["finished"]) for saga in stored)
 
-    ids = [pending(SlowContext(seconds=0.6)) for _ in range(2)]
-    started = time.monotonic()
+    ids = [pending(SlowContext(seconds=0.5)) for _ in range(4)]
+    call("saga_worker", "--once", "--concurrency", "4")
+    intervals = naps(ids)
+    # Side by side: every nap began before any ended.
+    assert max(start for start, _ in intervals) < min(end for _, end in intervals), intervals
+
+    ids = [pending(SlowContext(seconds=0.2)) for _ in range(3)]
     call("saga_worker", "--once", "--concurrency", "1")
-    assert time.monotonic() - started >= 1.2  # one at a time
-    assert all(record(saga_id).status == SagaStatus.COMPLETED for saga_id in ids)
+    intervals = naps(ids)
+    # One at a time: each nap began after the one before it ended.
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(intervals)), intervals
 
 
 def test_saga_worker_rejects_bad_options(saga_db: Database) -> None:

@@ -171,7 +171,11 @@ async def test_arun_saga_keeps_running_when_the_view_is_cancelled(saga_db: Datab
 
     saga_id = uuid.uuid4()
     task = asyncio.ensure_future(arun_saga(SlowContext(seconds=0.3), saga_id=saga_id))
-    await asyncio.sleep(0.1)
+    # Cancel the view once its saga is stored (it is then napping in its only step).
+    for _ in range(200):
+        if await asyncio.to_thread(record, saga_id) is not None:
+            break
+        await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 
 import cqrs
 from cqrs.correlation import get_correlation_id
@@ -53,13 +54,17 @@ class EchoSaga(Saga[EchoContext]):
 class SlowContext(SagaContext):
     seconds: float
     done: bool = False
+    started: float = 0.0  # wall-clock times of the nap, so tests can tell overlap from sequence
+    finished: float = 0.0
 
 
 class Nap(SagaStepHandler[SlowContext, Echoed]):
     name = "nap"
 
     async def act(self, context: SlowContext) -> SagaStepResult[SlowContext, Echoed]:
+        context.started = time.time()
         await asyncio.sleep(context.seconds)
+        context.finished = time.time()
         context.done = True
         return self._generate_step_result(Echoed(text="rested", correlation_id=get_correlation_id()))
 

@@ -133,6 +133,27 @@ def history(saga_id: uuid.UUID | str) -> list[typing.Any]:
     return typing.cast(list[typing.Any], found)
 
 
+def age_saga(saga_id: uuid.UUID, seconds: float) -> None:
+    """Move a saga's creation and last update ``seconds`` into the past (rather than wait that long)."""
+    import datetime
+
+    import sqlalchemy as sa
+
+    from cqrs.saga.storage.sqlalchemy import saga_executions
+
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds)
+
+    async def go(storage: typing.Any) -> None:
+        async with storage.engine.begin() as conn:
+            await conn.execute(
+                sa.update(saga_executions)
+                .where(saga_executions.c.id == saga_id)
+                .values(created_at=past, updated_at=past)
+            )
+
+    on_saga_loop(go)
+
+
 def count_rows(table: str) -> int:
     """Rows of ``table``, read through Django's connection."""
     from django.db import connection
