@@ -107,7 +107,7 @@ class _LocalRuns:
     The newest claim wins: a paused stream superseded by a newer one stops.
 
     ``advancing`` names the run that is inside the engine for a saga: claiming
-    it from the storage (`reserve`) or running a step or compensation (`hold`).
+    it from the storage (`reserve`) or running a step or compensation (`hold_latest`).
     A run claims only while no other run of this process is advancing the
     saga: a claim by this process's owner bumps the lease epoch, which would
     fence a run that is mid-step, so its step would run again.
@@ -136,12 +136,16 @@ class _LocalRuns:
             raise SagaAlreadyRunningError(saga_id)
         self.latest[key] = token
 
-    def hold(self, saga_id: uuid.UUID, token: object) -> None:
-        """Before a step or compensation: another run advancing the saga now has claimed it since."""
+    def hold_latest(self, saga_id: uuid.UUID, token: object) -> bool:
+        """Before a step or compensation: whether ``token`` still has the newest claim.
+
+        Raises if another run of this process is advancing the saga now (it claimed it since).
+        """
         key = saga_id.int
         if self._busy(key, token):
             raise SagaOwnershipLostError(saga_id)
         self.advancing[key] = token
+        return self.latest.get(key) is token
 
     def pause(self, saga_id: uuid.UUID, token: object) -> None:
         key = saga_id.int
@@ -414,7 +418,13 @@ class SagaRun:
         try:
             if self.saga_type.deadline is not None:
                 self._check_deadline()
-            step_type, instance, result = await self._run_entry(entry)
+            if isinstance(entry, Fallback):
+                step_type, instance, result = await self._run_fallback(entry)
+            else:
+                step_type = entry
+                self._current_step = entry.name
+                instance = await self.container.resolve(entry)
+                result = await self._act(entry, instance)
         except (asyncio.CancelledError, SagaOwnershipLostError):
             raise
         except Exception as error:
@@ -451,15 +461,13 @@ class SagaRun:
                 self._emit("completed")
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Saga %s: step %s completed", self.saga_id, step_type.name)
-        if type(result) is SagaStepResult:  # the usual case, without `dataclasses.replace`'s cost
-            return SagaStepResult(result.response, result.step_type, self.saga_id, result.replayed)
+        if result.saga_id is None:
+            # `_generate_step_result` made it for this call; a result handed out before keeps its id.
+            result.saga_id = self.saga_id
+            return result
         return dataclasses.replace(result, saga_id=self.saga_id)
 
-    async def _run_entry(self, entry: SagaEntry) -> tuple[StepType, Step, Result]:
-        if not isinstance(entry, Fallback):
-            self._current_step = entry.name
-            instance = await self.container.resolve(entry)
-            return entry, instance, await self._act(entry, instance)
+    async def _run_fallback(self, entry: Fallback) -> tuple[StepType, Step, Result]:
         breaker = entry.circuit_breaker
         primary = entry.step
         if breaker is None or not breaker.is_open(primary.name):
@@ -658,8 +666,8 @@ class SagaRun:
 
     def _hold(self) -> None:
         """Mark this run as advancing its saga (this process claims it for no one else meanwhile)."""
-        _local_runs.hold(self.saga_id, self._token)
-        self._check_still_ours()
+        if self.lease_lost or not _local_runs.hold_latest(self.saga_id, self._token):
+            raise SagaOwnershipLostError(self.saga_id)
 
     def _check_still_ours(self) -> None:
         if self.lease_lost or not _local_runs.is_latest(self.saga_id, self._token):
@@ -728,20 +736,26 @@ class SagaRun:
 class correlation_scope:
     """Sets the saga's correlation id and saga id for step code and log records."""
 
-    __slots__ = ("_run", "_tokens")
+    __slots__ = ("_correlation_token", "_run", "_saga_token")
 
     def __init__(self, run: SagaRun) -> None:
         self._run = run
 
     def __enter__(self) -> None:
-        self._tokens = (
-            correlation._correlation_id.set(self._run.correlation_id or correlation._correlation_id.get()),
-            correlation._saga_id.set(self._run.saga_id),
+        run = self._run
+        wanted = run.correlation_id
+        # Only set what differs: each set and reset costs, and this runs around every action.
+        self._correlation_token = (
+            correlation._correlation_id.set(wanted)
+            if wanted is not None and wanted != correlation._correlation_id.get()
+            else None
         )
+        self._saga_token = correlation._saga_id.set(run.saga_id)
 
     def __exit__(self, *exc: object) -> None:
-        correlation._saga_id.reset(self._tokens[1])
-        correlation._correlation_id.reset(self._tokens[0])
+        correlation._saga_id.reset(self._saga_token)
+        if self._correlation_token is not None:
+            correlation._correlation_id.reset(self._correlation_token)
 
 
 def _entry_name(entry: SagaEntry) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import functools
 import typing
 import uuid
 
@@ -22,20 +23,26 @@ __all__ = ["MemorySagaStorage"]
 JsonDict = dict[str, typing.Any]
 
 
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+# A C-level callable: the clock is read on every write.
+_utcnow: typing.Callable[[], datetime.datetime] = functools.partial(datetime.datetime.now, datetime.timezone.utc)
 
 
-_ATOMS = (str, int, float, bool, type(None))
+@functools.lru_cache(maxsize=64)
+def _seconds(seconds: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=seconds)
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
 
 
 def _json_copy(value: typing.Any) -> typing.Any:
     """A deep copy of JSON-shaped data (many times faster than `copy.deepcopy` on it)."""
-    if isinstance(value, dict):
-        return {key: item if isinstance(item, _ATOMS) else _json_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [item if isinstance(item, _ATOMS) else _json_copy(item) for item in value]
-    if isinstance(value, _ATOMS):
+    kind = type(value)
+    if kind is dict:
+        return {key: item if type(item) in _ATOMS else _json_copy(item) for key, item in value.items()}
+    if kind is list:
+        return [item if type(item) in _ATOMS else _json_copy(item) for item in value]
+    if kind in _ATOMS:
         return value
     return copy.deepcopy(value)
 
@@ -43,7 +50,7 @@ def _json_copy(value: typing.Any) -> typing.Any:
 class _StoredSaga:
     """A stored saga: the mutable twin of `SagaRecord` (updating in place is the cheap path)."""
 
-    __slots__ = tuple(field.name for field in dataclasses.fields(SagaRecord))
+    __slots__ = (*(field.name for field in dataclasses.fields(SagaRecord)), "log")
 
     def __init__(
         self,
@@ -76,6 +83,7 @@ class _StoredSaga:
         self.error = error
         self.created_at = created_at
         self.updated_at = updated_at
+        self.log: list[SagaLogEntry] = []  # its step history, in write order
 
     def record(self) -> SagaRecord:
         """A frozen copy for a caller (with its own copy of the context)."""
@@ -103,7 +111,6 @@ class MemorySagaStorage:
     def __init__(self, clock: typing.Callable[[], datetime.datetime] = _utcnow) -> None:
         self._clock = clock
         self._sagas: dict[uuid.UUID, _StoredSaga] = {}
-        self._logs: dict[uuid.UUID, list[SagaLogEntry]] = {}
         self._seq = 0
 
     # -- helpers ---------------------------------------------------------------
@@ -133,9 +140,9 @@ class MemorySagaStorage:
             self._seq + 1,
         )
 
-    def _append(self, saga_id: uuid.UUID, row: SagaLogEntry) -> None:
+    def _append(self, record: _StoredSaga, row: SagaLogEntry) -> None:
         self._seq = row.seq
-        self._logs[saga_id].append(row)
+        record.log.append(row)
 
     def _holds(self, record: _StoredSaga, lease: Lease) -> bool:
         return record.owner == lease.owner and record.lease_epoch == lease.epoch
@@ -149,7 +156,7 @@ class MemorySagaStorage:
         )
 
     def _expiry(self, lease_seconds: float) -> datetime.datetime:
-        return self._clock() + datetime.timedelta(seconds=lease_seconds)
+        return self._clock() + _seconds(lease_seconds)
 
     @staticmethod
     def _copy(record: _StoredSaga) -> SagaRecord:
@@ -160,7 +167,7 @@ class MemorySagaStorage:
             SagaLogEntry(
                 e.saga_id, e.step_name, e.action, e.status, e.timestamp, e.details, _json_copy(e.response), e.seq
             )
-            for e in self._logs[saga_id]
+            for e in self._sagas[saga_id].log
         ]
 
     # -- engine ------------------------------------------------------------------
@@ -179,11 +186,10 @@ class MemorySagaStorage:
             correlation_id=saga.correlation_id,
             owner=owner,
             lease_epoch=1,
-            lease_expires_at=now + datetime.timedelta(seconds=lease_seconds),
+            lease_expires_at=now + _seconds(lease_seconds),
             created_at=now,
             updated_at=now,
         )
-        self._logs[saga.saga_id] = []
         return Lease(owner=owner, epoch=1)
 
     async def claim_saga(self, saga_id: uuid.UUID, owner: str, lease_seconds: float) -> SagaClaim | None:
@@ -221,7 +227,7 @@ class MemorySagaStorage:
         release: bool = False,
     ) -> bool:
         record = self._sagas.get(saga_id)
-        if record is None or not self._holds(record, lease):
+        if record is None or record.owner != lease.owner or record.lease_epoch != lease.epoch:
             return False
         # Everything that may fail (copying what is stored) comes first: a checkpoint is all or nothing.
         now = self._clock()
@@ -241,10 +247,11 @@ class MemorySagaStorage:
             record.owner = None
             record.lease_expires_at = None
         else:
-            record.lease_expires_at = now + datetime.timedelta(seconds=lease_seconds)
+            record.lease_expires_at = now + _seconds(lease_seconds)
         record.updated_at = now
         if row is not None:
-            self._append(saga_id, row)
+            self._seq = row.seq
+            record.log.append(row)
         return True
 
     async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
@@ -313,7 +320,6 @@ class MemorySagaStorage:
             created_at=now,
             updated_at=now,
         )
-        self._logs[saga_id] = []
 
     async def update_context(
         self, saga_id: uuid.UUID, context: JsonDict, current_version: int | None = None
@@ -337,8 +343,8 @@ class MemorySagaStorage:
         status: SagaStepStatus,
         details: str | None = None,
     ) -> None:
-        self._get(saga_id)
-        self._append(saga_id, self._log_row(saga_id, StepEntry(step_name, action, SagaStepStatus(status), details)))
+        record = self._get(saga_id)
+        self._append(record, self._log_row(saga_id, StepEntry(step_name, action, SagaStepStatus(status), details)))
 
     async def load_saga_state(
         self, saga_id: uuid.UUID, *, read_for_update: bool = False
@@ -421,7 +427,7 @@ class MemorySagaStorage:
     async def reset_saga(self, saga_id: uuid.UUID) -> None:
         record = self._get(saga_id)
         compensating = any(
-            e.action == "compensate" or e.status == SagaStepStatus.FAILED for e in self._logs[saga_id]
+            e.action == "compensate" or e.status == SagaStepStatus.FAILED for e in record.log
         )
         self._put(
             record,
