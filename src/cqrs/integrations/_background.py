@@ -14,9 +14,33 @@ import uuid
 
 from cqrs.saga import _serialization
 from cqrs.saga._engine import Listener, SagaEvent
+from cqrs.saga.exceptions import SagaAlreadyRunningError
 from cqrs.saga.mediator import SagaMediator, SagaOutcome
 
 logger = logging.getLogger("cqrs.integrations")
+
+
+async def resume_quietly(
+    mediator: SagaMediator,
+    saga_id: uuid.UUID,
+    *,
+    listener: Listener | None = None,
+    finisher: str = "recovery",
+) -> SagaOutcome | None:
+    """Run a recorded saga to its end in the background; errors are logged, not raised.
+
+    A saga that stops here (storage down, shutdown) stays recoverable;
+    ``finisher`` names what will finish it, for the log.
+    """
+    try:
+        return await mediator.resume(saga_id, listener=listener)
+    except asyncio.CancelledError:
+        raise
+    except SagaAlreadyRunningError:
+        logger.info("Saga %s is being run elsewhere; leaving it", saga_id)
+    except Exception:
+        logger.exception("Background run of saga %s stopped; %s will finish it", saga_id, finisher)
+    return None
 
 
 class BackgroundRunner:
@@ -34,7 +58,7 @@ class BackgroundRunner:
 
     def spawn(self, mediator: SagaMediator, saga_id: uuid.UUID) -> asyncio.Task[SagaOutcome | None]:
         """Run an already recorded saga in the background."""
-        task = asyncio.ensure_future(self._resume(mediator, saga_id))
+        task = asyncio.ensure_future(resume_quietly(mediator, saga_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -43,32 +67,10 @@ class BackgroundRunner:
         self, mediator: SagaMediator, saga_id: uuid.UUID, listener: Listener
     ) -> asyncio.Task[SagaOutcome | None]:
         """Like `spawn`, with ``listener`` receiving the run's `SagaEvent`s (for live streams)."""
-        task = asyncio.ensure_future(self._resume_observed(mediator, saga_id, listener))
+        task = asyncio.ensure_future(resume_quietly(mediator, saga_id, listener=listener))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    @staticmethod
-    async def _resume_observed(
-        mediator: SagaMediator, saga_id: uuid.UUID, listener: Listener
-    ) -> SagaOutcome | None:
-        try:
-            return await mediator.resume(saga_id, listener=listener)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("Background run of saga %s stopped; recovery will pick it up", saga_id)
-            return None
-
-    @staticmethod
-    async def _resume(mediator: SagaMediator, saga_id: uuid.UUID) -> SagaOutcome | None:
-        try:
-            return await mediator.resume(saga_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("Background run of saga %s stopped; recovery will pick it up", saga_id)
-            return None
 
     @property
     def pending(self) -> int:

@@ -4,26 +4,23 @@ Each framework adapter reads the raw body (refusing one over the limit with
 413 before reading it all), then hands it with the headers to the
 `cqrs.triggers.TriggerDispatcher` this module builds for the app's config,
 answers ``202`` with `cqrs.triggers.AcceptedEvent.as_json` and runs the
-recorded sagas with its own background runner (`resume_quietly`). Every
+recorded sagas in the background (`cqrs.integrations._background.resume_quietly`). Every
 refusal is a `BadRequest`, answered ``{"error": ...}`` with its status by all
 three frameworks alike.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import typing
-import uuid
 
 from cqrs.config import SagaConfig
-from cqrs.saga.exceptions import SagaAlreadyRunningError
 from cqrs.saga.saga import Saga
 from cqrs.triggers import SignatureVerifier, TriggerDispatcher
 
 if typing.TYPE_CHECKING:
-    from cqrs.saga.mediator import SagaMediator, SagaOutcome
+    pass
 
 logger = logging.getLogger("cqrs.integrations.webhooks")
 
@@ -70,19 +67,3 @@ class WebhookEndpoint:
                 limit = self.max_body_bytes if self.max_body_bytes is not None else config.max_body_bytes
                 self._cached = (config, TriggerDispatcher(sagas, verifier=self.verifier, max_body_bytes=limit))
             return self._cached[1]
-
-
-async def resume_quietly(mediator: SagaMediator, saga_id: uuid.UUID) -> SagaOutcome | None:
-    """Run a recorded saga to its end in the background; errors are logged, not raised.
-
-    A saga that stops here (storage down, shutdown) stays recoverable.
-    """
-    try:
-        return await mediator.resume(saga_id)
-    except asyncio.CancelledError:
-        raise
-    except SagaAlreadyRunningError:
-        logger.info("Saga %s is being run elsewhere; leaving it", saga_id)
-    except Exception:
-        logger.exception("Background run of saga %s stopped; recovery will finish it", saga_id)
-    return None

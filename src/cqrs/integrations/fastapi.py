@@ -230,6 +230,17 @@ def _http_error(error: BadRequest) -> fastapi.HTTPException:
     return fastapi.HTTPException(status_code=error.status, detail=error.message)
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 once it is known to pass ``limit`` bytes (header or bytes read)."""
+    check_content_length(request.headers.get("content-length"), max_bytes=limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(413, f"Request body is larger than the limit of {limit} bytes")
+    return bytes(body)
+
+
 async def read_saga_context(request: Request, context_type: type[C], *, max_bytes: int | None = None) -> C:
     """Build a ``context_type`` from the request's JSON body, or raise a 4xx `fastapi.HTTPException`.
 
@@ -240,13 +251,7 @@ async def read_saga_context(request: Request, context_type: type[C], *, max_byte
     """
     limit = max_bytes if max_bytes is not None else get_config(request).max_body_bytes
     try:
-        check_content_length(request.headers.get("content-length"), max_bytes=limit)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BadRequest(413, f"Request body is larger than the limit of {limit} bytes")
-        data = parse_json_object(bytes(body), max_bytes=limit)
+        data = parse_json_object(await _read_body(request, limit), max_bytes=limit)
         return typing.cast(C, build_context(context_type, data))
     except BadRequest as error:
         raise _http_error(error) from None
@@ -495,19 +500,14 @@ def webhook_router(
         dispatcher = endpoint.dispatcher(runtime.config)
         limit = dispatcher.max_body_bytes
         try:
-            check_content_length(request.headers.get("content-length"), max_bytes=limit)
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise BadRequest(413, f"Request body is larger than the limit of {limit} bytes")
+            body = await _read_body(request, limit)
             correlation_id = (
                 getattr(request.state, "correlation_id", None)
                 or request.headers.get(runtime.config.correlation_header)
                 or correlation.get_correlation_id()
             )
             accepted = await dispatcher.accept(
-                runtime.mediator, source, bytes(body), request.headers, correlation_id=correlation_id
+                runtime.mediator, source, body, request.headers, correlation_id=correlation_id
             )
         except BadRequest as error:
             return JSONResponse(error.body(), status_code=error.status)

@@ -49,6 +49,7 @@ import pydantic
 
 from cqrs import correlation
 from cqrs.config import SagaConfig
+from cqrs.integrations._background import resume_quietly
 from cqrs.integrations._loop import LoopThread, shared_loop_thread
 from cqrs.integrations._requests import (
     BadRequest,
@@ -58,7 +59,7 @@ from cqrs.integrations._requests import (
     parse_saga_id,
 )
 from cqrs.integrations._status import saga_diagram, saga_status
-from cqrs.integrations._webhooks import WebhookEndpoint, resume_quietly
+from cqrs.integrations._webhooks import WebhookEndpoint
 from cqrs.saga import _serialization
 from cqrs.saga.exceptions import (
     SagaAlreadyRunningError,
@@ -558,16 +559,10 @@ class SagaExtension:
             runtime.ready()
             dispatcher = endpoint.dispatcher(runtime.config)
             limit = dispatcher.max_body_bytes
-            check_content_length(flask.request.headers.get("Content-Length"), max_bytes=limit)
-            body = bytearray()
-            stream = flask.request.stream
-            while chunk := stream.read(min(65536, limit + 1 - len(body))):
-                body += chunk
-                if len(body) > limit:
-                    raise BadRequest(413, f"Request body is larger than the limit of {limit} bytes")
+            body = _read_body(limit)
             headers = dict(flask.request.headers.items())
             correlation_id = flask.g.get("correlation_id") or correlation.get_correlation_id()
-            accepted = runtime.query(_deliver(runtime, dispatcher, source, bytes(body), headers, correlation_id))
+            accepted = runtime.query(_deliver(runtime, dispatcher, source, body, headers, correlation_id))
             return flask.jsonify(accepted.as_json()), 202
 
         def status(source: str, correlation_id: str) -> flask.Response:
@@ -620,14 +615,19 @@ def read_saga_context(context_type: type[C], *, max_bytes: int | None = None) ->
         max_bytes = (
             extension.config().max_body_bytes if isinstance(extension, SagaExtension) else SagaConfig.max_body_bytes
         )
-    check_content_length(flask.request.headers.get("Content-Length"), max_bytes=max_bytes)
+    return typing.cast(C, build_context(context_type, parse_json_object(_read_body(max_bytes), max_bytes=max_bytes)))
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, refused with 413 once it is known to pass ``limit`` bytes (header or bytes read)."""
+    check_content_length(flask.request.headers.get("Content-Length"), max_bytes=limit)
     body = bytearray()
     stream = flask.request.stream
-    while chunk := stream.read(min(65536, max_bytes + 1 - len(body))):
+    while chunk := stream.read(min(65536, limit + 1 - len(body))):
         body += chunk
-        if len(body) > max_bytes:
-            raise BadRequest(413, f"Request body is larger than the limit of {max_bytes} bytes")
-    return typing.cast(C, build_context(context_type, parse_json_object(bytes(body), max_bytes=max_bytes)))
+        if len(body) > limit:
+            raise BadRequest(413, f"Request body is larger than the limit of {limit} bytes")
+    return bytes(body)
 
 
 # -- helpers ------------------------------------------------------------------------

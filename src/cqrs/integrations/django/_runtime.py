@@ -25,10 +25,10 @@ from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperatio
 
 from cqrs import correlation
 from cqrs.config import SagaConfig, configure
+from cqrs.integrations._background import resume_quietly
 from cqrs.integrations._loop import shared_loop_thread
 from cqrs.integrations._requests import BadRequest, parse_saga_id
 from cqrs.integrations.django._settings import DjangoSagaSettings, load
-from cqrs.saga.exceptions import SagaAlreadyRunningError
 from cqrs.saga.mediator import SagaMediator, SagaOutcome
 from cqrs.saga.saga import Saga
 
@@ -154,14 +154,10 @@ class SagaRuntime:
     async def resume_quietly(self, saga_id: uuid.UUID) -> SagaOutcome | None:
         try:
             mediator = await self.open()
-            return await mediator.resume(saga_id)
-        except asyncio.CancelledError:
-            raise
-        except SagaAlreadyRunningError:
-            logger.info("Saga %s is being run elsewhere (a saga_worker took it); leaving it", saga_id)
         except Exception:
-            logger.exception("Background run of saga %s stopped; saga_worker will finish it", saga_id)
-        return None
+            logger.exception("Could not open the saga storage to run saga %s; saga_worker will run it", saga_id)
+            return None
+        return await resume_quietly(mediator, saga_id, finisher="saga_worker")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the background runs started so far end; False if some still run after ``timeout``."""
