@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import importlib
 import json
@@ -30,24 +29,27 @@ import cqrs
 from cqrs import correlation
 from cqrs.config import SagaConfig
 from cqrs.integrations import fastapi as saga_api
-from cqrs.saga.models import SagaContext
-from cqrs.saga.saga import Saga
-from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 from cqrs.saga.storage.memory import MemorySagaStorage
+from order_saga import (
+    STEP_NAMES,
+    OrderContext,
+    OrderSaga,
+    StepProbe,
+)
 
 # -- a saga whose steps the tests can hold and watch -----------------------------------------------
 
 
-class Probe:
+class Probe(StepProbe):
     """Injected into every step: records what steps saw, and lets a test hold a step."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.hold: set[str] = set()
         self.entered: dict[str, asyncio.Event] = {}
         self.release: dict[str, asyncio.Event] = {}
         self.correlation_ids: list[str | None] = []
-        self.compensated: list[str] = []
 
     def event(self, table: dict[str, asyncio.Event], step: str) -> asyncio.Event:
         return table.setdefault(step, asyncio.Event())
@@ -60,87 +62,13 @@ class Probe:
             await self.event(self.release, step).wait()
 
 
-@dataclasses.dataclass
-class OrderContext(SagaContext):
-    order_id: str
-    amount: float
-    fail_payment: bool = False
-    reservation_id: str | None = None
-    payment_id: str | None = None
-
-
-class Reserved(cqrs.Response):
-    reservation_id: str
-
-
-class Charged(cqrs.Response):
-    payment_id: str
-
-
-class Shipped(cqrs.Response):
-    tracking: str
-
-
-class PaymentDeclined(Exception):
-    pass
-
-
-class Reserve(SagaStepHandler[OrderContext, Reserved]):
-    name = "reserve"
-
-    def __init__(self, probe: Probe) -> None:
-        self.probe = probe
-
-    async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Reserved]:
-        await self.probe.visit("reserve")
-        context.reservation_id = f"res-{context.order_id}"
-        return self._generate_step_result(Reserved(reservation_id=context.reservation_id))
-
-    async def compensate(self, context: OrderContext) -> None:
-        self.probe.compensated.append("reserve")
-
-
-class Charge(SagaStepHandler[OrderContext, Charged]):
-    name = "charge"
-
-    def __init__(self, probe: Probe) -> None:
-        self.probe = probe
-
-    async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Charged]:
-        await self.probe.visit("charge")
-        if context.fail_payment:
-            raise PaymentDeclined(f"card declined for {context.order_id}")
-        context.payment_id = f"pay-{context.order_id}"
-        return self._generate_step_result(Charged(payment_id=context.payment_id))
-
-    async def compensate(self, context: OrderContext) -> None:
-        self.probe.compensated.append("charge")
-
-
-class Ship(SagaStepHandler[OrderContext, Shipped]):
-    name = "ship"
-
-    def __init__(self, probe: Probe) -> None:
-        self.probe = probe
-
-    async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Shipped]:
-        await self.probe.visit("ship")
-        return self._generate_step_result(Shipped(tracking=f"trk-{context.order_id}"))
-
-
-class OrderSaga(Saga[OrderContext]):
-    name = "order"
-    steps = [Reserve, Charge, Ship]
-
-
-STEP_NAMES = ["reserve", "charge", "ship"]
 
 # -- the app under test ----------------------------------------------------------------------------
 
 
 def make_config(probe: Probe, **options: typing.Any) -> SagaConfig:
     container = di.Container()
-    container.bind(di.bind_by_type(Dependent(lambda: probe, scope=None), Probe))
+    container.bind(di.bind_by_type(Dependent(lambda: probe, scope=None), StepProbe))
     options.setdefault("storage_url", "memory://")
     options.setdefault("max_body_bytes", 256)
     options.setdefault("compensation_retry_delay", 0.0)

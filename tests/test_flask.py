@@ -27,7 +27,6 @@ import pytest
 from di.dependent import Dependent
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-import cqrs
 from cqrs import correlation
 from cqrs.config import open_storage
 from cqrs.integrations import _loop
@@ -39,25 +38,31 @@ from cqrs.integrations.flask import (
     read_saga_context,
 )
 from cqrs.saga.exceptions import SagaDefinitionError
-from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
-from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
+from order_saga import (
+    STEP_NAMES,
+    OrderContext,
+    OrderSaga,
+    PaymentDeclined,
+    Reserve,
+    StepProbe,
+)
 
 # -- a saga whose steps record what they saw ----------------------------------------------------------
 
 
-class Probe:
+class Probe(StepProbe):
     """Injected into every step: records the loop, correlation id and saga id each step saw.
 
     A step named in ``hold`` waits (without blocking the loop) until its gate is set.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.loops: list[asyncio.AbstractEventLoop] = []
         self.threads: list[threading.Thread] = []
         self.correlation_ids: list[str | None] = []
-        self.compensated: list[str] = []
         self.hold: dict[str, threading.Event] = {}
         self.entered: dict[str, threading.Event] = {}
 
@@ -74,82 +79,11 @@ class Probe:
                 await asyncio.sleep(0.005)
 
 
-@dataclasses.dataclass
-class OrderContext(SagaContext):
-    order_id: str
-    amount: float
-    fail_payment: bool = False
-    reservation_id: str | None = None
-    payment_id: str | None = None
-
-
-class Reserved(cqrs.Response):
-    reservation_id: str
-
-
-class Charged(cqrs.Response):
-    payment_id: str
-
-
-class Shipped(cqrs.Response):
-    tracking: str
-
-
-class PaymentDeclined(Exception):
-    pass
-
-
-class Reserve(SagaStepHandler[OrderContext, Reserved]):
-    name = "reserve"
-
-    def __init__(self, probe: Probe) -> None:
-        self.probe = probe
-
-    async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Reserved]:
-        await self.probe.visit("reserve")
-        context.reservation_id = f"res-{context.order_id}"
-        return self._generate_step_result(Reserved(reservation_id=context.reservation_id))
-
-    async def compensate(self, context: OrderContext) -> None:
-        self.probe.compensated.append("reserve")
-
-
-class Charge(SagaStepHandler[OrderContext, Charged]):
-    name = "charge"
-
-    def __init__(self, probe: Probe) -> None:
-        self.probe = probe
-
-    async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Charged]:
-        await self.probe.visit("charge")
-        if context.fail_payment:
-            raise PaymentDeclined(f"card declined for {context.order_id}")
-        context.payment_id = f"pay-{context.order_id}"
-        return self._generate_step_result(Charged(payment_id=context.payment_id))
-
-
-class Ship(SagaStepHandler[OrderContext, Shipped]):
-    name = "ship"
-
-    def __init__(self, probe: Probe) -> None:
-        self.probe = probe
-
-    async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Shipped]:
-        await self.probe.visit("ship")
-        return self._generate_step_result(Shipped(tracking=f"trk-{context.order_id}"))
-
-
-class OrderSaga(Saga[OrderContext]):
-    name = "order"
-    steps = [Reserve, Charge, Ship]
-
-
-STEPS = ["reserve", "charge", "ship"]
 
 
 def container_for(probe: Probe) -> di.Container:
     container = di.Container()
-    container.bind(di.bind_by_type(Dependent(lambda: probe, scope=None), Probe))
+    container.bind(di.bind_by_type(Dependent(lambda: probe, scope=None), StepProbe))
     return container
 
 
@@ -343,7 +277,7 @@ def test_run_sync_returns_id_status_and_step_results(make_app: typing.Callable[.
     assert result.status is SagaStatus.COMPLETED and result["status"] is SagaStatus.COMPLETED
     assert result.succeeded and result.error is None
     assert isinstance(result.saga_id, uuid.UUID) and result["saga_id"] == result.saga_id
-    assert [r.step_type.name for r in result.results] == STEPS
+    assert [r.step_type.name for r in result.results] == STEP_NAMES
     assert result.steps == {
         "reserve": {"reservation_id": "res-A"},
         "charge": {"payment_id": "pay-A"},
@@ -587,7 +521,7 @@ def test_an_incoming_correlation_id_is_echoed_stored_and_logged(
     assert status is not None and status["correlation_id"] == "trace-123"
 
     steps = [r for r in captured_logs.records if r.name == "tests.flask.steps"]
-    assert [r.getMessage() for r in steps] == [f"step {s} runs" for s in STEPS]
+    assert [r.getMessage() for r in steps] == [f"step {s} runs" for s in STEP_NAMES]
     assert {(r.correlation_id, r.saga_id, r.threadName) for r in steps} == {  # type: ignore[attr-defined]
         ("trace-123", body["saga_id"], "cqrs-saga-loop")
     }
@@ -761,7 +695,7 @@ def test_sql_storage_end_to_end(
     assert failed is not None and failed["status"] == "failed"
     status = served.client.get(f"/sagas/{saga_id}").json
     assert status is not None and status["status"] == "completed" and status["correlation_id"] == "sql-1"
-    assert [s["step"] for s in status["completed_steps"]] == STEPS
+    assert [s["step"] for s in status["completed_steps"]] == STEP_NAMES
     diagram = served.client.get(f"/sagas/{failed['saga_id']}/diagram").get_data(as_text=True)
     assert "step_charge" in diagram and "compensated" in diagram and "failed" in diagram
     assert served.client.get("/health").json == {"status": "ok"}
