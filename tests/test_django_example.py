@@ -25,9 +25,9 @@ from django_project.testing import (
     _saga_db,  # noqa: F401
     count_rows,
     example_manage,
-    free_port,
     stop,
 )
+from example_server import free_port
 
 JSON = "application/json"
 ORDER: dict[str, typing.Any] = {

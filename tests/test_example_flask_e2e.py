@@ -9,25 +9,17 @@ its correlation id, after a graceful SIGTERM shutdown.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import os
 import pathlib
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 import typing
 import uuid
 
 import httpx
 import pytest
 
-from cqrs.config import open_storage
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
-from cqrs.saga.storage.models import SagaLogEntry, SagaRecord
+from example_server import ExampleServer, stored
 
 pytestmark = pytest.mark.slow
 
@@ -35,60 +27,6 @@ EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "flask_app"
 STEPS = ["reserve_inventory", "charge_payment", "ship_order"]
 ORDERS = 200
 CLIENT_THREADS = 24
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``python examples/flask_app/main.py --port N`` in a subprocess, its output in a file."""
-
-    def __init__(self, tmp_path: pathlib.Path, storage_url: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / "server.log"
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(EXAMPLE), "--port", str(self.port)],
-            cwd=tmp_path,
-            env={**os.environ, "CQRS_SAGA_STORAGE_URL": storage_url, "PYTHONUNBUFFERED": "1"},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_until_healthy(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"the example exited with {self.process.returncode}:\n{self.output}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"the example did not answer /health within {timeout}s:\n{self.output}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._log.close()
 
 
 def order_body(n: int, **extra: typing.Any) -> dict[str, typing.Any]:
@@ -101,26 +39,12 @@ def order_body(n: int, **extra: typing.Any) -> dict[str, typing.Any]:
     }
 
 
-def stored(storage_url: str) -> tuple[list[SagaRecord], dict[uuid.UUID, list[SagaLogEntry]]]:
-    """Every saga in the database and its step history, read with the library's storage."""
-
-    async def read() -> tuple[list[SagaRecord], dict[uuid.UUID, list[SagaLogEntry]]]:
-        storage = await open_storage(storage_url, create_tables=False)
-        try:
-            records = await storage.list_sagas(limit=10 * ORDERS)
-            return records, {r.saga_id: await storage.get_step_history(r.saga_id) for r in records}
-        finally:
-            await storage.close()
-
-    return asyncio.run(read())
-
-
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_example_serves_concurrent_orders(
     tmp_path: pathlib.Path, request: pytest.FixtureRequest, database: str
 ) -> None:
     url = request.getfixturevalue(f"{database}_url")
-    server = Server(tmp_path, url)
+    server = ExampleServer(EXAMPLE, tmp_path, url)
     try:
         server.wait_until_healthy()
         assert f"curl -s -X POST {server.base_url}/orders" in server.output
@@ -195,7 +119,7 @@ def test_example_serves_concurrent_orders(
     assert "Traceback" not in output, output
     assert f"[{answers[7][1]}] orders: order E2E-007: shipped" in output  # step logs carry the request's id
 
-    records, histories = stored(url)
+    records, histories = stored(url, limit=10 * ORDERS)
     by_id = {str(r.saga_id): r for r in records}
     assert len(records) == ORDERS + 1
     declined_id = declined.json()["saga_id"]

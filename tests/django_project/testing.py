@@ -19,7 +19,6 @@ import importlib
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -186,12 +185,6 @@ def example_manage(database: Database, *args: str, timeout: float = 120) -> subp
 def project_command(*args: str) -> list[str]:
     """The command line of ``django-admin ARGS`` for the test project (its sagas, the test's database)."""
     return [sys.executable, "-m", "django", *args, "--settings", "django_project.settings", "--pythonpath", str(TESTS)]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
