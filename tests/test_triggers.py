@@ -236,10 +236,32 @@ async def test_fifty_concurrent_copies_start_one_saga(mediator: SagaMediator) ->
         *(dispatcher.accept(mediator, "order_created", payload, {}, correlation_id=f"d-{n}") for n in range(50))
     )
 
-    started = [a for a in answers if a.started]
-    assert len(started) == 1 and started[0].status == "accepted"
-    assert {a.correlation_id for a in answers} == {started[0].correlation_id}
-    assert len(await mediator.storage.list_sagas(limit=1000)) == 2
+    # Each saga was started by exactly one delivery (one may start both, or two one each) ...
+    started = sorted(s.saga for a in answers for s in a.started)
+    assert started == ["webhook_audit", "webhook_order"]
+    # ... and all of them answer with the correlation id the sagas are stored under.
+    stored = await mediator.storage.list_sagas(limit=1000)
+    assert len(stored) == 2 and len({r.correlation_id for r in stored}) == 1
+    assert {a.correlation_id for a in answers} == {stored[0].correlation_id}
+
+
+async def test_a_delivery_that_finds_some_sagas_started_joins_their_correlation_id(mediator: SagaMediator) -> None:
+    payload = body(order_id="O-9", amount=9)
+    # An earlier delivery got as far as the first saga (or the second trigger is new since).
+    early = await TriggerDispatcher([WebhookOrderSaga]).accept(
+        mediator, "order_created", payload, {}, correlation_id="early"
+    )
+    assert [s.saga for s in early.started] == ["webhook_order"]
+
+    late = await TriggerDispatcher(SAGAS).accept(mediator, "order_created", payload, {}, correlation_id="late")
+
+    assert late.status == "accepted" and late.correlation_id == "early"
+    assert [(s.saga, s.duplicate) for s in late.sagas] == [("webhook_order", True), ("webhook_audit", False)]
+    stored = await mediator.storage.list_sagas()
+    assert sorted((r.name, r.correlation_id) for r in stored) == [
+        ("webhook_audit", "early"),
+        ("webhook_order", "early"),
+    ]
 
 
 async def test_ignored_and_refused_events_store_nothing(mediator: SagaMediator) -> None:

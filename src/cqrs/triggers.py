@@ -370,9 +370,14 @@ class TriggerDispatcher:
             if context is not None:
                 prepared.append((binding, context, key))
         correlation_id = correlation.accept_correlation_id(correlation_id)
-        sagas = [await self._record(mediator, b, context, key, correlation_id) for b, context, key in prepared]
-        if sagas and all(s.duplicate for s in sagas) and sagas[0].correlation_id:
-            correlation_id = sagas[0].correlation_id
+        sagas: list[TriggeredSaga] = []
+        for binding, context, key in prepared:
+            saga = await self._record(mediator, binding, context, key, correlation_id)
+            if saga.duplicate and saga.correlation_id and all(s.duplicate for s in sagas):
+                # An earlier delivery of this event got here first: the sagas this one still
+                # starts (that one has not reached them yet) join its correlation id.
+                correlation_id = saga.correlation_id
+            sagas.append(saga)
         return AcceptedEvent(source, correlation_id, sagas)
 
     async def _record(
