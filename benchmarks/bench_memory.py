@@ -12,7 +12,7 @@ Two loops run the same three step objects back to back, one saga at a time:
   record, lease, one checkpoint per step, step resolution through the DI
   container, results, final status.
 
-*framework µs per step* = (engine time − direct time) / sagas / 3. The target
+*framework µs per step* = (engine time - direct time) / sagas / 3. The target
 (issue 2) is under 15 µs per step on a 2-core machine.
 """
 

@@ -1295,6 +1295,9 @@ async def pg_commits(sql: SqlAlchemySagaStorage) -> int:
     """
     import asyncpg
 
+    # On asyncpg the storage keeps the connection it wrote on until the event loop's next iteration
+    # (see SqlAlchemySagaStorage._execute_asyncpg): let it go back to the pool first.
+    await asyncio.sleep(0)
     async with sql.engine.connect() as conn:
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await auto.exec_driver_sql("SELECT pg_stat_force_next_flush()")
@@ -1370,3 +1373,167 @@ async def test_each_engine_write_is_one_commit(storage: SagaStorage) -> None:
         tally.remove()
     assert counts == [1, 2, 3, 4, 5, 6, 7]
     assert steps(await sql.get_step_history(saga_id)) == [("one", "act", "completed")]
+
+
+# -- the asyncpg write path ---------------------------------------------------------------------------------------
+
+
+def asyncpg_only(storage: SagaStorage) -> SqlAlchemySagaStorage:
+    sql = sql_only(storage)
+    if sql.engine.dialect.driver != "asyncpg":
+        pytest.skip("the asyncpg write path")
+    return sql
+
+
+def hot_statements(sql: SqlAlchemySagaStorage) -> list[typing.Any]:
+    """The engine's writes: start, the checkpoints of a 3-step saga (the last one final), renew, release."""
+    statements = sql._sql
+    return [
+        statements.start,
+        statements.checkpoint(True, True, False, False, False),
+        statements.checkpoint(True, True, True, False, True),
+        statements.renew,
+        statements.release,
+    ]
+
+
+def other_writes(sql: SqlAlchemySagaStorage) -> list[typing.Any]:
+    """The other single-statement writes (python-cqrs-shaped and operator API), also run on the driver."""
+    statements = sql._sql
+    return [
+        statements.checkpoint(False, False, False, False, True),
+        statements.checkpoint(True, False, True, True, False),
+        statements.create,
+        statements.update_context(True),
+        statements.update_context(False),
+        statements.update_status,
+        statements.log_step,
+        statements.increment_attempts(True),
+        statements.increment_attempts(False),
+        statements.set_attempts,
+        statements.park,
+        statements.reset,
+    ]
+
+
+async def test_on_asyncpg_the_engine_writes_run_on_the_driver_one_commit_each(storage: SagaStorage) -> None:
+    sql = asyncpg_only(storage)
+    mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
+    warm = await mediator.run(ShipContext(order_id="warm-up"))
+    assert warm.status == SagaStatus.COMPLETED
+    # Nothing listens to the engine's statements, so the writes skip SQLAlchemy's execution.
+    assert all(sql._prepared_for(statement) is not None for statement in hot_statements(sql))
+    before = await pg_commits(sql)
+    outcome = await mediator.run(ShipContext(order_id="o-1"), correlation_id="req-7")
+    assert outcome.status == SagaStatus.COMPLETED
+    assert await pg_commits(sql) - before == 4 + 1  # start + one per step (+ the statistics flush's own)
+
+    record = await record_of(sql, outcome.saga_id)
+    assert (record.status, record.owner, record.version, record.correlation_id) == (
+        SagaStatus.COMPLETED, None, 4, "req-7",
+    )
+    assert record.context == {"order_id": "o-1", "reserved": True, "charged": True}
+    history = await sql.get_step_history(outcome.saga_id)
+    assert steps(history) == [
+        ("Reserve", "act", "completed"), ("Charge", "act", "completed"), ("Ship", "act", "completed"),
+    ]
+    assert history[-1].response == {"tracking": "T-o-1"}
+    # The connection written on is back in the pool once the loop has turned.
+    await asyncio.sleep(0)
+    assert sql.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_the_asyncpg_path_sends_the_sql_sqlalchemy_sends(storage: SagaStorage) -> None:
+    sql = asyncpg_only(storage)
+    sent: list[str] = []
+    writes = hot_statements(sql) + other_writes(sql)
+    expected = [typing.cast(typing.Any, sql._prepared_for(statement)).sql for statement in writes]
+
+    def record(conn: sa.Connection, cursor: object, statement: str, *args: object) -> None:
+        sent.append(statement)
+
+    # (SQLAlchemy keeps an engine marked as listened to once a listener was added.)
+    sa.event.listen(sql.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        # With a listener, every write goes through SQLAlchemy (so the listener sees it).
+        assert all(sql._prepared_for(statement) is None for statement in hot_statements(sql))
+        saga_id, lease = await started(sql)
+        assert await sql.checkpoint(saga_id, lease, entry=act("one", {"r": 1}), context={"a": 1}, lease_seconds=LEASE)
+        assert await sql.renew_lease(saga_id, lease, LEASE)
+        assert await sql.release_lease(saga_id, lease)
+        claim = await sql.claim_saga(saga_id, "runner-a", LEASE)
+        assert claim is not None and claim.lease is not None
+        assert await sql.checkpoint(
+            saga_id, claim.lease, entry=act("two"), context={"a": 2}, status=SagaStatus.COMPLETED,
+            lease_seconds=LEASE, release=True,
+        )
+        other, lease = await started(sql)
+        assert await sql.checkpoint(
+            other, lease, entry=StepEntry("one", "act", SagaStepStatus.FAILED, "boom", None),
+            status=SagaStatus.COMPENSATING, error="boom", lease_seconds=LEASE,
+        )
+        assert await sql.checkpoint(other, lease, entry=None, lease_seconds=LEASE, release=True)
+        cqrs_id = uuid.uuid4()
+        await sql.create_saga(cqrs_id, "order", {"a": 1})
+        await sql.update_context(cqrs_id, {"a": 2}, current_version=1)
+        await sql.update_context(cqrs_id, {"a": 3})
+        await sql.update_status(cqrs_id, SagaStatus.RUNNING)
+        await sql.log_step(cqrs_id, "one", "act", SagaStepStatus.COMPLETED)
+        await sql.increment_recovery_attempts(cqrs_id, SagaStatus.COMPENSATING)
+        await sql.increment_recovery_attempts(cqrs_id)
+        await sql.set_recovery_attempts(cqrs_id, 0)
+        await sql.park_saga(cqrs_id, "parked")
+        await sql.reset_saga(cqrs_id)
+    finally:
+        sa.event.remove(sql.engine.sync_engine, "before_cursor_execute", record)
+    for text in expected:
+        assert text in sent, text
+
+
+async def test_the_asyncpg_path_writes_json_as_sqlalchemy_does(storage: SagaStorage) -> None:
+    sql = asyncpg_only(storage)
+    context = {"text": "naïve \u2603 \"quoted\"", "n": [1, 2.5, None, True], "nested": {"empty": {}}}
+    saga_id, lease = await started(sql, context=context)
+    assert await sql.checkpoint(saga_id, lease, entry=act("one", None), context=context, lease_seconds=LEASE)
+    assert await sql.checkpoint(saga_id, lease, entry=act("two", {"list": []}), lease_seconds=LEASE)
+    assert (await record_of(sql, saga_id)).context == context
+    history = await sql.get_step_history(saga_id)
+    assert [entry.response for entry in history] == [None, {"list": []}]
+    async with sql.engine.connect() as conn:
+        nulls = (await conn.exec_driver_sql(
+            "SELECT response IS NULL FROM saga_log WHERE saga_id = $1 ORDER BY seq", (saga_id,)
+        )).scalars().all()
+    assert nulls == [True, False]  # no response is SQL NULL, not the JSON null
+
+
+async def test_the_asyncpg_path_on_a_user_engine_without_a_queue_pool(storage: SagaStorage) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    sql = asyncpg_only(storage)
+    backends = await pg_backends(sql)  # the fixture storage's pooled connections
+    engine = create_async_engine(sql.engine.url, poolclass=NullPool)
+    try:
+        store = SqlAlchemySagaStorage(async_sessionmaker(engine))
+        mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), store)
+        outcome = await mediator.run(ShipContext(order_id="o-2"))
+        assert outcome.status == SagaStatus.COMPLETED
+        assert (await record_of(store, outcome.saga_id)).version == 4
+        await store.close()
+        assert await pg_backends(store) == backends  # every connection of its own was closed
+    finally:
+        await engine.dispose()
+
+
+async def test_the_asyncpg_path_after_the_engine_was_disposed_mid_run(storage: SagaStorage) -> None:
+    sql = asyncpg_only(storage)
+    saga_id, lease = await started(sql)
+    # The connection just written on is still the storage's: dispose the pool under it.
+    await sql.engine.dispose()
+    assert await sql.checkpoint(saga_id, lease, entry=act("one"), context={"a": 1}, lease_seconds=LEASE)
+    assert await sql.renew_lease(saga_id, lease, LEASE)
+    await sql.engine.dispose()
+    await asyncio.sleep(0)
+    assert await sql.release_lease(saga_id, lease)
+    await sql.close()
+    assert await pg_backends(sql) == 0

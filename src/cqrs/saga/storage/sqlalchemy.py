@@ -7,11 +7,25 @@
 
 `SqlAlchemySagaStorage` also takes an ``async_sessionmaker`` (or an
 ``AsyncSession``, or an ``AsyncEngine``) and does its work on that session's
-engine: SQLAlchemy Core statements on its own short ``engine.connect()`` /
-``engine.begin()`` connections, never the ORM unit of work, so the saga's
-writes commit on their own, whatever the session is doing. The statements are
-built once per storage and reused, so SQLAlchemy's compiled cache is hit
-without rebuilding a statement per call.
+engine: SQLAlchemy Core statements on connections of its own from the
+engine's pool, never the ORM unit of work, so the saga's writes commit on
+their own, whatever the session is doing. The statements are built once per
+storage and reused, so SQLAlchemy's compiled cache is hit without rebuilding
+a statement per call.
+
+On asyncpg, the single-statement writes (`start_saga`, `checkpoint`,
+`renew_lease`, `release_lease` and the other writes that return only a row
+count) skip SQLAlchemy's statement execution: each statement is compiled once
+by SQLAlchemy from the tables below (the same SQL it would send) and run on
+the pooled connection's asyncpg connection with positional parameters,
+asyncpg preparing it once per connection. The connection comes from the
+engine's pool and is lent to the storage's writes until the event loop's next
+iteration (0.1 s at most), so back-to-back writes skip the pool's checkout and
+checkin. Driver errors become the SQLAlchemy exceptions the SQLAlchemy path
+raises, with the same effect on the pool (a lost connection is discarded).
+While anything listens to the engine's statement events (tracing, ``echo``,
+statement counters) every write goes through SQLAlchemy, so it sees them all.
+Reads, claims and SQLite always go through SQLAlchemy.
 
 Tables (in ``Base.metadata``) and the query each index serves:
 
@@ -50,8 +64,8 @@ millisecond. Every timestamp the API returns is a timezone-aware UTC datetime.
 Round trips per engine write (after a pooled connection has prepared the
 statement once; asyncpg keeps prepared statements per connection):
 
-- PostgreSQL: every write is one statement on a connection in
-  ``AUTOCOMMIT`` mode, so no ``BEGIN``/``COMMIT`` is sent: `start_saga` is one
+- PostgreSQL: every write is one statement on a connection outside any
+  transaction (``AUTOCOMMIT``), so no ``BEGIN``/``COMMIT`` is sent: `start_saga` is one
   round trip (``INSERT ... ON CONFLICT DO NOTHING``), a `checkpoint` is one
   round trip (``WITH u AS (UPDATE ... RETURNING id) INSERT INTO saga_log ...
   SELECT ... FROM u``, or just the ``UPDATE`` without a log entry), and so are
@@ -76,6 +90,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import typing
 import uuid
 
@@ -92,8 +107,13 @@ try:
         create_async_engine,
     )
     from sqlalchemy.orm import DeclarativeBase
-    from sqlalchemy.pool import StaticPool
+    from sqlalchemy.pool import QueuePool, StaticPool
     from sqlalchemy.util import greenlet_spawn
+
+    try:
+        from sqlalchemy.util import await_
+    except ImportError:  # pragma: no cover - SQLAlchemy 2.0 spells it await_only
+        from sqlalchemy.util import await_only as await_
 except ImportError as _error:  # pragma: no cover - exercised by a test that hides sqlalchemy
     raise ImportError(
         "cqrs.saga.storage.sqlalchemy needs SQLAlchemy: pip install 'cqrs-saga[sqlalchemy]' "
@@ -618,6 +638,108 @@ class _Statements:
         )
 
 
+# -- the asyncpg write path ----------------------------------------------------------------------
+
+#: JSON parameters as compact text (what SQLAlchemy's JSONB type would send, without the spaces).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+class _Prepared:
+    """A write statement compiled once for the asyncpg dialect, to run on the driver connection itself.
+
+    The SQL text is SQLAlchemy's own compilation of the statement (``$1::UUID``, ...), so the
+    schema stays defined once, by the tables above; ``names`` are its parameters in ``$n`` order,
+    and ``converters`` the bind processing the dialect would apply to some of them (JSON to text).
+    """
+
+    __slots__ = ("converters", "names", "sql", "statement")
+
+    def __init__(self, statement: typing.Any, sql: str, names: tuple[str, ...],
+                 converters: tuple[tuple[int, typing.Callable[[typing.Any], typing.Any]], ...]) -> None:
+        self.statement = statement  # kept alive: the cache is keyed by its id()
+        self.sql = sql
+        self.names = names
+        self.converters = converters
+
+    @classmethod
+    def compile(cls, statement: typing.Any, dialect: sa.Dialect) -> _Prepared | None:
+        """``None`` if the statement needs more than fixed SQL text (expanding or literal parameters)."""
+        compiled = statement.compile(dialect=dialect)
+        if compiled.post_compile_params or compiled.literal_execute_params:
+            return None
+        names = tuple(compiled.positiontup or ())
+        processors: typing.Mapping[str, typing.Any] = compiled._bind_processors
+        serializer = getattr(dialect, "_json_serializer", None) or _COMPACT_JSON.encode
+
+        def to_json(value: typing.Any) -> str | None:
+            # Our JSON columns are none_as_null: Python None is SQL NULL.
+            return None if value is None else typing.cast(str, serializer(value))
+
+        converters: list[tuple[int, typing.Callable[[typing.Any], typing.Any]]] = []
+        for position, name in enumerate(names):
+            if isinstance(compiled.binds[name].type, sa.JSON):
+                converters.append((position, to_json))
+            elif processors.get(name) is not None:
+                converters.append((position, processors[name]))
+        return cls(statement, compiled.string, names, tuple(converters))
+
+    def arguments(self, params: typing.Mapping[str, typing.Any]) -> list[typing.Any]:
+        args = [params[name] for name in self.names]
+        for position, convert in self.converters:
+            args[position] = convert(args[position])
+        return args
+
+
+#: The longest a connection stays lent to the asyncpg write path before it goes back to the pool
+#: (where pre-ping, recycling and invalidation apply on its next checkout, and waiting checkouts
+#: get their turn), however busy the storage. Retiring costs one more checkout: nothing at 0.1 s.
+_LEND_SECONDS = 0.1
+#: A lent connection: the pool's connection (a ``_ConnectionFairy``), its pool, when it is due back.
+_Lent = tuple[typing.Any, typing.Any, float]
+
+
+class _Lender:
+    """The connections lent to a storage's asyncpg write path, on one event loop."""
+
+    __slots__ = ("idle", "loop", "retired", "scheduled", "tasks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.idle: list[_Lent] = []  # free for the next write, until the loop's next iteration
+        self.retired: list[_Lent] = []  # to go back to the pool with the idle ones
+        self.scheduled = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(self, give_back: typing.Callable[[_Lender], None]) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(give_back, self)
+
+
+def _asyncpg_path_supported(engine: sa.Engine) -> bool:
+    """Whether this SQLAlchemy has the internals the asyncpg write path leans on.
+
+    They are private (event flags, bind processors, the DBAPI error translation), so a release
+    that renames one turns the path off and every write goes through SQLAlchemy as before.
+    """
+    compiled = sa.select(sa.literal(1)).compile(dialect=engine.dialect)
+    return (
+        hasattr(engine, "_has_events")
+        and hasattr(sa.Connection, "_has_events")
+        and hasattr(engine, "_should_log_info")
+        and hasattr(sa.Connection, "_handle_dbapi_exception")
+        and hasattr(sa.Connection, "_handle_dbapi_exception_noconnection")
+        and hasattr(compiled, "_bind_processors")
+        and hasattr(compiled, "positiontup")
+        and hasattr(engine.dialect, "dispatch")
+    )
+
+
+def _rowcount(status: str) -> int:
+    """Rows a statement wrote, from its command tag (``UPDATE 1``, ``INSERT 0 1``)."""
+    return int(status.rpartition(" ")[2] or 0)
+
+
 # -- engines -----------------------------------------------------------------------------------------
 
 
@@ -716,8 +838,9 @@ class SqlAlchemySagaStorage:
     Each call runs its statements on a connection of its own from the
     engine's pool (``engine.begin()`` / ``engine.connect()`` of the engine's
     ``sync_engine``, inside one greenlet per call: what ``AsyncConnection``
-    does, but with one greenlet switch per call instead of three, which is a
-    good part of the client CPU a checkpoint costs).
+    does, but with one greenlet switch per call instead of three). On
+    asyncpg the writes run on the driver connection itself, on a connection
+    lent from the pool (see the module doc and `_execute_asyncpg`).
     """
 
     def __init__(self, session_or_factory: SessionOrFactory) -> None:
@@ -741,6 +864,16 @@ class SqlAlchemySagaStorage:
             else self.engine.sync_engine
         )
         self._sql = _Statements(dialect)
+        # PostgreSQL through asyncpg: writes run SQLAlchemy's SQL on the pooled asyncpg connection
+        # itself (see `_write`). Not with a schema_translate_map: the SQL is compiled without one.
+        self._asyncpg = (
+            self._postgres
+            and self.engine.dialect.driver == "asyncpg"
+            and not self.engine.get_execution_options().get("schema_translate_map")
+            and _asyncpg_path_supported(self.engine.sync_engine)
+        )
+        self._prepared: dict[int, tuple[typing.Any, _Prepared | None]] = {}
+        self._lender: _Lender | None = None
         # SQLite has one writer at a time: writers of this process queue here rather than in
         # SQLite's busy handler, which sleeps and retries. A single-connection pool (in-memory
         # SQLite) is shared by every checkout, so there reads queue as well.
@@ -785,6 +918,7 @@ class SqlAlchemySagaStorage:
 
     async def close(self) -> None:
         """Close the session the storage made and dispose the engine if `from_url` made it."""
+        await self._return_all_lent()
         if self._made_session and self._session is not None:
             session, self._session, self._made_session = self._session, None, False
             await session.close()
@@ -802,6 +936,8 @@ class SqlAlchemySagaStorage:
 
     async def _call(self, fn: typing.Callable[..., _T], *args: typing.Any) -> _T:
         """Run a read in a greenlet."""
+        if self._lender is not None:
+            self._give_back_idle(self._lender)
         if self._read_lock is None:
             return await greenlet_spawn(fn, *args)
         async with self._read_lock.get():
@@ -809,6 +945,8 @@ class SqlAlchemySagaStorage:
 
     async def _call_write(self, fn: typing.Callable[..., _T], *args: typing.Any) -> _T:
         """Run a write in a greenlet (on SQLite, one at a time in this process)."""
+        if self._lender is not None:
+            self._give_back_idle(self._lender)
         if self._write_lock is None:
             return await greenlet_spawn(fn, *args)
         async with self._write_lock.get():
@@ -830,7 +968,190 @@ class SqlAlchemySagaStorage:
             return conn.execute(statement, params).all()
 
     async def _write(self, statement: typing.Any, params: typing.Mapping[str, typing.Any]) -> int:
-        return await self._call_write(self._write_now, statement, params)
+        """One write statement, committed; returns its rowcount."""
+        prepared = self._prepared_for(statement) if self._asyncpg else None
+        if prepared is None:
+            return await self._call_write(self._write_now, statement, params)
+        try:
+            args = prepared.arguments(params)
+        except Exception as error:  # a value the JSON encoder refuses: what SQLAlchemy raises for it
+            dialect = self.engine.dialect
+            raise sa.exc.DBAPIError.instance(
+                prepared.sql, params, error, dialect.loaded_dbapi.Error,
+                hide_parameters=self.engine.sync_engine.hide_parameters, dialect=dialect,
+            ) from error
+        return _rowcount(await self._execute_asyncpg(prepared.sql, args))
+
+    # -- the asyncpg write path --------------------------------------------------------------------------
+    # A write through SQLAlchemy's Connection costs several times the client CPU of the statement
+    # itself (execution context, compiled-cache lookup, cursor and result objects, events, greenlet
+    # switches, pool checkout and checkin). On asyncpg, `_write` instead runs the statement's SQL,
+    # compiled once by SQLAlchemy from the tables, on a pooled connection's asyncpg connection with
+    # positional parameters (asyncpg prepares it once per connection and reuses it). No transaction
+    # is begun: the statement commits on its own, as on the AUTOCOMMIT connections of the SQLAlchemy
+    # path (a connection comes back to the pool with its transaction ended, so none is open on
+    # checkout). Errors become the same SQLAlchemy exceptions, with the same effect on the
+    # connection and the pool (`_raise_now`).
+    #
+    # Connections come from the engine's own pool (its size, overflow, pre-ping, recycling, connect
+    # events and dispose apply), checked out in a greenlet. From a QueuePool (the default) a
+    # connection is lent to the storage rather than checked in after each statement: it is kept
+    # for the storage's next write until the event loop's next iteration, when the idle ones go
+    # back (`_Lender`), and for at most `_LEND_SECONDS` in all. So back-to-back writes (a saga's
+    # steps, many sagas at once) skip the checkout and checkin, and the pool gets every connection
+    # back as soon as the storage stops writing.
+    #
+    # With anything listening to the engine's statements (tracing, ``echo``, statement counters)
+    # each write goes through SQLAlchemy instead, so they see every statement as before.
+
+    def _prepared_for(self, statement: typing.Any) -> _Prepared | None:
+        engine = self.engine.sync_engine
+        if (
+            engine._has_events
+            or sa.Connection._has_events
+            or typing.cast(typing.Any, engine.dialect).dispatch.do_execute
+            or engine._should_log_info()
+        ):
+            return None
+        cached = self._prepared.get(id(statement))
+        if cached is None:
+            # Keyed by id(): the statements are built once per storage and kept (here too).
+            cached = self._prepared[id(statement)] = (statement, _Prepared.compile(statement, engine.dialect))
+        return cached[1]
+
+    async def _execute_asyncpg(self, sql: str, args: list[typing.Any]) -> str:
+        """``sql`` on a pooled connection's asyncpg connection; returns the command tag."""
+        engine = self.engine.sync_engine
+        pool = engine.pool
+        if not isinstance(pool, QueuePool):
+            return await greenlet_spawn(self._execute_asyncpg_now, engine, sql, args)
+        loop = asyncio.get_running_loop()
+        lender = self._lender
+        if lender is None or lender.loop is not loop:
+            lender = self._lender = _Lender(loop)
+        idle = lender.idle
+        now = loop.time()
+        fairy: typing.Any = None
+        while idle:
+            entry = idle.pop()
+            if entry[1] is pool and entry[2] > now:
+                fairy, until = entry[0], entry[2]
+                break
+            lender.retired.append(entry)  # lent for long enough, or its pool was disposed
+        if fairy is None:
+            fairy = await greenlet_spawn(self._checkout_now, engine)
+            until = now + _LEND_SECONDS
+        try:
+            status = await fairy.driver_connection.execute(sql, *args)
+        except BaseException as error:
+            # Back to the pool with the idle ones too: after a lost connection, the pool tells
+            # (on checkout) which of its connections are older than the loss.
+            lender.retired += idle
+            idle.clear()
+            lender.schedule(self._return_lent)
+            await greenlet_spawn(self._raise_now, engine, fairy, error, sql, args)
+            raise  # not reached: _raise_now raises
+        idle.append((fairy, pool, until))
+        lender.schedule(self._return_lent)
+        return typing.cast(str, status)
+
+    def _give_back_idle(self, lender: _Lender) -> None:
+        """Before a call through SQLAlchemy: the connection lent to this storage goes back to the pool
+        now, so that call takes it (or another idle one) rather than opening a second connection."""
+        if (lender.idle or lender.retired) and lender.loop is asyncio.get_running_loop():
+            self._return_lent(lender)
+
+    def _return_lent(self, lender: _Lender) -> None:
+        """A loop callback: give the pool back the connections lent but idle now (and the retired)."""
+        lender.scheduled = False
+        returning = lender.idle + lender.retired
+        lender.idle.clear()
+        lender.retired.clear()
+        later = []
+        current = self.engine.sync_engine.pool
+        for entry in returning:
+            fairy, pool = entry[0], entry[1]
+            # A checkin awaits only when the pool closes the connection (an overflow connection
+            # coming back to a full pool, or a disposed pool's): that is done in a greenlet.
+            if (
+                pool is current
+                and isinstance(current, QueuePool)
+                and (current.size() == 0 or current.checkedin() < current.size())
+            ):
+                with contextlib.suppress(Exception):  # (SQLAlchemy logs what fails in a checkin)
+                    fairy.close()
+            else:
+                later.append(entry)
+        if later:
+            task = lender.loop.create_task(greenlet_spawn(self._check_in_now, later))
+            lender.tasks.add(task)
+            task.add_done_callback(lender.tasks.discard)
+
+    def _check_in_now(self, entries: list[_Lent]) -> None:
+        """In a greenlet: give connections back to their pool, or close them if it was disposed."""
+        for fairy, pool, _ in entries:
+            with contextlib.suppress(Exception):
+                if pool is self.engine.sync_engine.pool:
+                    fairy.close()
+                else:
+                    fairy.invalidate()
+
+    async def _return_all_lent(self) -> None:
+        lender, self._lender = self._lender, None
+        if lender is None:
+            return
+        entries = lender.idle + lender.retired
+        lender.idle.clear()
+        lender.retired.clear()
+        if entries:
+            await greenlet_spawn(self._check_in_now, entries)
+        if lender.tasks and lender.loop is asyncio.get_running_loop():
+            await asyncio.gather(*lender.tasks, return_exceptions=True)
+
+    @staticmethod
+    def _checkout_now(engine: sa.Engine) -> typing.Any:
+        """In a greenlet (the pool may connect, wait for a connection or pre-ping): one connection."""
+        try:
+            return engine.raw_connection()
+        except engine.dialect.loaded_dbapi.Error as error:
+            sa.Connection._handle_dbapi_exception_noconnection(error, engine.dialect, engine)
+
+    def _execute_asyncpg_now(self, engine: sa.Engine, sql: str, args: list[typing.Any]) -> str:
+        """In a greenlet, for pools other than a QueuePool: checkout, ``sql``, checkin."""
+        fairy = self._checkout_now(engine)
+        try:
+            status = await_(fairy.driver_connection.execute(sql, *args))
+        except BaseException as error:
+            self._raise_now(engine, fairy, error, sql, args)
+        fairy.close()
+        return typing.cast(str, status)
+
+    @staticmethod
+    def _raise_now(
+        engine: sa.Engine, fairy: typing.Any, error: BaseException, sql: str, args: list[typing.Any]
+    ) -> typing.NoReturn:
+        """In a greenlet: raise what SQLAlchemy raises for ``error``, do to the connection what it does.
+
+        The asyncpg error becomes the dialect's DBAPI error (as SQLAlchemy's asyncpg cursor does),
+        then SQLAlchemy's own (``IntegrityError``, ``DBAPIError`` with ``connection_invalidated``, ...)
+        through ``Connection._handle_dbapi_exception``, which runs ``handle_error`` listeners. A
+        lost connection is invalidated, i.e. closed and never handed out again, and so are the
+        pool's other connections of that age; a cancellation invalidates the connection (a
+        statement may be in flight); after any other error the connection goes back to the pool.
+        """
+        conn = sa.Connection(engine, connection=fairy)
+        try:
+            try:
+                if isinstance(error, Exception):
+                    fairy.dbapi_connection._handle_exception(error)  # raises the DBAPI error for it
+                raise error
+            except BaseException as raised:  # handled here: SQLAlchemy reads sys.exc_info()
+                is_dbapi = isinstance(raised, engine.dialect.loaded_dbapi.Error)
+                conn._handle_dbapi_exception(
+                    raised, sql if is_dbapi else None, tuple(args) if is_dbapi else None, None, None
+                )
+        finally:
+            conn.close()
 
     async def _read(self, statement: typing.Any, params: typing.Mapping[str, typing.Any]) -> typing.Sequence[_Row]:
         return await self._call(self._read_now, statement, params)
@@ -839,8 +1160,7 @@ class SqlAlchemySagaStorage:
 
     async def start_saga(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
         # One INSERT ... ON CONFLICT (id) DO NOTHING; its rowcount tells whether the id was free.
-        inserted = await self._call_write(
-            self._write_now,
+        inserted = await self._write(
             self._sql.start,
             {
                 "b_id": saga.saga_id,
@@ -918,7 +1238,7 @@ class SqlAlchemySagaStorage:
             statement = sql.checkpoint(
                 entry is not None, context is not None, status is not None, error is not None, release
             )
-            return await self._call_write(self._write_now, statement, params) == 1
+            return await self._write(statement, params) == 1
         update = sql.checkpoint(False, context is not None, status is not None, error is not None, release)
         log_params = None
         if entry is not None:
