@@ -1039,6 +1039,9 @@ class SqlAlchemySagaStorage:
                 break
             lender.retired.append(entry)  # lent for long enough, or its pool was disposed
         if fairy is None:
+            if lender.retired:
+                # Back to the pool first, so the checkout takes one of them rather than a new connection.
+                self._return_lent(lender)
             fairy = await greenlet_spawn(self._checkout_now, engine)
             until = now + _LEND_SECONDS
         try:
