@@ -249,6 +249,13 @@ class _Done:
 class SagaRun:
     """One attempt to advance one saga, from wherever it stands, as far as it goes."""
 
+    __slots__ = (
+        "_busy", "_current_step", "_heartbeat", "_lease_fresh_until", "_token", "compensation_retry",
+        "container", "context", "context_builder", "correlation_id", "created_at", "dispatcher", "error",
+        "history", "lease", "lease_lost", "listener", "owner", "saga_id", "saga_type", "settings", "status",
+        "storage",
+    )
+
     def __init__(
         self,
         saga_type: type[Saga[typing.Any]],
@@ -311,7 +318,8 @@ class SagaRun:
             return
         self._granted(lease)
         self.context = context
-        self.created_at = datetime.datetime.now(datetime.timezone.utc)
+        if self.saga_type.deadline is not None:  # the deadline counts from here (read only for it)
+            self.created_at = datetime.datetime.now(datetime.timezone.utc)
         self._emit("started")
 
     async def open_existing(self) -> None:
@@ -676,6 +684,8 @@ class SagaRun:
     # -- helpers -----------------------------------------------------------------------
 
     def _done_steps(self) -> list[_Done]:
+        if not self.history:  # a new saga
+            return []
         index = self.saga_type.entry_index()
         done: list[_Done] = []
         for row in self.history:

@@ -6,8 +6,10 @@ import dataclasses
 import typing
 import uuid
 
+from cqrs import correlation
 from cqrs.container import Container
 from cqrs.saga._engine import EngineSettings, Listener, SagaRun
+from cqrs.saga.exceptions import SagaCompensatedError, SagaNotFoundError, UnknownSagaError
 from cqrs.saga.map import SagaMap
 from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.step import SagaStepResult
@@ -22,7 +24,7 @@ __all__ = ["SagaMediator", "SagaOutcome"]
 Result = SagaStepResult[typing.Any, typing.Any]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class SagaOutcome:
     """How a saga run ended: its id, final status, step results and the step error if it failed."""
 
@@ -66,8 +68,6 @@ class SagaMediator:
         listener: Listener | None,
         compensation_retry: RetryPolicy | None,
     ) -> SagaRun:
-        from cqrs import correlation
-
         return SagaRun(
             self.saga_map.get(context_type),
             saga_id or uuid.uuid4(),
@@ -170,13 +170,9 @@ class SagaMediator:
         if saga_type is None:
             record = await self.storage.get_saga(saga_id)
             if record is None:
-                from cqrs.saga.exceptions import SagaNotFoundError
-
                 raise SagaNotFoundError(saga_id)
             found = self.saga_map.by_name(record.name)
             if found is None:
-                from cqrs.saga.exceptions import UnknownSagaError
-
                 raise UnknownSagaError(f"Saga {saga_id} is a {record.name!r}, which is not in the SagaMap")
             saga_type = found
         run = SagaRun(
@@ -200,8 +196,6 @@ async def _stream(run: SagaRun, context: typing.Any) -> typing.AsyncIterator[Res
 
 async def drive(run: SagaRun) -> SagaOutcome:
     """Advance an opened run to its end and report the outcome."""
-    from cqrs.saga.exceptions import SagaCompensatedError
-
     results: list[Result] = []
     try:
         async for result in run.advance():
