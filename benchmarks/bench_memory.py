@@ -1,6 +1,6 @@
 """What the engine itself costs per step: a 3-step no-op saga on in-memory storage.
 
-    .venv/bin/python benchmarks/bench_memory.py            # 20,000 sagas, best of 3 rounds
+    .venv/bin/python benchmarks/bench_memory.py            # 10,000 sagas, best of 3 rounds
     .venv/bin/python benchmarks/bench_memory.py --sagas 2000 --rounds 1
     .venv/bin/python benchmarks/bench_memory.py --json out.json
 
@@ -126,7 +126,7 @@ async def measure(sagas: int, rounds: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sagas", type=int, default=20_000, help="sagas per round (default 20000)")
+    parser.add_argument("--sagas", type=int, default=10_000, help="sagas per round (default 10000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the fastest is reported (default 3)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     args = parser.parse_args(argv)
