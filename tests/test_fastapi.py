@@ -31,6 +31,7 @@ from cqrs.config import SagaConfig
 from cqrs.integrations import fastapi as saga_api
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 from cqrs.saga.storage.memory import MemorySagaStorage
+from log_capture import Capture, capturing
 from order_saga import (
     STEP_NAMES,
     OrderContext,
@@ -386,28 +387,10 @@ def test_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
 # -- correlation ids -------------------------------------------------------------------------------
 
 
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.addFilter(correlation.CorrelationIdFilter())
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def captured_logs() -> typing.Iterator[Capture]:
-    handler = Capture()
-    logger = logging.getLogger("tests.fastapi")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with capturing("tests.fastapi") as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def test_middleware_is_pure_asgi() -> None:

@@ -40,6 +40,7 @@ from cqrs.integrations.flask import (
 from cqrs.saga.exceptions import SagaDefinitionError
 from cqrs.saga.saga import Saga
 from cqrs.saga.storage.enums import SagaStatus
+from log_capture import Capture, capturing
 from order_saga import (
     STEP_NAMES,
     OrderContext,
@@ -480,28 +481,10 @@ def test_close_cancels_sagas_running_past_the_grace(make_app: typing.Callable[..
 # -- correlation ids ---------------------------------------------------------------------------------
 
 
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.addFilter(correlation.CorrelationIdFilter())
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def captured_logs() -> typing.Iterator[Capture]:
-    handler = Capture()
-    logger = logging.getLogger("tests.flask")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with capturing("tests.flask") as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def test_an_incoming_correlation_id_is_echoed_stored_and_logged(
