@@ -206,8 +206,9 @@ class FlakyStorage:
 
 
 async def test_storage_errors_leave_the_saga_recoverable_then_parked_after_max_attempts(
-    storage: SagaStorage,
+    storage: SagaStorage, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="cqrs")
     saga_id = await interrupt_in_label(storage, "p2")
     flaky = FlakyStorage(storage)
     worker = worker_for(typing.cast(SagaStorage, flaky), max_attempts=2)
@@ -219,6 +220,9 @@ async def test_storage_errors_leave_the_saga_recoverable_then_parked_after_max_a
         assert record.status == SagaStatus.RUNNING, "a storage error is not a saga failure"
         assert record.recovery_attempts == attempt
     assert worker.recovered == {"error": 2}
+    # Each attempt's error is logged under the saga id (the parked saga's reason points there).
+    interrupted = [r for r in caplog.records if r.getMessage().startswith(f"Recovery of saga {saga_id} interrupted")]
+    assert len(interrupted) == 2 and all(r.exc_info for r in interrupted)
 
     # The third claim exceeds max_attempts: parked for an operator, nothing run.
     LEDGER.clear()
@@ -227,7 +231,8 @@ async def test_storage_errors_leave_the_saga_recoverable_then_parked_after_max_a
     assert LEDGER == []
     parked = await storage.list_sagas(status=SagaStatus.PARKED)
     assert [r.saga_id for r in parked] == [saga_id]
-    assert parked[0].error is not None and "recovery attempts" in parked[0].error
+    assert parked[0].error is not None
+    assert parked[0].error.startswith("parked after 2 recovery attempts that did not finish it")
 
     # An operator resets it once the database is healthy again; the next pass finishes it.
     await storage.reset_saga(saga_id)

@@ -174,7 +174,13 @@ class RecoveryWorker:
             await self._release(record, lease)
             return "unknown"
         if record.recovery_attempts > self.max_attempts:
-            reason = f"parked after {record.recovery_attempts - 1} recovery attempts (last error: {record.error})"
+            # Each attempt's error was logged (with the saga id) by the worker that made it.
+            reason = (
+                f"parked after {record.recovery_attempts - 1} recovery attempts that did not finish it "
+                "(each attempt's error is in the recovery workers' logs under this saga id)"
+            )
+            if record.error:
+                reason += f"; the saga's own error: {record.error}"
             logger.error("Saga %s %s", record.saga_id, reason)
             await self.storage.park_saga(record.saga_id, reason)
             return "parked"
