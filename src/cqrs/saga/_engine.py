@@ -430,8 +430,7 @@ class SagaRun:
                 step_type, instance, result = await self._run_fallback(entry)
             else:
                 step_type = entry
-                self._current_step = entry.name
-                instance = await self.container.resolve(entry)
+                instance = await self._resolve(entry)
                 result = await self._act(entry, instance)
         except (asyncio.CancelledError, SagaOwnershipLostError):
             raise
@@ -449,7 +448,7 @@ class SagaRun:
             await self._fail(done, error, step_type.name)
             raise
         last = index == len(self.saga_type.steps) - 1
-        details = _fallback_note(entry, step_type) if isinstance(entry, Fallback) else None
+        details = _fallback_note(entry, step_type)
         await self._checkpoint(
             StepEntry(step_type.name, "act", SagaStepStatus.COMPLETED, details, response_json),
             context=context_json,
@@ -501,9 +500,10 @@ class SagaRun:
         instance = await self._resolve(entry.fallback)
         return entry.fallback, instance, await self._act(entry.fallback, instance)
 
-    async def _resolve(self, step_type: StepType) -> Step:
+    def _resolve(self, step_type: StepType) -> typing.Awaitable[Step]:
+        # Not a coroutine itself: one layer less on every step.
         self._current_step = step_type.name
-        return await self.container.resolve(step_type)
+        return self.container.resolve(step_type)
 
     async def _act(self, step_type: StepType, instance: Step) -> Result:
         self._current_step = step_type.name
@@ -511,10 +511,7 @@ class SagaRun:
         heartbeat = self._heartbeat
         heartbeat.begin()
         try:
-            if policy.attempts == 1:  # the common case, without `_retry`'s closure and loop
-                with correlation_scope(self):
-                    return await self._attempt(step_type, instance)
-            return await self._retry(lambda: self._attempt(step_type, instance), policy, step_type.name, "act")
+            return await self._retry(policy, step_type.name, "act", self._attempt, step_type, instance)
         finally:
             renewal = heartbeat.end()
             if renewal is not None:
@@ -563,13 +560,19 @@ class SagaRun:
             ) from exc
 
     async def _retry(
-        self, func: typing.Callable[[], typing.Awaitable[T]], policy: RetryPolicy, step_name: str, what: str
+        self,
+        policy: RetryPolicy,
+        step_name: str,
+        what: str,
+        func: typing.Callable[..., typing.Awaitable[T]],
+        *args: typing.Any,
     ) -> T:
+        """``await func(*args)`` in the saga's correlation scope, retried as ``policy`` says."""
         attempt = 1
         while True:
             try:
                 with correlation_scope(self):
-                    return await func()
+                    return await func(*args)
             except (asyncio.CancelledError, SagaOwnershipLostError):
                 raise
             except Exception as error:
@@ -613,13 +616,12 @@ class SagaRun:
             last = position == len(pending) - 1
             name = item.step_type.name
             try:
-                instance = item.instance or await self.container.resolve(item.step_type)
+                instance = item.instance
+                if instance is None:  # completed in an earlier run: this run has no instance of it
+                    instance = await self.container.resolve(item.step_type)
                 async with self._heartbeat:
                     await self._retry(
-                        lambda instance=instance: instance.compensate(self.context),  # type: ignore[misc]
-                        self.compensation_retry,
-                        name,
-                        "compensation",
+                        self.compensation_retry, name, "compensation", instance.compensate, self.context
                     )
             except (asyncio.CancelledError, SagaOwnershipLostError):
                 raise
@@ -773,6 +775,6 @@ def _entry_name(entry: SagaEntry) -> str:
 
 
 def _fallback_note(entry: SagaEntry, step_type: StepType) -> str | None:
-    if isinstance(entry, Fallback) and step_type is entry.fallback:
+    if step_type is not entry and isinstance(entry, Fallback) and step_type is entry.fallback:
         return f"fallback for {entry.step.name}"
     return None

@@ -227,7 +227,7 @@ class MemorySagaStorage:
         release: bool = False,
     ) -> bool:
         record = self._sagas.get(saga_id)
-        if record is None or record.owner != lease.owner or record.lease_epoch != lease.epoch:
+        if record is None or not self._holds(record, lease):
             return False
         # Everything that may fail (copying what is stored) comes first: a checkpoint is all or nothing.
         now = self._clock()
@@ -250,8 +250,7 @@ class MemorySagaStorage:
             record.lease_expires_at = now + _seconds(lease_seconds)
         record.updated_at = now
         if row is not None:
-            self._seq = row.seq
-            record.log.append(row)
+            self._append(record, row)
         return True
 
     async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:

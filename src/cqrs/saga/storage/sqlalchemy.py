@@ -652,11 +652,10 @@ class _Prepared:
     and ``converters`` the bind processing the dialect would apply to some of them (JSON to text).
     """
 
-    __slots__ = ("converters", "names", "sql", "statement")
+    __slots__ = ("converters", "names", "sql")
 
-    def __init__(self, statement: typing.Any, sql: str, names: tuple[str, ...],
+    def __init__(self, sql: str, names: tuple[str, ...],
                  converters: tuple[tuple[int, typing.Callable[[typing.Any], typing.Any]], ...]) -> None:
-        self.statement = statement  # kept alive: the cache is keyed by its id()
         self.sql = sql
         self.names = names
         self.converters = converters
@@ -681,7 +680,7 @@ class _Prepared:
                 converters.append((position, to_json))
             elif processors.get(name) is not None:
                 converters.append((position, processors[name]))
-        return cls(statement, compiled.string, names, tuple(converters))
+        return cls(compiled.string, names, tuple(converters))
 
     def arguments(self, params: typing.Mapping[str, typing.Any]) -> list[typing.Any]:
         args = [params[name] for name in self.names]
@@ -872,7 +871,8 @@ class SqlAlchemySagaStorage:
             and not self.engine.get_execution_options().get("schema_translate_map")
             and _asyncpg_path_supported(self.engine.sync_engine)
         )
-        self._prepared: dict[int, tuple[typing.Any, _Prepared | None]] = {}
+        # By id() of the statement: `_Statements` builds each once and keeps it as long as the storage.
+        self._prepared: dict[int, _Prepared | None] = {}
         self._lender: _Lender | None = None
         # SQLite has one writer at a time: writers of this process queue here rather than in
         # SQLite's busy handler, which sleeps and retries. A single-connection pool (in-memory
@@ -1013,11 +1013,10 @@ class SqlAlchemySagaStorage:
             or engine._should_log_info()
         ):
             return None
-        cached = self._prepared.get(id(statement))
-        if cached is None:
-            # Keyed by id(): the statements are built once per storage and kept (here too).
-            cached = self._prepared[id(statement)] = (statement, _Prepared.compile(statement, engine.dialect))
-        return cached[1]
+        key = id(statement)
+        if key not in self._prepared:
+            self._prepared[key] = _Prepared.compile(statement, engine.dialect)
+        return self._prepared[key]
 
     async def _execute_asyncpg(self, sql: str, args: list[typing.Any]) -> str:
         """``sql`` on a pooled connection's asyncpg connection; returns the command tag."""
