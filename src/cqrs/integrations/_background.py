@@ -49,24 +49,10 @@ class BackgroundRunner:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[SagaOutcome | None]] = set()
 
-    async def start(self, mediator: SagaMediator, context: typing.Any, *,
-                    saga_id: uuid.UUID | None = None, correlation_id: str | None = None) -> uuid.UUID:
-        """Record the saga, then run it in the background; returns its id at once."""
-        saga_id = await mediator.start(context, saga_id, correlation_id=correlation_id)
-        self.spawn(mediator, saga_id)
-        return saga_id
-
-    def spawn(self, mediator: SagaMediator, saga_id: uuid.UUID) -> asyncio.Task[SagaOutcome | None]:
-        """Run an already recorded saga in the background."""
-        task = asyncio.ensure_future(resume_quietly(mediator, saga_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def spawn_observed(
-        self, mediator: SagaMediator, saga_id: uuid.UUID, listener: Listener
+    def spawn(
+        self, mediator: SagaMediator, saga_id: uuid.UUID, listener: Listener | None = None
     ) -> asyncio.Task[SagaOutcome | None]:
-        """Like `spawn`, with ``listener`` receiving the run's `SagaEvent`s (for live streams)."""
+        """Run an already recorded saga in the background (``listener`` gets its `SagaEvent`s)."""
         task = asyncio.ensure_future(resume_quietly(mediator, saga_id, listener=listener))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -120,7 +106,7 @@ class SagaEventFeed:
         self.saga_id = saga_id
         self._storage = mediator.storage
         self._queue: asyncio.Queue[SagaEvent | None] = asyncio.Queue()
-        self.task = runner.spawn_observed(mediator, saga_id, self._queue.put_nowait)
+        self.task = runner.spawn(mediator, saga_id, self._queue.put_nowait)
         self.task.add_done_callback(lambda _: self._queue.put_nowait(None))
 
     async def events(self, *, keepalive: float | None = None) -> typing.AsyncIterator[dict[str, typing.Any] | None]:

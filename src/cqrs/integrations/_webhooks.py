@@ -11,18 +11,12 @@ three frameworks alike.
 
 from __future__ import annotations
 
-import logging
 import threading
 import typing
 
 from cqrs.config import SagaConfig
 from cqrs.saga.saga import Saga
 from cqrs.triggers import SignatureVerifier, TriggerDispatcher
-
-if typing.TYPE_CHECKING:
-    pass
-
-logger = logging.getLogger("cqrs.integrations.webhooks")
 
 
 class WebhookEndpoint:

@@ -700,7 +700,7 @@ async def _deliver(
     assert mediator is not None
     accepted = await dispatcher.accept(mediator, source, body, headers, correlation_id=correlation_id)
     for saga in accepted.started:  # tracked: close() and wait_for_sagas() wait for them
-        task = asyncio.ensure_future(runtime._tracked(resume_quietly(mediator, saga.saga_id)))
+        task = asyncio.ensure_future(resume_quietly(mediator, saga.saga_id))
         runtime.tasks.add(task)
         task.add_done_callback(runtime.tasks.discard)
     return accepted
