@@ -2,9 +2,9 @@
 
 `atomic_saga_start` INSERTs the saga row through Django's own connection, so
 it commits or rolls back with the ``transaction.atomic()`` block around it.
-The statement is built from the SQLAlchemy storage's table
-(``Base.metadata.tables["saga_executions"]``) compiled for the connection's
-dialect, so the schema is defined in one place.
+The statement is the SQLAlchemy storage's table (``saga_executions``) and
+clock compiled for the connection's dialect, once per dialect, so the schema
+is defined in one place.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ if typing.TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
 __all__ = ["atomic_saga_start", "create_saga_tables", "drop_saga_tables", "prepare_sqlite_connection"]
-
-SAGA_TABLE = "saga_executions"
-LOG_TABLE = "saga_log"
-
 
 def atomic_saga_start(
     saga_or_context: typing.Any,
@@ -79,29 +75,19 @@ def atomic_saga_start(
             f"CQRS_SAGA['STORAGE_URL'] points elsewhere; drop STORAGE_URL (sagas then live in "
             f"DATABASES[{settings.database!r}]) or start the saga with start_saga()"
         )
-    data = _serialization.dump_context(context)
     saga_id = saga_id or uuid.uuid4()
-    connection = transaction.get_connection(alias)
-    now = database_now(connection)
-    row: dict[str, typing.Any] = {
+    values = {
         "id": saga_id,
         "name": saga_type.name,
         "definition_version": saga_type.version,
         "status": SagaStatus.PENDING.value,
-        "context": data,
-        "version": 1,
+        "context": _serialization.dump_context(context),
         "correlation_id": correlation_id or correlation.get_correlation_id(),
-        "owner": None,
-        "lease_epoch": 0,
-        "lease_expires_at": now,
-        "recovery_attempts": 0,
-        "error": None,
-        "created_at": now,
-        "updated_at": now,
     }
-    sql, params = insert_statement(connection, row)
+    connection = transaction.get_connection(alias)
+    insert = _insert_for(connection)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(insert.sql, insert.parameters(values))
     if settings.run_on_commit:
         transaction.on_commit(functools.partial(runtime.hand_off, saga_id), using=alias, robust=True)
     return saga_id
@@ -110,38 +96,19 @@ def atomic_saga_start(
 # -- SQL from the SQLAlchemy schema ------------------------------------------------------------
 
 
-def saga_metadata() -> sqlalchemy.MetaData:
-    """The SQLAlchemy storage's tables; `ImproperlyConfigured` when SQLAlchemy is missing."""
+def saga_tables() -> list[sqlalchemy.Table]:
+    """The SQLAlchemy storage's ``saga_executions`` and ``saga_log``, parents first.
+
+    `ImproperlyConfigured` when SQLAlchemy is missing.
+    """
     try:
-        from cqrs.saga.storage.sqlalchemy import Base
+        from cqrs.saga.storage.sqlalchemy import saga_executions, saga_log
     except ImportError as error:
         raise ImproperlyConfigured(
             "Keeping sagas in the Django database needs SQLAlchemy and an async driver: "
             "pip install 'cqrs-saga[django,sqlite]' (or [django,postgres])"
         ) from error
-    return Base.metadata
-
-
-def database_now(connection: typing.Any) -> typing.Any:
-    """The database's own clock as a SQL expression (the storage never uses the host's clock).
-
-    On SQLite it is the UTC text the storage writes (``strftime('%Y-%m-%d %H:%M:%f', 'now')``).
-    """
-    import sqlalchemy as sa
-
-    from cqrs.saga.storage.sqlalchemy import Timestamp
-
-    if connection.vendor == "sqlite":
-        return sa.func.strftime(
-            sa.literal_column("'%Y-%m-%d %H:%M:%f'"), sa.literal_column("'now'"), type_=Timestamp
-        )
-    return sa.func.now(type_=Timestamp)
-
-
-def saga_tables() -> list[sqlalchemy.Table]:
-    """``saga_executions`` and ``saga_log``, parents first."""
-    metadata = saga_metadata()
-    return [metadata.tables[SAGA_TABLE], metadata.tables[LOG_TABLE]]
+    return [saga_executions, saga_log]
 
 
 def sqlalchemy_dialect(connection: typing.Any, *, paramstyle: str | None = "format") -> Dialect:
@@ -172,34 +139,65 @@ def sqlalchemy_dialect(connection: typing.Any, *, paramstyle: str | None = "form
     return dialect
 
 
-def insert_statement(connection: typing.Any, row: dict[str, typing.Any]) -> tuple[str, list[typing.Any]]:
-    """``INSERT INTO saga_executions`` for ``row``, as SQL and parameters for ``connection.cursor()``.
+class _Insert:
+    """``INSERT INTO saga_executions`` of a pending saga, compiled for one dialect.
 
-    Values go through the column types' bind processing for the dialect (UUIDs,
-    JSON and datetimes are stored exactly as the SQLAlchemy storage stores them).
+    The saga's own values are parameters, run through the column types' bind
+    processing (UUIDs, JSON and timestamps stored exactly as the storage stores
+    them); the timestamps are the database's clock and the lease is expired, so
+    a worker may take the saga up once it commits.
     """
-    table = saga_metadata().tables[SAGA_TABLE]
-    dialect = sqlalchemy_dialect(connection)
-    values: dict[str, typing.Any] = {}
-    for column in table.columns:
-        if column.name in row:
-            values[column.name] = row[column.name]
-            continue
-        default = column.default
-        if default is not None and getattr(default, "is_scalar", False):
-            values[column.name] = default.arg  # type: ignore[attr-defined]
-        elif default is not None and getattr(default, "is_callable", False):
-            values[column.name] = default.arg(None)  # type: ignore[attr-defined]
-        elif column.server_default is None and not column.nullable and column.autoincrement is not True:
-            raise ImproperlyConfigured(f"{SAGA_TABLE}.{column.name} needs a value atomic_saga_start does not know")
-    compiled = table.insert().values(values).compile(dialect=dialect)
-    raw = compiled.construct_params()
-    params: list[typing.Any] = []
-    for name in compiled.positiontup or ():
-        value = raw[name]
-        processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-        params.append(processor(value) if processor is not None else value)
-    return str(compiled), params
+
+    def __init__(self, dialect: Dialect) -> None:
+        import sqlalchemy as sa
+
+        from cqrs.saga.storage.sqlalchemy import database_now
+
+        table = saga_tables()[0]
+        now = database_now(dialect.name)
+        given = ("id", "name", "definition_version", "status", "context", "correlation_id")
+        compiled = (
+            table.insert()
+            .values(
+                {
+                    **{name: sa.bindparam(name, None, type_=table.c[name].type) for name in given},
+                    "version": 1,
+                    "owner": None,
+                    "lease_epoch": 0,
+                    "lease_expires_at": now,
+                    "recovery_attempts": 0,
+                    "error": None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            .compile(dialect=dialect)
+        )
+        self.sql = str(compiled)
+        literals = compiled.construct_params()
+        self._order = [
+            (name, literals.get(name), compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in compiled.positiontup or ()
+        ]
+
+    def parameters(self, values: dict[str, typing.Any]) -> list[typing.Any]:
+        """The statement's parameters, in order, for ``values`` of the saga's own columns."""
+        parameters = []
+        for name, fixed, processor in self._order:
+            value = values.get(name, fixed)
+            parameters.append(processor(value) if processor is not None else value)
+        return parameters
+
+
+_inserts: dict[tuple[str, str], _Insert] = {}
+
+
+def _insert_for(connection: typing.Any) -> _Insert:
+    key = (connection.vendor, connection.Database.__name__)
+    insert = _inserts.get(key)
+    if insert is None:
+        insert = _inserts[key] = _Insert(sqlalchemy_dialect(connection))
+    return insert
 
 
 def _stores_sagas(connection: typing.Any) -> bool:

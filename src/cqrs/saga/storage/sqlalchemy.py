@@ -315,19 +315,22 @@ _ONE = sa.literal_column("1", sa.Integer())
 _NULL = sa.null()
 
 
+def database_now(dialect: str) -> sa.ColumnElement[datetime.datetime]:
+    """The database's own clock as a SQL expression of ``dialect`` (the storage never reads the host's).
+
+    On SQLite it is the UTC text the storage writes (``strftime('%Y-%m-%d %H:%M:%f', 'now')``).
+    """
+    if dialect == "sqlite":
+        return sa.func.strftime(sa.literal_column(f"'{_SQLITE_FORMAT}'"), sa.literal_column("'now'"), type_=Timestamp)
+    return sa.func.now(type_=Timestamp)
+
+
 class _Clock:
     """The database's own time, as SQL expressions of the dialect."""
 
     def __init__(self, dialect: str) -> None:
         self.sqlite = dialect == "sqlite"
-        self.now = self._now()
-
-    def _now(self) -> sa.ColumnElement[datetime.datetime]:
-        if self.sqlite:
-            return sa.func.strftime(
-                sa.literal_column(f"'{_SQLITE_FORMAT}'"), sa.literal_column("'now'"), type_=Timestamp
-            )
-        return sa.func.now(type_=Timestamp)
+        self.now = database_now(dialect)
 
     def shifted(self, seconds: sa.ColumnElement[typing.Any]) -> sa.ColumnElement[datetime.datetime]:
         """Now plus ``seconds`` (a float parameter or expression)."""
