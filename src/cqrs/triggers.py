@@ -358,6 +358,7 @@ class TriggerDispatcher:
         the trigger's context (422). Then each saga is inserted if absent
         (`derive_saga_id`) as ``pending`` under this process's lease, before
         this returns. The caller runs `AcceptedEvent.started` in the background.
+        ``correlation_id`` defaults to the current one (the request's), else a new one.
         """
         if self.verifier is not None:
             self.verifier.verify(body, headers)
@@ -369,7 +370,7 @@ class TriggerDispatcher:
             context = await _context_for(binding, copy.deepcopy(event))  # triggers may not see each other's edits
             if context is not None:
                 prepared.append((binding, context, key))
-        correlation_id = correlation.accept_correlation_id(correlation_id)
+        correlation_id = correlation.accept_correlation_id(correlation_id or correlation.get_correlation_id())
         sagas: list[TriggeredSaga] = []
         for binding, context, key in prepared:
             saga = await self._record(mediator, binding, context, key, correlation_id)

@@ -49,7 +49,11 @@ class LoopThread:
         self._loop, self._thread, self._pid = loop, thread, os.getpid()
 
     def submit(self, coro: typing.Coroutine[typing.Any, typing.Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the loop; returns a thread-safe future."""
+        """Schedule ``coro`` on the loop; returns a thread-safe future.
+
+        ``coro`` runs in a copy of the caller's context (`asyncio.run_coroutine_threadsafe`
+        schedules it with one), so the caller's correlation id goes along.
+        """
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: typing.Coroutine[typing.Any, typing.Any, T], timeout: float | None = None) -> T:

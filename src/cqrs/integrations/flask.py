@@ -446,9 +446,7 @@ class SagaExtension:
         value = _as_context(handle.saga_type, context)
         mediator = runtime.ready()
         saga_id = saga_id or uuid.uuid4()
-        if correlation_id is None:
-            correlation_id = flask.g.get("correlation_id") if flask.has_app_context() else None
-            correlation_id = correlation_id or correlation.get_correlation_id()
+        correlation_id = correlation_id or correlation.get_correlation_id()
         future = runtime.submit_ready(mediator.run(value, saga_id, correlation_id=correlation_id))
         try:
             outcome = future.result(timeout)
@@ -561,8 +559,7 @@ class SagaExtension:
             limit = dispatcher.max_body_bytes
             body = _read_body(limit)
             headers = dict(flask.request.headers.items())
-            correlation_id = flask.g.get("correlation_id") or correlation.get_correlation_id()
-            accepted = runtime.query(_deliver(runtime, dispatcher, source, body, headers, correlation_id))
+            accepted = runtime.query(_deliver(runtime, dispatcher, source, body, headers))
             return flask.jsonify(accepted.as_json()), 202
 
         def status(source: str, correlation_id: str) -> flask.Response:
@@ -694,11 +691,11 @@ async def _deliver(
     source: str,
     body: bytes,
     headers: dict[str, str],
-    correlation_id: str | None,
 ) -> AcceptedEvent:
     mediator = runtime.mediator
     assert mediator is not None
-    accepted = await dispatcher.accept(mediator, source, body, headers, correlation_id=correlation_id)
+    # The request's correlation id comes along in the context (see `LoopThread.submit`).
+    accepted = await dispatcher.accept(mediator, source, body, headers)
     for saga in accepted.started:  # tracked: close() and wait_for_sagas() wait for them
         task = asyncio.ensure_future(resume_quietly(mediator, saga.saga_id))
         runtime.tasks.add(task)

@@ -113,7 +113,7 @@ def run_saga(
     runtime = _runtime.current()
     _, context = runtime.saga_for(saga_or_context, context)
     return _runtime.block(
-        _runtime.run_coro(runtime, context, saga_id, correlation_id or _current_correlation_id()), timeout
+        _runtime.run_coro(runtime, context, saga_id, correlation_id), timeout
     )
 
 
@@ -131,7 +131,7 @@ async def arun_saga(
     runtime = _runtime.current()
     _, context = runtime.saga_for(saga_or_context, context)
     return await _runtime.await_in_loop(
-        _runtime.run_coro(runtime, context, saga_id, correlation_id or _current_correlation_id())
+        _runtime.run_coro(runtime, context, saga_id, correlation_id)
     )
 
 
@@ -151,7 +151,7 @@ def start_saga(
     runtime = _runtime.current()
     _, context = runtime.saga_for(saga_or_context, context)
     recorded = _runtime.block(
-        _runtime.record_coro(runtime, context, saga_id, correlation_id or _current_correlation_id())
+        _runtime.record_coro(runtime, context, saga_id, correlation_id)
     )
     runtime.hand_off(recorded)
     return recorded
@@ -168,7 +168,7 @@ async def astart_saga(
     runtime = _runtime.current()
     _, context = runtime.saga_for(saga_or_context, context)
     recorded = await _runtime.await_in_loop(
-        _runtime.record_coro(runtime, context, saga_id, correlation_id or _current_correlation_id())
+        _runtime.record_coro(runtime, context, saga_id, correlation_id)
     )
     runtime.hand_off(recorded)
     return recorded
@@ -177,12 +177,6 @@ async def astart_saga(
 def wait_for_sagas(timeout: float | None = None) -> bool:
     """Wait for the background runs this process started; False if some still run after ``timeout``."""
     return _runtime.current().wait(timeout)
-
-
-def _current_correlation_id() -> str | None:
-    from cqrs import correlation
-
-    return correlation.get_correlation_id()
 
 
 # -- status and diagrams ------------------------------------------------------------------------

@@ -281,14 +281,6 @@ def install_log_filter() -> None:
 # -- running coroutines on the saga loop --------------------------------------------------
 
 
-async def _with_correlation(correlation_id: str | None, coro: typing.Awaitable[T]) -> T:
-    token = correlation.set_correlation_id(correlation_id)
-    try:
-        return await coro
-    finally:
-        correlation.reset_correlation_id(token)
-
-
 def block(coro: typing.Coroutine[typing.Any, typing.Any, T], timeout: float | None = None) -> T:
     """Run ``coro`` on the saga loop and wait for it, from synchronous code.
 
@@ -305,7 +297,7 @@ def block(coro: typing.Coroutine[typing.Any, typing.Any, T], timeout: float | No
             "This saga helper blocks; from an async view use its awaitable twin "
             "(arun_saga, astart_saga, asaga_status, asaga_diagram)"
         )
-    return shared_loop_thread().run(_with_correlation(correlation.get_correlation_id(), coro), timeout)
+    return shared_loop_thread().run(coro, timeout)
 
 
 async def await_in_loop(coro: typing.Coroutine[typing.Any, typing.Any, T]) -> T:
@@ -314,7 +306,7 @@ async def await_in_loop(coro: typing.Coroutine[typing.Any, typing.Any, T]) -> T:
     If the awaiting view is cancelled (the client went away), the saga work
     still runs to its end.
     """
-    future = shared_loop_thread().submit(_with_correlation(correlation.get_correlation_id(), coro))
+    future = shared_loop_thread().submit(coro)
     return await asyncio.shield(asyncio.wrap_future(future))
 
 

@@ -47,7 +47,6 @@ from django.http import JsonResponse  # type: ignore[import-untyped]
 from django.urls import re_path  # type: ignore[import-untyped]
 from django.views.decorators.csrf import csrf_exempt  # type: ignore[import-untyped]
 
-from cqrs import correlation
 from cqrs.integrations._requests import BadRequest, check_content_length
 from cqrs.integrations._webhooks import WebhookEndpoint
 from cqrs.integrations.django import _runtime
@@ -146,8 +145,8 @@ def _patterns(endpoint_of: typing.Callable[[], WebhookEndpoint]) -> list[typing.
             except RequestDataTooBig:
                 raise BadRequest(413, f"Request body is larger than the limit of {limit} bytes") from None
             headers = dict(request.headers.items())
-            correlation_id = getattr(request, "correlation_id", None) or correlation.get_correlation_id()
-            accepted = _runtime.block(_accept(runtime, dispatcher, source, body, headers, correlation_id))
+            # The request's correlation id comes along in the context (see `LoopThread.submit`).
+            accepted = _runtime.block(_accept(runtime, dispatcher, source, body, headers))
         except BadRequest as error:
             return _refuse(error)
         for saga in accepted.started:
@@ -183,10 +182,9 @@ async def _accept(
     source: str,
     body: bytes,
     headers: dict[str, str],
-    correlation_id: str | None,
 ) -> AcceptedEvent:
     mediator = await runtime.open()
-    return await dispatcher.accept(mediator, source, body, headers, correlation_id=correlation_id)
+    return await dispatcher.accept(mediator, source, body, headers)
 
 
 async def _status(

@@ -71,7 +71,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         try:
             async with opened(config, create_tables=False) as opened_config:
                 storage = opened_config.require_storage()
-                engine = getattr(storage, "engine", None) or getattr(storage, "_engine", None)
+                engine = getattr(storage, "engine", None)  # the SQL storage's; the memory storage has none
                 if engine is None:
                     checks.append(Check("database", True, f"{type(storage).__name__} (nothing to reach)"))
                     checks.append(Check("tables", True, "not needed"))
