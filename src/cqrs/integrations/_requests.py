@@ -71,9 +71,11 @@ def build_context(context_type: type[typing.Any], data: typing.Mapping[str, typi
         raise BadRequest(400, f"Invalid {context_type.__name__}: {summary}", problems) from None
 
 
-def parse_saga_id(raw: str) -> uuid.UUID:
-    """A saga id from a URL: 422 if it is not a UUID."""
+def parse_saga_id(raw: uuid.UUID | str) -> uuid.UUID:
+    """A saga id from a URL (or a caller's UUID, returned as it is): 422 if it is not a UUID."""
+    if isinstance(raw, uuid.UUID):
+        return raw
     try:
         return uuid.UUID(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, AttributeError):  # AttributeError: not a string at all
         raise BadRequest(422, f"{raw!r} is not a saga id (expected a UUID)") from None

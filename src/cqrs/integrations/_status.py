@@ -46,8 +46,25 @@ def status_body(record: SagaRecord, history: list[SagaLogEntry]) -> dict[str, ty
     }
 
 
+def wants_json_diagram(fmt: str) -> bool:
+    """The diagram routes' ``?format=``: ``text`` (or ``mermaid``) or ``json``; 422 for anything else."""
+    if fmt not in ("text", "mermaid", "json"):
+        raise BadRequest(422, f"format must be 'text' or 'json', got {fmt!r}")
+    return fmt == "json"
+
+
 async def saga_diagram(storage: SagaStorage, saga_map: SagaMap, saga_id: uuid.UUID) -> str:
     """Mermaid source of a saga run with its completed, compensated and failed steps marked."""
+    return (await _run_diagram(storage, saga_map, saga_id))[1]
+
+
+async def saga_diagram_document(storage: SagaStorage, saga_map: SagaMap, saga_id: uuid.UUID) -> dict[str, typing.Any]:
+    """``{"saga_id", "status", "diagram"}``: the diagram with the status it was drawn at."""
+    record, diagram = await _run_diagram(storage, saga_map, saga_id)
+    return {"saga_id": str(saga_id), "status": record.status.value, "diagram": diagram}
+
+
+async def _run_diagram(storage: SagaStorage, saga_map: SagaMap, saga_id: uuid.UUID) -> tuple[SagaRecord, str]:
     from cqrs.saga.mermaid import SagaMermaid
 
     record = await storage.get_saga(saga_id)
@@ -56,4 +73,4 @@ async def saga_diagram(storage: SagaStorage, saga_map: SagaMap, saga_id: uuid.UU
     saga_type = saga_map.by_name(record.name)
     if saga_type is None:
         raise BadRequest(404, f"Saga {saga_id} is a {record.name!r}, which this application does not define")
-    return SagaMermaid(saga_type).run_diagram(await storage.get_step_history(saga_id))
+    return record, SagaMermaid(saga_type).run_diagram(await storage.get_step_history(saga_id))

@@ -63,7 +63,7 @@ from cqrs.integrations._requests import (
     parse_json_object,
     parse_saga_id,
 )
-from cqrs.integrations._status import saga_diagram, saga_status
+from cqrs.integrations._status import saga_diagram, saga_diagram_document, saga_status, wants_json_diagram
 from cqrs.integrations._webhooks import WebhookEndpoint
 from cqrs.saga.exceptions import SagaAlreadyRunningError, SagaIdConflictError
 from cqrs.saga.mediator import SagaMediator
@@ -401,17 +401,13 @@ def saga_router(
         saga_id: str, request: Request, format: str = "text"
     ) -> PlainTextResponse | dict[str, typing.Any]:
         try:
-            if format not in ("text", "mermaid", "json"):
-                raise BadRequest(422, f"format must be 'text' or 'json', got {format!r}")
+            as_json = wants_json_diagram(format)
             parsed = parse_saga_id(saga_id)
             config = get_config(request)
             storage = config.require_storage()
-            diagram = await saga_diagram(storage, config.saga_map, parsed)
-            if format != "json":
-                return PlainTextResponse(diagram)
-            record = await storage.get_saga(parsed)
-            status = record.status.value if record is not None else None
-            return {"saga_id": str(parsed), "status": status, "diagram": diagram}
+            if as_json:
+                return await saga_diagram_document(storage, config.saga_map, parsed)
+            return PlainTextResponse(await saga_diagram(storage, config.saga_map, parsed))
         except BadRequest as error:
             raise _http_error(error) from None
 

@@ -58,7 +58,7 @@ from cqrs.integrations._requests import (
     parse_json_object,
     parse_saga_id,
 )
-from cqrs.integrations._status import saga_diagram, saga_status
+from cqrs.integrations._status import saga_diagram, saga_diagram_document, saga_status, wants_json_diagram
 from cqrs.integrations._webhooks import WebhookEndpoint
 from cqrs.saga import _serialization
 from cqrs.saga.exceptions import (
@@ -461,12 +461,12 @@ class SagaExtension:
     def saga_status(self, saga_id: uuid.UUID | str) -> dict[str, typing.Any]:
         """The stored saga as a JSON-ready dict (see `blueprint`); `BadRequest` 404 / 422."""
         runtime = self._runtime()
-        return runtime.query(_status(runtime.config, _saga_id(saga_id)))
+        return runtime.query(_status(runtime.config, parse_saga_id(saga_id)))
 
     def saga_diagram(self, saga_id: uuid.UUID | str) -> str:
         """Mermaid source of the saga's run, its steps marked; `BadRequest` 404 / 422."""
         runtime = self._runtime()
-        return runtime.query(_diagram(runtime.config, _saga_id(saga_id)))
+        return runtime.query(_diagram(runtime.config, parse_saga_id(saga_id)))
 
     def health(self) -> tuple[dict[str, typing.Any], int]:
         """``({"status": "ok"}, 200)`` when the storage answers a query, else 503 with the error."""
@@ -495,14 +495,10 @@ class SagaExtension:
             return flask.jsonify(self.saga_status(saga_id))
 
         def diagram_view(saga_id: str) -> flask.Response | dict[str, typing.Any]:
-            fmt = flask.request.args.get("format", "text")
-            if fmt not in ("text", "mermaid", "json"):
-                raise BadRequest(422, f"format must be 'text' or 'json', got {fmt!r}")
-            diagram = self.saga_diagram(saga_id)
-            if fmt != "json":
-                return flask.Response(diagram, mimetype="text/plain")
-            status = self.saga_status(saga_id)["status"]
-            return {"saga_id": str(_saga_id(saga_id)), "status": status, "diagram": diagram}
+            if not wants_json_diagram(flask.request.args.get("format", "text")):
+                return flask.Response(self.saga_diagram(saga_id), mimetype="text/plain")
+            runtime = self._runtime()
+            return runtime.query(_diagram_document(runtime.config, parse_saga_id(saga_id)))
 
         def health_view() -> tuple[dict[str, typing.Any], int]:
             return self.health()
@@ -639,16 +635,16 @@ def _as_context(saga_type: type[Saga[C]], context: C | typing.Mapping[str, typin
     raise TypeError(f"{saga_type.__qualname__} runs on {context_type.__qualname__}, got {type(context).__name__}")
 
 
-def _saga_id(value: uuid.UUID | str) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else parse_saga_id(value)
-
-
 async def _status(config: SagaConfig, saga_id: uuid.UUID) -> dict[str, typing.Any]:
     return await saga_status(config.require_storage(), saga_id)
 
 
 async def _diagram(config: SagaConfig, saga_id: uuid.UUID) -> str:
     return await saga_diagram(config.require_storage(), config.saga_map, saga_id)
+
+
+async def _diagram_document(config: SagaConfig, saga_id: uuid.UUID) -> dict[str, typing.Any]:
+    return await saga_diagram_document(config.require_storage(), config.saga_map, saga_id)
 
 
 async def _ping(config: SagaConfig) -> None:

@@ -27,7 +27,7 @@ from cqrs import correlation
 from cqrs.config import SagaConfig, configure
 from cqrs.integrations._background import resume_quietly
 from cqrs.integrations._loop import shared_loop_thread
-from cqrs.integrations._requests import BadRequest, parse_saga_id
+from cqrs.integrations._requests import parse_saga_id
 from cqrs.integrations.django._settings import DjangoSagaSettings, load
 from cqrs.saga.mediator import SagaMediator, SagaOutcome
 from cqrs.saga.saga import Saga
@@ -330,7 +330,7 @@ async def record_coro(
 async def status_coro(runtime: SagaRuntime, saga_id: uuid.UUID | str) -> dict[str, typing.Any]:
     from cqrs.integrations._status import saga_status
 
-    parsed = _saga_id(saga_id)
+    parsed = parse_saga_id(saga_id)
     mediator = await runtime.open()
     return await saga_status(mediator.storage, parsed)
 
@@ -338,14 +338,6 @@ async def status_coro(runtime: SagaRuntime, saga_id: uuid.UUID | str) -> dict[st
 async def diagram_coro(runtime: SagaRuntime, saga_id: uuid.UUID | str) -> str:
     from cqrs.integrations._status import saga_diagram
 
-    parsed = _saga_id(saga_id)
+    parsed = parse_saga_id(saga_id)
     mediator = await runtime.open()
     return await saga_diagram(mediator.storage, mediator.saga_map, parsed)
-
-
-def _saga_id(value: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    if not isinstance(value, str):
-        raise BadRequest(422, f"{value!r} is not a saga id (expected a UUID)")
-    return parse_saga_id(value)
