@@ -1,4 +1,4 @@
-"""A run renews its lease while a step (or compensation) is running, and only then."""
+"""A run renews its lease while a step is running, and only then."""
 
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ class CountingStorage(MemorySagaStorage):
 
     async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
         renewed = await super().renew_lease(saga_id, lease, lease_seconds)
-        self.renewals += 1
-        if self.renewals >= RENEWALS_WANTED:
-            self.enough.set()
+        if renewed:  # only renewals that kept the lease count
+            self.renewals += 1
+            if self.renewals >= RENEWALS_WANTED:
+                self.enough.set()
         return renewed
 
 

@@ -110,15 +110,6 @@ def test_seed_imports_resolve() -> None:
             assert hasattr(module, name), f"{module_name}.{name} is missing"
 
 
-def test_public_modules_declare_all() -> None:
-    for module_name in SEED_IMPORTS:
-        module = importlib.import_module(module_name)
-        if module_name != "cqrs.saga.bootstrap":
-            assert hasattr(module, "__all__"), f"{module_name} has no __all__"
-            for name in module.__all__:
-                assert hasattr(module, name), f"{module_name}.__all__ lists missing {name}"
-
-
 def test_public_objects_have_docstrings() -> None:
     for name in cqrs.__all__:
         assert getattr(cqrs, name).__doc__, f"cqrs.{name} has no docstring"

@@ -32,6 +32,7 @@ from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.memory import MemorySagaStorage
+from cqrs.saga.storage.models import NewSaga
 from cqrs.saga.storage.protocol import SagaStorage
 from cqrs.saga.storage.sqlalchemy import SqlAlchemySagaStorage
 
@@ -166,6 +167,31 @@ async def test_the_worker_claims_only_sagas_it_knows_by_name(storage: SagaStorag
     after = await storage.get_saga(foreign)
     assert before is not None and after is not None
     assert (after.status, after.owner, after.recovery_attempts) == (before.status, before.owner, 0)
+
+
+async def test_a_saga_of_a_definition_version_the_worker_does_not_know_is_logged_and_not_run(
+    storage: SagaStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    saga_id = uuid.uuid4()
+    newer = NewSaga(
+        saga_id=saga_id, name=ParcelSaga.name, context={"parcel_id": "p8"},
+        definition_version=ParcelSaga.version + 1, status=SagaStatus.PENDING,
+    )
+    assert await storage.start_saga(newer, "gone-host:1:dead", 0.0) is not None  # its lease lapsed at once
+    worker = worker_for(storage)
+
+    with caplog.at_level(logging.ERROR, logger="cqrs"):
+        assert await worker.run_once() == 1
+
+    assert worker.recovered == {"unknown": 1}
+    assert LEDGER == []
+    assert await storage.get_step_history(saga_id) == []
+    record = await storage.get_saga(saga_id)
+    assert record is not None and record.owner is None and record.recovery_attempts == 1  # released
+    assert any(
+        str(saga_id) in r.getMessage() and f"version {ParcelSaga.version + 1}" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_a_context_that_no_longer_loads_counts_an_attempt_and_loses_nothing(
