@@ -1252,6 +1252,8 @@ class Charge(SagaStepHandler[ShipContext, cqrs.Response]):
 
 class Ship(SagaStepHandler[ShipContext, Shipped]):
     async def act(self, context: ShipContext) -> SagaStepResult[ShipContext, Shipped]:
+        if context.order_id.startswith("lost-"):
+            raise RuntimeError(f"parcel {context.order_id} lost")
         return self._generate_step_result(Shipped(tracking=f"T-{context.order_id}"))
 
 
@@ -1346,6 +1348,30 @@ async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> Non
         ("Reserve", "act", "completed"), ("Charge", "act", "completed"), ("Ship", "act", "completed"),
     ]
     assert history[-1].response == {"tracking": "T-o-1"}
+
+
+async def test_a_failing_saga_costs_one_commit_for_the_failure_and_one_per_compensation(
+    storage: SagaStorage,
+) -> None:
+    sql = sql_only(storage)
+    mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
+    warm = await mediator.run(ShipContext(order_id="warm-up"))  # connections and statements made
+    assert warm.status == SagaStatus.COMPLETED
+    tally = Tally(sql.engine.sync_engine)
+    try:
+        outcome = await mediator.run(ShipContext(order_id="lost-2"))
+    finally:
+        tally.remove()
+
+    assert outcome.status == SagaStatus.FAILED
+    # start, Reserve, Charge; Ship's failure with COMPENSATING; Charge's and Reserve's compensations,
+    # the last one storing FAILED.
+    assert (tally.commits, tally.rollbacks) == (6, 0)
+    history = await sql.get_step_history(outcome.saga_id)
+    assert steps(history) == [
+        ("Reserve", "act", "completed"), ("Charge", "act", "completed"), ("Ship", "act", "failed"),
+        ("Charge", "compensate", "compensated"), ("Reserve", "compensate", "compensated"),
+    ]
 
 
 async def test_each_engine_write_is_one_commit(storage: SagaStorage) -> None:
