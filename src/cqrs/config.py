@@ -179,25 +179,41 @@ def _coerce(name: str, raw: typing.Any) -> typing.Any:
     except ValueError:
         raise ValueError(f"Saga setting {name.upper()} must be a number, got {raw!r}") from None
     if name in _BOOLS:
-        return raw.strip().lower() in _TRUE
+        return parse_bool(raw)
     return raw
 
 
-async def open_storage(url: str, *, create_tables: bool = True) -> SagaStorage:
-    """A storage for a URL: ``memory://``, SQLite (aiosqlite) or PostgreSQL (asyncpg)."""
-    if url.startswith("memory://"):
-        from cqrs.saga.storage.memory import MemorySagaStorage
+def parse_bool(value: typing.Any) -> bool:
+    """A setting's truth: ``1``/``true``/``yes``/``on`` (any case) for strings, ``bool()`` otherwise."""
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE
+    return bool(value)
 
-        return MemorySagaStorage()
+
+def storage_url(url: str) -> str:
+    """``url`` with the async driver the storage uses (``sqlite://`` and ``postgresql://`` get it).
+
+    `ValueError` for a URL no storage takes.
+    """
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+asyncpg://" + url.split("://", 1)[1]
     elif url.startswith("sqlite://"):
         url = "sqlite+aiosqlite://" + url.split("://", 1)[1]
-    if not (url.startswith("postgresql+asyncpg://") or url.startswith("sqlite+aiosqlite://")):
+    if not url.startswith(("memory://", "postgresql+asyncpg://", "sqlite+aiosqlite://")):
         raise ValueError(
             f"Unsupported saga storage URL {url!r}: use memory://, sqlite+aiosqlite:///file.db "
             "or postgresql+asyncpg://user@host/db"
         )
+    return url
+
+
+async def open_storage(url: str, *, create_tables: bool = True) -> SagaStorage:
+    """A storage for a URL: ``memory://``, SQLite (aiosqlite) or PostgreSQL (asyncpg)."""
+    url = storage_url(url)
+    if url.startswith("memory://"):
+        from cqrs.saga.storage.memory import MemorySagaStorage
+
+        return MemorySagaStorage()
     from cqrs.saga.storage.sqlalchemy import SqlAlchemySagaStorage
 
     storage = SqlAlchemySagaStorage.from_url(url)

@@ -11,16 +11,12 @@ from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-u
 from django.db import connections  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from cqrs.config import SagaConfig
+from cqrs.config import SagaConfig, parse_bool, storage_url
 from cqrs.container import as_container
 from cqrs.saga.saga import Saga
 
 #: Keys of ``CQRS_SAGA`` that the Django integration reads itself; the rest go to `SagaConfig.from_mapping`.
 DJANGO_KEYS = ("SAGAS", "CONTAINER", "DATABASE", "RUN_ON_COMMIT")
-_STORAGE_SCHEMES = ("memory://", "sqlite://", "sqlite+aiosqlite://", "postgres://", "postgresql://",
-                    "postgresql+asyncpg://")
-
-
 @dataclasses.dataclass
 class DjangoSagaSettings:
     """``CQRS_SAGA``, parsed.
@@ -63,7 +59,7 @@ def load(raw: typing.Any) -> DjangoSagaSettings:
     database = values.pop("DATABASE", "default")
     if not isinstance(database, str) or not database:
         raise ImproperlyConfigured(f"CQRS_SAGA['DATABASE'] must be a database alias, got {database!r}")
-    run_on_commit = _bool("RUN_ON_COMMIT", values.pop("RUN_ON_COMMIT", True))
+    run_on_commit = parse_bool(values.pop("RUN_ON_COMMIT", True))
     derived = not values.get("STORAGE_URL")
     if derived:
         if database not in connections.settings:
@@ -75,7 +71,7 @@ def load(raw: typing.Any) -> DjangoSagaSettings:
         # `manage.py migrate` creates the tables in Django's database (the saga app's migration);
         # creating them again on first use could wait on a SQLite write lock a request holds.
         values.setdefault("CREATE_TABLES", False)
-    elif not str(values["STORAGE_URL"]).startswith(_STORAGE_SCHEMES):
+    elif not _storage_url_ok(str(values["STORAGE_URL"])):
         raise ImproperlyConfigured(
             f"CQRS_SAGA['STORAGE_URL'] is {redact(str(values['STORAGE_URL']))!r}: use memory://, "
             "sqlite+aiosqlite:///file.db or postgresql+asyncpg://user@host/db (or leave it out: "
@@ -90,10 +86,12 @@ def load(raw: typing.Any) -> DjangoSagaSettings:
     return DjangoSagaSettings(config=config, database=database, derived=derived, run_on_commit=run_on_commit)
 
 
-def _bool(name: str, value: typing.Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+def _storage_url_ok(url: str) -> bool:
+    try:
+        storage_url(url)
+    except ValueError:
+        return False
+    return True
 
 
 def _sagas(paths: typing.Any) -> list[type[Saga[typing.Any]]]:
