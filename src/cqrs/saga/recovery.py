@@ -113,11 +113,30 @@ class RecoveryWorker:
         """Ask `run` to stop claiming and return once in-flight sagas are done."""
         self._stop.set()
 
-    def install_signal_handlers(self) -> None:
-        """Stop gracefully on SIGTERM and SIGINT (call from the running loop)."""
+    def install_signal_handlers(
+        self, on_signal: typing.Callable[[signal.Signals], None] | None = None
+    ) -> list[signal.Signals]:
+        """Stop gracefully on SIGTERM and SIGINT (call from the running loop, in the main thread).
+
+        ``on_signal`` is called with the signal first (to say so, say). Returns
+        the signals handled; one the loop cannot handle here (not the main
+        thread, a platform without them) is left out.
+        """
         loop = asyncio.get_running_loop()
+
+        def stop(sig: signal.Signals) -> None:
+            if on_signal is not None:
+                on_signal(sig)
+            self.stop()
+
+        installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+            try:
+                loop.add_signal_handler(sig, stop, sig)
+            except (ValueError, RuntimeError, NotImplementedError):
+                continue
+            installed.append(sig)
+        return installed
 
     async def run(self) -> None:
         """Recover in passes until `stop`; in-flight sagas get ``shutdown_grace`` seconds to finish."""

@@ -72,8 +72,10 @@ def command_config() -> SagaConfig:
 
 
 @contextlib.asynccontextmanager
-async def opened(config: SagaConfig, *, create_tables: bool) -> typing.AsyncIterator[SagaConfig]:
-    config.create_tables = create_tables
+async def opened(config: SagaConfig, *, create_tables: bool | None = None) -> typing.AsyncIterator[SagaConfig]:
+    """``config`` initialized (creating tables if ``create_tables``, default the config's), then closed."""
+    if create_tables is not None:
+        config.create_tables = create_tables
     await config.initialize()
     try:
         yield config

@@ -56,35 +56,22 @@ class Command(BaseCommand):  # type: ignore[misc]
         asyncio.run(self._main(config, options))
 
     async def _main(self, config: SagaConfig, options: dict[str, typing.Any]) -> None:
-        async with opened(config, create_tables=config.create_tables):
-            worker = config.recovery_worker(
-                concurrency=options["concurrency"],
-                batch_size=options["batch_size"],
-                max_attempts=options["max_attempts"],
-                shutdown_grace=options["shutdown_grace"],
-                poll_interval=(
-                    options["poll_interval"] if options["poll_interval"] is not None else config.recovery_interval
-                ),
-            )
+        async with opened(config):
+            chosen = {name: options[name] for name in ("concurrency", "batch_size", "max_attempts", "shutdown_grace")}
+            if options["poll_interval"] is not None:  # else the config's recovery interval
+                chosen["poll_interval"] = options["poll_interval"]
+            worker = config.recovery_worker(**chosen)
             names = ", ".join(saga_type.name for saga_type in config.saga_map.sagas())
             if options["once"]:
                 claimed = await worker.run_once()
                 self.stdout.write(f"saga_worker: claimed {claimed} saga(s): {_tally(worker.recovered)}")
                 return
-            loop = asyncio.get_running_loop()
-            installed: list[signal.Signals] = []
 
-            def stop(sig: signal.Signals) -> None:
+            def announce(sig: signal.Signals) -> None:
                 self.stdout.write(f"saga_worker: {sig.name}: no more claims; finishing in-flight sagas")
                 self.stdout.flush()
-                worker.stop()
 
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    loop.add_signal_handler(sig, stop, sig)
-                    installed.append(sig)
-                except (ValueError, RuntimeError, NotImplementedError):  # not the main thread / platform
-                    pass
+            installed = worker.install_signal_handlers(announce)
             self.stdout.write(
                 f"saga_worker: running {names} from {redact(config.storage_url)} "
                 f"(concurrency {options['concurrency']}, polling every {worker.poll_interval:g}s)"
@@ -94,5 +81,5 @@ class Command(BaseCommand):  # type: ignore[misc]
                 await worker.run()
             finally:
                 for sig in installed:
-                    loop.remove_signal_handler(sig)
+                    asyncio.get_running_loop().remove_signal_handler(sig)
             self.stdout.write(f"saga_worker: stopped: {_tally(worker.recovered)}")
