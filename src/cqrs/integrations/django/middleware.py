@@ -7,10 +7,11 @@ import typing
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from cqrs import correlation
+from cqrs.config import SagaConfig
 
 __all__ = ["CorrelationIdMiddleware"]
 
-DEFAULT_HEADER = "X-Correlation-ID"
+DEFAULT_HEADER = SagaConfig.correlation_header
 
 
 def _header_name() -> str:

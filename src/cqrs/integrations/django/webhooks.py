@@ -49,7 +49,7 @@ from django.views.decorators.csrf import csrf_exempt  # type: ignore[import-unty
 
 from cqrs.integrations._requests import BadRequest, check_content_length
 from cqrs.integrations._webhooks import WebhookEndpoint
-from cqrs.integrations.django import _runtime
+from cqrs.integrations.django import _runtime, error_response
 from cqrs.saga.saga import Saga
 from cqrs.triggers import AcceptedEvent, SignatureVerifier, TriggerDispatcher
 
@@ -170,7 +170,7 @@ def _patterns(endpoint_of: typing.Callable[[], WebhookEndpoint]) -> list[typing.
 
 
 def _refuse(error: BadRequest, allow: str | None = None) -> JsonResponse:
-    response = JsonResponse(error.body(), status=error.status)
+    response = error_response(error)
     if allow is not None:
         response["Allow"] = allow
     return response
