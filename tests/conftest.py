@@ -61,3 +61,15 @@ def postgres_url() -> typing.Iterator[str]:
 def sqlite_url(tmp_path: typing.Any) -> str:
     """A fresh SQLite database file for this test, as an aiosqlite URL."""
     return f"sqlite+aiosqlite:///{tmp_path / 'sagas.sqlite3'}"
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    """Each storage's URL in turn: ``memory://``, a fresh SQLite file, a fresh PostgreSQL database.
+
+    A sync fixture, so the database fixtures (which run their own event loop) resolve
+    outside the test's. Parametrize it indirectly with a subset of the three names.
+    """
+    if request.param == "memory":
+        return "memory://"
+    return str(request.getfixturevalue(f"{request.param}_url"))

@@ -82,13 +82,6 @@ def _clean() -> None:
     GATE.clear()
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    # Resolved here, outside the event loop: the database fixtures run their own.
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url"))
-
 
 @pytest.fixture
 async def storage(storage_url: str) -> typing.AsyncIterator[SagaStorage]:

@@ -41,13 +41,6 @@ JsonDict = dict[str, typing.Any]
 # -- the storages ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    """The parameter of `storage`: its URL (the database fixtures run outside the event loop)."""
-    if request.param == "memory":
-        return "memory://"
-    return str(request.getfixturevalue(f"{request.param}_url"))
-
 
 @pytest.fixture
 async def storage(storage_url: str) -> typing.AsyncIterator[SagaStorage]:

@@ -28,17 +28,11 @@ from cqrs.triggers import (
 from django_project import webhook_sagas
 from django_project.webhook_sagas import SAGAS, WebhookAuditSaga, WebhookOrderSaga, WebhookPaymentSaga
 
-STORAGES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
 
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     webhook_sagas.reset()
 
-
-@pytest.fixture(params=STORAGES)
-def storage_url(request: pytest.FixtureRequest) -> str:
-    return "memory://" if request.param == "memory" else str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from cqrs.triggers import SignatureVerifier, derive_saga_id
 from django_project import webhook_sagas
 from django_project.webhook_sagas import SAGAS
 
-STORAGES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 VERIFIER = SignatureVerifier(webhook_sagas.SECRET)
 
 
@@ -59,10 +58,6 @@ class Served:
 def _reset() -> None:
     webhook_sagas.reset()
 
-
-@pytest.fixture(params=STORAGES)
-def storage_url(request: pytest.FixtureRequest) -> str:
-    return "memory://" if request.param == "memory" else str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @contextlib.contextmanager
