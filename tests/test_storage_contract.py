@@ -1077,6 +1077,20 @@ async def test_a_closed_storage_made_from_a_sessionmaker_leaves_the_engine_to_it
 # -- the schema (SQL) --------------------------------------------------------------------------------------------
 
 
+async def test_sqlite_connections_wait_30_seconds_for_the_lock_and_use_wal_and_foreign_keys(
+    storage: SagaStorage,
+) -> None:
+    sql = sql_only(storage)
+    if kind(sql) != "sqlite":
+        pytest.skip("SQLite's connection settings")
+    async with sql.engine.connect() as conn:
+        pragmas = {
+            name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+            for name in ("busy_timeout", "journal_mode", "foreign_keys")
+        }
+    assert pragmas == {"busy_timeout": 30000, "journal_mode": "wal", "foreign_keys": 1}
+
+
 async def test_the_schema_uses_jsonb_on_postgresql_and_plain_strings_for_statuses(storage: SagaStorage) -> None:
     sql = sql_only(storage)
 

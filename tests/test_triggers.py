@@ -174,6 +174,32 @@ def test_stale_and_future_timestamps_are_replays() -> None:
         verifier.verify(payload, headers)
 
 
+def test_the_default_verifier_is_sha256_on_x_signature_with_a_300_second_window() -> None:
+    clock = Clock()
+    verifier = SignatureVerifier(webhook_sagas.SECRET, clock=clock)
+    payload = body(order_id="O-1")
+    headers = verifier.headers(payload)
+    assert set(headers) == {"X-Signature", "X-Signature-Timestamp"}
+    assert headers["X-Signature"].startswith("sha256=")
+    clock.now += 300
+    verifier.verify(payload, headers)
+    clock.now += 1
+    with pytest.raises(BadRequest, match="outside the allowed window"):
+        verifier.verify(payload, headers)
+
+
+def test_a_retried_trigger_allows_ten_attempts_by_default() -> None:
+    class Retried(WebhookOrderSaga):
+        name = "retried"
+
+        @trigger("order_created", "order_id", retry_failed=True)
+        def from_order_created(self, event: dict[str, typing.Any]) -> typing.Any:
+            return super().from_order_created(event)
+
+    (binding,) = triggers_of(Retried)
+    assert binding.spec.retry_failed and binding.spec.max_attempts == 10
+
+
 def test_other_header_algorithm_and_body_only_signatures() -> None:
     verifier = SignatureVerifier(b"k", header="X-Hub-Signature-512", algorithm="sha512", timestamp_header=None)
     payload = b'{"a": 1}'
