@@ -33,15 +33,13 @@ Tables (in ``Base.metadata``) and the query each index serves:
 `claim_saga`, and every conditional write ``WHERE id = :id AND owner = :owner
 AND lease_epoch = :epoch``):
 
-- ``ix_saga_executions_recovery (status, lease_expires_at)``, partial (on
-  PostgreSQL and SQLite) ``WHERE status IN ('compensating',
-  'compensation_failed', 'pending', 'running')``: the recovery scans
-  `claim_recoverable` and `get_sagas_for_recovery`. Only unfinished sagas are
-  in it, so it stays small however many completed sagas the table holds. The
-  queries spell the statuses as literals, not parameters, so PostgreSQL can
-  match the index predicate even under a generic plan of a prepared statement.
-- ``ix_saga_executions_status_created (status, created_at)``:
-  ``list_sagas(status=...)``, oldest first, with ``older_than``.
+- ``ix_saga_executions_status_created (status, created_at)``: the recovery
+  scans `claim_recoverable` and `get_sagas_for_recovery` (a range per
+  unfinished status, so the finished sagas are never read), and
+  ``list_sagas(status=...)``, oldest first, with ``older_than``. No index
+  holds ``lease_expires_at`` or ``updated_at``, so a checkpoint that leaves
+  the status alone is a HOT update on PostgreSQL (no index is written). The
+  queries spell the statuses as literals, not parameters.
 - ``ix_saga_executions_name_created (name, created_at)``:
   ``list_sagas(name=...)``, oldest first, with ``older_than``.
 - ``ix_saga_executions_correlation_id (correlation_id)``:
@@ -196,13 +194,7 @@ saga_executions = sa.Table(
 _t = saga_executions
 _RESUMABLE_CLAUSE = _t.c.status.in_([_literal(value) for value in _RESUMABLE_VALUES])
 
-sa.Index(
-    "ix_saga_executions_recovery",
-    _t.c.status,
-    _t.c.lease_expires_at,
-    postgresql_where=_RESUMABLE_CLAUSE,
-    sqlite_where=_RESUMABLE_CLAUSE,
-)
+# No index holds lease_expires_at or updated_at: checkpoints that keep the status are HOT updates.
 sa.Index("ix_saga_executions_status_created", _t.c.status, _t.c.created_at)
 sa.Index("ix_saga_executions_name_created", _t.c.name, _t.c.created_at)
 sa.Index("ix_saga_executions_correlation_id", _t.c.correlation_id)
