@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import typing
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cqrs.saga._engine import EngineSettings
 from cqrs.saga.recovery import RecoveryWorker
 from cqrs.saga.storage.enums import SagaStatus
 from durability.db import (
+    DEAD_OWNER,
     SHIP_ERROR,
     expire_leases,
     open_storage,
@@ -129,32 +129,45 @@ async def test_killed_connections_mid_step_leave_the_saga_resumable(
 async def test_a_worker_whose_idle_connections_were_killed_recovers_on_its_next_pass(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    """Pooled connections killed while idle (a database restart, a failover): the first claim may fail
-    with the driver's error, which is not a saga failure; the next pass reconnects and finishes every saga."""
+    """Pooled connections killed while idle (a database restart, a failover): the first claim meets a dead one and
+    fails with the driver's error (the connection invalidated), which is not a saga failure: nothing is claimed, no
+    step runs. The pool then replaces the other dead ones too, so the next pass finishes every saga.
+
+    Deterministic: every connection the pool holds is killed, nothing is checked out, and the pool does not
+    pre-ping, so the claim's checkout is bound to hand out a dead connection.
+    """
     import sqlalchemy.exc
 
     ledger = tmp_path / "ledger.txt"
-    storage = await open_storage(postgres_url, connect_args={"server_settings": {"application_name": APP_NAME}})
+    storage = await open_storage(
+        postgres_url, pool_pre_ping=False, connect_args={"server_settings": {"application_name": APP_NAME}}
+    )
+    # Reads go through another pool, so the worker's passes are the only users of its pool's dead connections.
+    observer = await open_storage(postgres_url, create=False)
     try:
         seeded = await seed_interrupted(storage, 6)
         assert await expire_leases(postgres_url) == 6
         await asyncio.gather(*(storage.get_saga(saga_id) for saga_id in seeded))  # several pooled connections
-        assert await terminate_backends(postgres_url, APP_NAME) >= 1
+        pool = storage.engine.sync_engine.pool
+        assert pool.checkedout() == 0 and pool.checkedin() >= 2
+        # Every pooled connection is this application's, so every one is killed (others may be closing still).
+        assert await terminate_backends(postgres_url, APP_NAME) >= pool.checkedin()
         worker = RecoveryWorker([OrderSaga], StepEnv(FileLedger(ledger, tag="worker")), storage,
                                 settings=EngineSettings(lease_seconds=60.0))
-        claimed = 0
-        # The claim may meet a dead connection (the driver's error): nothing is claimed, no step runs.
-        with contextlib.suppress(sqlalchemy.exc.DBAPIError):
-            claimed += await worker.run_once()
-        for _ in range(5):
-            count = await worker.run_once()
-            if count == 0:
-                break
-            claimed += count
-        records = [await storage.get_saga(saga_id) for saga_id in seeded]
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as lost:
+            await worker.run_once()
+        assert lost.value.connection_invalidated
+        assert worker.recovered == {}
+        assert read_file_ledger(ledger) == []
+        untouched = [await observer.get_saga(saga_id) for saga_id in seeded]
+        assert [(r.recovery_attempts, r.owner) if r else None for r in untouched] == [(0, DEAD_OWNER)] * 6
+
+        assert await worker.run_once() == 6
+        assert await worker.run_once() == 0
+        records = [await observer.get_saga(saga_id) for saga_id in seeded]
     finally:
         await storage.close()
-    assert claimed == 6
+        await observer.close()
     assert worker.recovered == {"completed": 6}
     assert [record.status if record else None for record in records] == [SagaStatus.COMPLETED] * 6
     runs = count_runs(read_file_ledger(ledger))

@@ -319,3 +319,91 @@ async def test_after_the_breaker_timeout_the_primary_gets_a_trial_call() -> None
 
     assert LEDGER == ["act:prepare", "act:primary", "act:finish"]
     assert results[1].step_type is PrimaryReserve
+
+
+@dataclasses.dataclass
+class QuoteContext(SagaContext):
+    order_id: str
+
+
+class LiveStock(SagaStepHandler[QuoteContext, Response]):
+    async def act(self, context: QuoteContext) -> SagaStepResult[QuoteContext, Response]:
+        LEDGER.append("act:live_stock")
+        raise ServiceDown("stock service down")
+
+
+class CachedStock(SagaStepHandler[QuoteContext, Response]):
+    async def act(self, context: QuoteContext) -> SagaStepResult[QuoteContext, Response]:
+        LEDGER.append("act:cached_stock")
+        return self._generate_step_result(Response())
+
+
+class LivePrice(SagaStepHandler[QuoteContext, Response]):
+    async def act(self, context: QuoteContext) -> SagaStepResult[QuoteContext, Response]:
+        LEDGER.append("act:live_price")
+        return self._generate_step_result(Response())
+
+
+class CachedPrice(SagaStepHandler[QuoteContext, Response]):
+    async def act(self, context: QuoteContext) -> SagaStepResult[QuoteContext, Response]:
+        LEDGER.append("act:cached_price")
+        return self._generate_step_result(Response())
+
+
+async def test_one_adapter_shared_by_two_steps_keeps_one_breaker_per_step() -> None:
+    """One AioBreakerAdapter guards two steps: the failing step's breaker opens, the other step's primary still runs.
+
+    (One breaker for both would never open here: the other step's successes reset its failure count.)
+    """
+    breaker = AioBreakerAdapter(fail_max=2, timeout_duration=60)
+
+    class QuoteSaga(Saga[QuoteContext]):
+        steps = [
+            Fallback(step=LiveStock, fallback=CachedStock, circuit_breaker=breaker),
+            Fallback(step=LivePrice, fallback=CachedPrice, circuit_breaker=breaker),
+        ]
+
+    harness = make_harness((QuoteContext, QuoteSaga))
+    per_run: list[list[str]] = []
+
+    for n in range(3):
+        LEDGER.clear()
+        results = await harness.run_all(QuoteContext(order_id=f"q{n}"))
+        assert [r.step_type for r in results] == [CachedStock, LivePrice]
+        per_run.append(list(LEDGER))
+
+    both_primaries = ["act:live_stock", "act:cached_stock", "act:live_price"]
+    stock_breaker_open = ["act:cached_stock", "act:live_price"]
+    assert per_run == [both_primaries, both_primaries, stock_breaker_open]
+    assert breaker.is_open("LiveStock")
+    assert not breaker.is_open("LivePrice")
+
+
+@dataclasses.dataclass
+class PriceContext(QuoteContext):
+    pass
+
+
+async def test_one_adapter_shared_by_two_sagas_keeps_one_breaker_per_step() -> None:
+    """One AioBreakerAdapter guards a step in each of two sagas: the first saga's failures open its step's breaker
+    only, and the second saga's primary still runs."""
+    breaker = AioBreakerAdapter(fail_max=2, timeout_duration=60)
+
+    class StockSaga(Saga[QuoteContext]):
+        steps = [Fallback(step=LiveStock, fallback=CachedStock, circuit_breaker=breaker)]
+
+    class PriceSaga(Saga[PriceContext]):
+        steps = [Fallback(step=LivePrice, fallback=CachedPrice, circuit_breaker=breaker)]
+
+    harness = make_harness((QuoteContext, StockSaga), (PriceContext, PriceSaga))
+    for n in range(3):
+        await harness.run_all(QuoteContext(order_id=f"s{n}"))
+    assert LEDGER.count("act:live_stock") == 2  # open after two failures: the third run went to the fallback
+    assert breaker.is_open("LiveStock")
+    LEDGER.clear()
+
+    results = await harness.run_all(PriceContext(order_id="p0"))
+
+    assert [r.step_type for r in results] == [LivePrice]
+    assert LEDGER == ["act:live_price"]
+    assert not breaker.is_open("LivePrice")

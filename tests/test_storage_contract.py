@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import cqrs
 from cqrs.saga.bootstrap import bootstrap
 from cqrs.saga.exceptions import SagaNotFoundError
+from cqrs.saga.mediator import SagaOutcome
 from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
@@ -1280,6 +1281,24 @@ class ShipSaga(Saga[ShipContext]):
     steps = [Reserve, Charge, Ship]
 
 
+class Pack(SagaStepHandler[ShipContext, cqrs.Response]):
+    async def act(self, context: ShipContext) -> SagaStepResult[ShipContext, cqrs.Response]:
+        return self._generate_step_result(cqrs.Response())
+
+
+class Label(SagaStepHandler[ShipContext, cqrs.Response]):
+    async def act(self, context: ShipContext) -> SagaStepResult[ShipContext, cqrs.Response]:
+        return self._generate_step_result(cqrs.Response())
+
+
+class ReserveOnlySaga(Saga[ShipContext]):
+    steps = [Reserve]
+
+
+class PackedShipSaga(Saga[ShipContext]):
+    steps = [Reserve, Charge, Pack, Label, Ship]
+
+
 class Tally:
     """Counts the transactions SQLAlchemy commits and the statements it sends, on one engine."""
 
@@ -1331,10 +1350,18 @@ async def pg_commits(sql: SqlAlchemySagaStorage) -> int:
     return int(value)
 
 
-async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> None:
-    sql = sql_only(storage)
-    mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
-    # Connections and prepared statements are made by a first run, so the second one counts only its writes.
+class CountedRun(typing.NamedTuple):
+    outcome: SagaOutcome
+    tally: Tally
+    server_commits: int | None  # PostgreSQL's own count (15 and later), else None
+
+
+async def counted_run(sql: SqlAlchemySagaStorage, saga: type[Saga[ShipContext]], order_id: str) -> CountedRun:
+    """One run of ``saga`` to its end, its commits counted by SQLAlchemy's events and by PostgreSQL itself.
+
+    Connections and prepared statements are made by a first run, so the counted one counts only its writes.
+    """
+    mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, saga), sql)
     await sql.engine.dispose()
     warm = await mediator.run(ShipContext(order_id="warm-up"))
     assert warm.status == SagaStatus.COMPLETED
@@ -1343,18 +1370,25 @@ async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> Non
     pg_before = await pg_commits(sql) if server_counts else 0
     tally = Tally(sql.engine.sync_engine)
     try:
-        outcome = await mediator.run(ShipContext(order_id="o-1"), correlation_id="req-7")
+        outcome = await mediator.run(ShipContext(order_id=order_id), correlation_id="req-7")
     finally:
         tally.remove()
+    # The server's count includes the statistics flush's own transaction.
+    server_commits = await pg_commits(sql) - pg_before - 1 if server_counts else None
+    return CountedRun(outcome, tally, server_commits)
+
+
+async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> None:
+    sql = sql_only(storage)
+    outcome, tally, server_commits = await counted_run(sql, ShipSaga, "o-1")
 
     assert outcome.status == SagaStatus.COMPLETED
     assert (tally.commits, tally.rollbacks) == (4, 0)  # start + one per step, COMPLETED folded into the last
     if kind(sql) == "postgresql":
         # One statement per commit: INSERT ... ON CONFLICT, then WITH u AS (UPDATE ...) INSERT INTO saga_log.
         assert tally.statements == ["INSERT", "WITH", "WITH", "WITH"]
-        if server_counts:
-            # The server agrees: 4 transactions committed (plus the statistics flush's own).
-            assert await pg_commits(sql) - pg_before == 4 + 1
+        if server_commits is not None:
+            assert server_commits == 4  # the server agrees
     else:
         assert tally.statements == ["INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT"]
     record = await record_of(sql, outcome.saga_id)
@@ -1367,6 +1401,33 @@ async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> Non
         ("Reserve", "act", "completed"), ("Charge", "act", "completed"), ("Ship", "act", "completed"),
     ]
     assert history[-1].response == {"tracking": "T-o-1"}
+
+
+@pytest.mark.parametrize(
+    ("saga", "names"),
+    [(ReserveOnlySaga, ["Reserve"]), (PackedShipSaga, ["Reserve", "Charge", "Pack", "Label", "Ship"])],
+    ids=["1-step", "5-step"],
+)
+async def test_a_saga_of_n_steps_costs_n_plus_one_commits(
+    storage: SagaStorage, saga: type[Saga[ShipContext]], names: list[str]
+) -> None:
+    """docs/performance.md: a completed saga of n steps is n + 1 commits (start, then one per step), n = 1 and 5."""
+    sql = sql_only(storage)
+    n = len(names)
+    outcome, tally, server_commits = await counted_run(sql, saga, "o-n")
+
+    assert outcome.status == SagaStatus.COMPLETED
+    assert (tally.commits, tally.rollbacks) == (n + 1, 0)
+    if kind(sql) == "postgresql":
+        assert tally.statements == ["INSERT"] + ["WITH"] * n
+        if server_commits is not None:
+            assert server_commits == n + 1  # the server agrees
+    else:
+        assert tally.statements == ["INSERT"] + ["UPDATE", "INSERT"] * n
+    record = await record_of(sql, outcome.saga_id)
+    assert (record.status, record.owner, record.version) == (SagaStatus.COMPLETED, None, n + 1)
+    history = await sql.get_step_history(outcome.saga_id)
+    assert steps(history) == [(name, "act", "completed") for name in names]
 
 
 async def test_a_failing_saga_costs_one_commit_for_the_failure_and_one_per_compensation(
@@ -1582,3 +1643,143 @@ async def test_the_asyncpg_path_after_the_engine_was_disposed_mid_run(storage: S
     assert await sql.release_lease(saga_id, lease)
     await sql.close()
     assert await pg_backends(sql) == 0
+
+
+async def test_on_asyncpg_each_engine_write_is_one_statement_without_begin_or_commit(storage: SagaStorage) -> None:
+    """What the asyncpg connections send for a 3-step saga: 4 statements (start, one checkpoint per step), each
+    committing on its own (PostgreSQL counts 4 transactions), and no BEGIN, COMMIT or anything else.
+
+    Observed with asyncpg's own query logger on every connection the pool opens (a pool event, which leaves the
+    write path on: statement listeners on the engine would send the writes through SQLAlchemy instead).
+    """
+    sql = asyncpg_only(storage)
+    sent: list[str] = []
+
+    def log(query: typing.Any) -> None:
+        sent.append(query.query)
+
+    def on_connect(dbapi_connection: typing.Any, record: object) -> None:
+        dbapi_connection.driver_connection.add_query_logger(log)
+
+    await sql.engine.dispose()  # every connection from now on is opened, so logged, by the listener
+    pool = sql.engine.sync_engine.pool
+    sa.event.listen(pool, "connect", on_connect)
+    try:
+        assert all(sql._prepared_for(statement) is not None for statement in hot_statements(sql))
+        mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
+        warm = await mediator.run(ShipContext(order_id="warm-up"))  # each statement prepared once
+        assert warm.status == SagaStatus.COMPLETED
+        before = await pg_commits(sql)
+        await asyncio.sleep(0)  # asyncpg hands records to its loggers on the loop's next iteration
+        sent.clear()
+        outcome = await mediator.run(ShipContext(order_id="o-1"))
+        await asyncio.sleep(0)
+        run = list(sent)
+        assert await pg_commits(sql) - before == 4 + 1  # (+ the statistics flush's own)
+    finally:
+        sa.event.remove(pool, "connect", on_connect)
+
+    assert outcome.status == SagaStatus.COMPLETED
+    start, step, last = (typing.cast(typing.Any, sql._prepared_for(s)).sql for s in hot_statements(sql)[:3])
+    assert run == [start, step, step, last]
+    start, step = " ".join(start.split()), " ".join(step.split())
+    assert start.startswith("INSERT INTO saga_executions") and start.endswith("ON CONFLICT (id) DO NOTHING")
+    assert step.startswith("WITH u AS (UPDATE saga_executions") and "INSERT INTO saga_log" in step
+    assert not [query for query in run if query.split(None, 1)[0].upper() in ("BEGIN", "START", "COMMIT", "END")]
+
+
+# docs/storage.md: a connection is lent to the storage's writes "until the event loop's next iteration, 0.1 s at most".
+LEND_LIMIT = 0.1
+
+
+class PoolLog:
+    """The checkouts and checkins of a pool, each with the event loop's time."""
+
+    def __init__(self, pool: sa.Pool) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.events: list[tuple[str, float]] = []
+        sa.event.listen(pool, "checkout", self._checkout)
+        sa.event.listen(pool, "checkin", self._checkin)
+
+    def _checkout(self, *args: object) -> None:
+        self.events.append(("checkout", self.loop.time()))
+
+    def _checkin(self, *args: object) -> None:
+        self.events.append(("checkin", self.loop.time()))
+
+    def count(self, kind: str) -> int:
+        return sum(1 for event, _ in self.events if event == kind)
+
+    def remove(self) -> None:
+        sa.event.remove(self.pool, "checkout", self._checkout)
+        sa.event.remove(self.pool, "checkin", self._checkin)
+
+
+async def test_on_asyncpg_back_to_back_writes_share_one_lent_connection_until_the_loop_turns(
+    storage: SagaStorage,
+) -> None:
+    """Writes with no loop iteration between them take the connection out of the pool once; it stays lent (checked
+    out) after each write, goes back on the loop's next iteration, and a read taking it back early opens no other."""
+    sql = asyncpg_only(storage)
+    await sql.engine.dispose()
+    pool = sql.engine.sync_engine.pool
+    log = PoolLog(pool)
+    opened: list[object] = []
+    sa.event.listen(pool, "connect", lambda *args: opened.append(args))
+    try:
+        saga_id, lease = await started(sql)
+        assert pool.checkedout() == 1  # lent: still out of the pool after the write returned
+        assert await sql.checkpoint(saga_id, lease, entry=act("one"), context={"a": 1}, lease_seconds=LEASE)
+        assert await sql.renew_lease(saga_id, lease, LEASE)
+        assert (log.count("checkout"), log.count("checkin"), pool.checkedout()) == (1, 0, 1)
+
+        await asyncio.sleep(0)  # one iteration of the loop
+        assert (log.count("checkout"), log.count("checkin"), pool.checkedout()) == (1, 1, 0)
+
+        # The next write takes it out again; a read right after it gets the lent connection back from the pool
+        # (given back before the read's checkout) instead of opening a second one.
+        assert await sql.renew_lease(saga_id, lease, LEASE)
+        assert pool.checkedout() == 1
+        assert (await record_of(sql, saga_id)).version == 2
+        assert (pool.checkedout(), pool.checkedin(), len(opened)) == (0, 1, 1)
+    finally:
+        log.remove()
+
+
+async def test_on_asyncpg_a_stream_of_writes_cannot_keep_a_connection_lent_past_the_limit(
+    storage: SagaStorage,
+) -> None:
+    """Writes back to back with no loop iteration between them never leave the connection idle at an iteration, so
+    only the limit returns it: no write starts on a connection taken out of the pool 0.1 s (loop time) or more
+    earlier, and the stream, run until a write has started 0.2 s after the first checkout, gives it back."""
+    sql = asyncpg_only(storage)
+    await sql.engine.dispose()
+    pool = sql.engine.sync_engine.pool
+    loop = asyncio.get_running_loop()
+    log = PoolLog(pool)
+    try:
+        saga_id, lease = await started(sql)
+        [(event, first_checkout)] = log.events
+        assert event == "checkout"
+        while True:
+            start = loop.time()
+            assert await sql.renew_lease(saga_id, lease, LEASE)
+            log.events.append(("write", start))  # after the write's own checkin and checkout, if any
+            if start >= first_checkout + 2 * LEND_LIMIT:
+                break
+        await asyncio.sleep(0)
+    finally:
+        log.remove()
+
+    lent_since: float | None = first_checkout
+    for event, at in log.events[1:]:
+        if event == "checkout":
+            lent_since = at
+        elif event == "checkin":
+            lent_since = None
+        else:
+            assert lent_since is not None and at < lent_since + LEND_LIMIT, (at, lent_since)
+    assert log.count("checkin") >= 2  # given back at least once mid-stream (+ once after it)
+    assert log.count("checkout") == log.count("checkin")
+    assert pool.checkedout() == 0

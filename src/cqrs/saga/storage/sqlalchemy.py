@@ -20,9 +20,10 @@ by SQLAlchemy from the tables below (the same SQL it would send) and run on
 the pooled connection's asyncpg connection with positional parameters,
 asyncpg preparing it once per connection. The connection comes from the
 engine's pool and is lent to the storage's writes until the event loop's next
-iteration (0.1 s at most), so back-to-back writes skip the pool's checkout and
-checkin. Driver errors become the SQLAlchemy exceptions the SQLAlchemy path
-raises, with the same effect on the pool (a lost connection is discarded).
+iteration, so back-to-back writes skip the pool's checkout and checkin; no
+write starts on a connection checked out 0.1 s or more earlier. Driver
+errors become the SQLAlchemy exceptions the SQLAlchemy path raises, with
+the same effect on the pool (a lost connection is discarded).
 While anything listens to the engine's statement events (tracing, ``echo``,
 statement counters) every write goes through SQLAlchemy, so it sees them all.
 Reads, claims and SQLite always go through SQLAlchemy.
@@ -684,9 +685,10 @@ class _Prepared:
         return args
 
 
-#: The longest a connection stays lent to the asyncpg write path before it goes back to the pool
-#: (where pre-ping, recycling and invalidation apply on its next checkout, and waiting checkouts
-#: get their turn), however busy the storage. Retiring costs one more checkout: nothing at 0.1 s.
+#: How long after its checkout a lent connection may still start a write, however busy the
+#: storage; the next write returns it to the pool (where pre-ping, recycling and invalidation
+#: apply on its next checkout) and checks one out again. That costs one checkout per 0.1 s. It
+#: does not make the pool fair: a waiting checkout may still lose the connection to the writer.
 _LEND_SECONDS = 0.1
 #: A lent connection: the pool's connection (a ``_ConnectionFairy``), its pool, when it is due back.
 _Lent = tuple[typing.Any, typing.Any, float]
