@@ -27,11 +27,11 @@ from cqrs.saga.mediator import SagaOutcome
 from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
-from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
+from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus, purgeable_statuses
 from cqrs.saga.storage.memory import MemorySagaStorage
 from cqrs.saga.storage.models import Lease, NewSaga, SagaLogEntry, SagaRecord, StepEntry
 from cqrs.saga.storage.protocol import SagaStorage
-from cqrs.saga.storage.sqlalchemy import Base, SqlAlchemySagaStorage, _Statements
+from cqrs.saga.storage.sqlalchemy import Base, SqlAlchemySagaStorage, _Statements, saga_log
 from engine_helpers import FakeClock
 
 LEASE = 30.0
@@ -887,6 +887,60 @@ async def test_park_saga_takes_a_saga_out_of_every_path(storage: SagaStorage) ->
     assert [r.saga_id for r in await storage.list_sagas(status=SagaStatus.PARKED)] == [saga_id]
 
 
+async def finished(storage: SagaStorage, status: SagaStatus) -> uuid.UUID:
+    saga_id, lease = await started(storage)
+    assert await storage.checkpoint(saga_id, lease, entry=act("one"), lease_seconds=LEASE)
+    assert await storage.checkpoint(
+        saga_id, lease, entry=act("two"), status=status, lease_seconds=LEASE, release=True
+    )
+    return saga_id
+
+
+async def log_rows(storage: SagaStorage, saga_ids: list[uuid.UUID]) -> int | None:
+    """How many saga_log rows the SQL storage holds for these sagas (memory keeps a saga's log in its record)."""
+    if not isinstance(storage, SqlAlchemySagaStorage):
+        return None
+    async with storage.engine.connect() as conn:
+        count = await conn.scalar(
+            sa.select(sa.func.count()).select_from(saga_log).where(saga_log.c.saga_id.in_(saga_ids))
+        )
+    return int(count or 0)
+
+
+async def test_purge_sagas_deletes_old_finished_sagas_with_their_history(storage: SagaStorage) -> None:
+    old_completed = await finished(storage, SagaStatus.COMPLETED)
+    old_failed = await finished(storage, SagaStatus.FAILED)
+    old_running, _ = await started(storage)
+    old_parked, _ = await started(storage)
+    await storage.park_saga(old_parked, "ticket 42")
+    await advance(storage, 3600)
+    new_completed = await finished(storage, SagaStatus.COMPLETED)
+    hour = datetime.timedelta(hours=1)
+
+    assert await storage.purge_sagas(older_than=2 * hour) == 0
+    assert await storage.purge_sagas(older_than=hour / 2, limit=1) == 1  # oldest first
+    assert await storage.get_saga(old_completed) is None
+    assert await storage.get_saga(old_failed) is not None
+    assert await storage.purge_sagas(older_than=hour / 2, limit=0) == 0
+    assert await storage.purge_sagas(older_than=hour / 2) == 1
+    # Unfinished sagas and parked ones (unless asked for) stay, and so do young ones.
+    assert await storage.purge_sagas(older_than=hour / 2) == 0
+    assert [r.saga_id for r in await storage.list_sagas()] == [old_running, old_parked, new_completed]
+    assert await storage.purge_sagas(older_than=hour / 2, status=SagaStatus.PARKED) == 1
+    with pytest.raises(ValueError, match="finished sagas"):
+        await storage.purge_sagas(older_than=hour / 2, status=SagaStatus.RUNNING)
+
+    assert [r.saga_id for r in await storage.list_sagas()] == [old_running, new_completed]
+    history = await storage.get_step_history(new_completed)
+    assert steps(history) == [("one", "act", "completed"), ("two", "act", "completed")]
+    for gone in (old_completed, old_failed, old_parked):
+        with pytest.raises(SagaNotFoundError):
+            await storage.get_step_history(gone)
+    if isinstance(storage, SqlAlchemySagaStorage):
+        assert await log_rows(storage, [old_completed, old_failed, old_parked]) == 0
+        assert await log_rows(storage, [new_completed]) == 2
+
+
 async def test_reset_saga_resumes_forward_or_compensation_with_fresh_attempts(storage: SagaStorage) -> None:
     forward, lease = await started(storage)
     assert await storage.checkpoint(forward, lease, entry=act("one"), lease_seconds=LEASE)
@@ -1222,6 +1276,11 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
             "ix_saga_executions_correlation_id",
             statements.list_sagas(False, False, False, True),
             {"b_correlation_id": "c-1", "b_limit": 10},
+        ),
+        (
+            "ix_saga_executions_status_created",
+            statements.purge(purgeable_statuses(None))[0],
+            {"b_older": 60.0, "b_limit": 10},
         ),
         ("ix_saga_log_saga_id_seq", statements.history, {"b_id": saga_id}),
         ("saga_executions_pkey", statements.get, {"b_id": saga_id}),

@@ -52,3 +52,16 @@ class SagaStepStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+def purgeable_statuses(status: SagaStatus | None) -> frozenset[SagaStatus]:
+    """The statuses ``purge_sagas(status=...)`` deletes: by default sagas that ended on their own
+    (``completed``, ``failed``); a parked saga only when asked for by name. Never an unfinished one."""
+    if status is None:
+        return frozenset({SagaStatus.COMPLETED, SagaStatus.FAILED})
+    status = SagaStatus(status)
+    if not status.is_final:
+        raise ValueError(
+            f"purge_sagas deletes finished sagas (completed, failed or parked), not {status.value!r} ones"
+        )
+    return frozenset({status})

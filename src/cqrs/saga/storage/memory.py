@@ -15,7 +15,7 @@ import typing
 import uuid
 
 from cqrs.saga.exceptions import SagaNotFoundError
-from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus
+from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purgeable_statuses
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
 
 __all__ = ["MemorySagaStorage"]
@@ -435,6 +435,25 @@ class MemorySagaStorage:
             owner=None,
             lease_expires_at=None,
         )
+
+    async def purge_sagas(
+        self,
+        *,
+        older_than: datetime.timedelta,
+        status: SagaStatus | None = None,
+        limit: int = 1000,
+    ) -> int:
+        statuses = purgeable_statuses(status)
+        now = self._clock()
+        found = [
+            r
+            for r in self._sagas.values()
+            if r.status in statuses and r.owner is None and (r.created_at or now) <= now - older_than
+        ]
+        found.sort(key=lambda r: r.created_at or now)
+        for record in found[: max(limit, 0)]:
+            del self._sagas[record.saga_id]
+        return min(len(found), max(limit, 0))
 
     async def close(self) -> None:
         return None

@@ -137,6 +137,14 @@ class SagaStorage(typing.Protocol):
 
     async def reset_saga(self, saga_id: uuid.UUID) -> None: ...
 
+    async def purge_sagas(
+        self,
+        *,
+        older_than: datetime.timedelta,
+        status: SagaStatus | None = None,
+        limit: int = 1000,
+    ) -> int: ...
+
     async def close(self) -> None: ...
 
 
