@@ -102,3 +102,29 @@ async def test_short_steps_renew_nothing() -> None:
         assert outcome.status == SagaStatus.COMPLETED
     # Each checkpoint extends the lease; a separate renewal would be a wasted write.
     assert storage.renewals == 0
+
+
+async def test_runs_share_one_timer_and_leave_nothing_behind() -> None:
+    """A long step is renewed while quick sagas come and go on the same loop; afterwards the loop's
+    ticker holds no run and has stopped."""
+    from cqrs.saga import _engine
+
+    storage = CountingStorage()
+    mediator = make_mediator(storage, lease_seconds=0.09)
+    slow = asyncio.create_task(mediator.run(JobContext(job="export", slow=True)))
+    quick = 0
+    while not slow.done():
+        outcome = await mediator.run(JobContext(job=f"job-{quick}"))
+        assert outcome.status == SagaStatus.COMPLETED
+        quick += 1
+        await asyncio.sleep(0)
+    assert (await slow).status == SagaStatus.COMPLETED
+    assert storage.renewals >= RENEWALS_WANTED and quick > 0
+
+    ticker = _engine._tickers[asyncio.get_running_loop()][0.09]
+    assert ticker.acting == {}
+    stopped = asyncio.Event()
+    # The next tick finds no run acting and does not re-arm the timer.
+    asyncio.get_running_loop().call_later(ticker.interval * 1.5, stopped.set)
+    await stopped.wait()
+    assert ticker._handle is None

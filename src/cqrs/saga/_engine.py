@@ -20,6 +20,7 @@ import os
 import socket
 import typing
 import uuid
+import weakref
 
 from cqrs import correlation
 from cqrs.adapters.circuit_breaker import CircuitOpenError
@@ -170,32 +171,82 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+class _Ticker:
+    """One timer per event loop and lease length, for every run whose action is running.
+
+    It ticks every ``lease_seconds / 6`` while any action runs. An action that
+    has run across two ticks has its lease renewed, and then every two ticks
+    again: a renewal comes within ``lease_seconds / 3`` of the action's start
+    and every ``lease_seconds / 3`` after. A run of short actions costs a
+    dict entry per action and no timer of its own.
+    """
+
+    __slots__ = ("_handle", "acting", "interval", "ticks")
+
+    # No reference to its loop: `_tickers` holds tickers by a weak reference to the loop.
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.ticks = 0
+        #: Each acting run's heartbeat, and the tick count when it started acting or last renewed.
+        self.acting: dict[_Heartbeat, int] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, heartbeat: _Heartbeat) -> None:
+        self.acting[heartbeat] = self.ticks
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        self._handle = None
+        if not self.acting:
+            return  # re-armed by the next action
+        self.ticks = ticks = self.ticks + 1
+        for heartbeat, since in list(self.acting.items()):
+            if ticks - since >= 2 and heartbeat.renew():
+                self.acting[heartbeat] = ticks
+        self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+
+_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Ticker]] = weakref.WeakKeyDictionary()
+
+
+def _ticker(lease_seconds: float) -> _Ticker:
+    loop = asyncio.get_running_loop()
+    by_lease = _tickers.get(loop)
+    if by_lease is None:
+        by_lease = _tickers[loop] = {}
+    ticker = by_lease.get(lease_seconds)
+    if ticker is None:
+        ticker = by_lease[lease_seconds] = _Ticker(lease_seconds / 6)
+    return ticker
+
+
 class _Heartbeat:
     """Renews a run's lease while one of its actions (``act`` or ``compensate``) runs.
 
     One per run, used as ``async with`` around an action (or `begin` / `end`
-    on the hot path). Its timer is armed by an action and re-armed only while
-    an action is running, so a run of short actions costs one timer, not one
-    per step. `stop` disarms it when the run ends.
+    on the hot path); the loop's `_Ticker` decides when. `stop` ends it when
+    the run ends.
     """
 
-    __slots__ = ("_acting", "_handle", "_run", "_task")
+    __slots__ = ("_run", "_task", "_ticker")
 
     def __init__(self, run: SagaRun) -> None:
         self._run = run
-        self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._acting = False
+        self._ticker: _Ticker | None = None
 
     def begin(self) -> None:
         """An action starts."""
-        self._acting = True
-        if self._handle is None:
-            self._schedule()
+        ticker = self._ticker
+        if ticker is None:
+            ticker = self._ticker = _ticker(self._run.settings.lease_seconds)
+        ticker.add(self)
 
     def end(self) -> asyncio.Future[None] | None:
         """An action ended; await what this returns (if anything) before the next write."""
-        self._acting = False
+        if self._ticker is not None:
+            self._ticker.acting.pop(self, None)
         task = self._task
         if task is not None and not task.done():
             # The next write must not race a renewal of the same lease.
@@ -211,19 +262,15 @@ class _Heartbeat:
             await renewal
 
     def stop(self) -> None:
-        self._acting = False
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._ticker is not None:
+            self._ticker.acting.pop(self, None)
 
-    def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(self._run.settings.lease_seconds / 3, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        if self._acting:
-            self._task = asyncio.get_running_loop().create_task(self._renew())
+    def renew(self) -> bool:
+        """Start renewing the lease, unless a renewal is still under way; says whether it started one."""
+        if self._task is not None and not self._task.done():
+            return False
+        self._task = asyncio.get_running_loop().create_task(self._renew())
+        return True
 
     async def _renew(self) -> None:
         try:
@@ -232,8 +279,6 @@ class _Heartbeat:
             return
         except Exception:
             logger.warning("Could not renew the lease of saga %s; will retry", self._run.saga_id, exc_info=True)
-        if self._acting and self._handle is None:
-            self._schedule()
 
 
 @dataclasses.dataclass(slots=True)
