@@ -25,7 +25,7 @@ def test_quick_benchmark_measures_four_commits_per_saga(postgres_url: str, tmp_p
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "targets:" in proc.stdout
+    assert "targets (per-round medians):" in proc.stdout
     summary = json.loads(out.read_text())
     rows = {(row["label"], row["concurrency"]): row for row in summary["rows"]}
     assert set(rows) == {(label, level) for label in ("engine", "storage", "floor") for level in (1, 16)}
@@ -35,7 +35,9 @@ def test_quick_benchmark_measures_four_commits_per_saga(postgres_url: str, tmp_p
         assert row["commits_per_saga"] == pytest.approx(4.0, abs=0.05), (label, level, row)
         assert row["sagas_per_s"] > 0 and row["p50_ms"] > 0 and row["cpu_ms_per_saga"] > 0
     for level in ("1", "16"):
-        assert summary["ratios"][level]["throughput"] > 0
+        ratios = summary["ratios"][level]
+        assert ratios["throughput"] > 0 and ratios["paired_throughput"] > 0 and ratios["paired_p50_latency"] > 0
+    assert summary["targets"]["throughput"] == summary["ratios"]["16"]["paired_throughput"]
 
 
 MEMORY_BENCH = BENCH.parent / "bench_memory.py"
