@@ -941,6 +941,24 @@ async def test_purge_sagas_deletes_old_finished_sagas_with_their_history(storage
         assert await log_rows(storage, [new_completed]) == 2
 
 
+async def test_purge_sagas_skips_a_saga_another_transaction_holds(storage: SagaStorage) -> None:
+    """On PostgreSQL a purge neither waits for nor deletes a saga row another transaction has locked."""
+    sql = sql_only(storage)
+    if kind(sql) != "postgresql":
+        pytest.skip("row locks are PostgreSQL's")
+    held = await finished(sql, SagaStatus.COMPLETED)
+    free = await finished(sql, SagaStatus.COMPLETED)
+    await advance(sql, 3600)
+    async with sql.engine.connect() as other:
+        await other.exec_driver_sql("SELECT 1 FROM saga_executions WHERE id = $1 FOR UPDATE", (held,))
+        deleted = await asyncio.wait_for(sql.purge_sagas(older_than=datetime.timedelta(minutes=30)), 30)
+        await other.rollback()
+    assert deleted == 1
+    assert await sql.get_saga(free) is None
+    assert await sql.get_saga(held) is not None
+    assert await log_rows(sql, [held]) == 2
+
+
 async def test_reset_saga_resumes_forward_or_compensation_with_fresh_attempts(storage: SagaStorage) -> None:
     forward, lease = await started(storage)
     assert await storage.checkpoint(forward, lease, entry=act("one"), lease_seconds=LEASE)
