@@ -27,7 +27,7 @@ from cqrs.saga.mediator import SagaOutcome
 from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
-from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus, purgeable_statuses
+from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus, purge_filter
 from cqrs.saga.storage.memory import MemorySagaStorage
 from cqrs.saga.storage.models import Lease, NewSaga, SagaLogEntry, SagaRecord, StepEntry
 from cqrs.saga.storage.protocol import SagaStorage
@@ -929,6 +929,8 @@ async def test_purge_sagas_deletes_old_finished_sagas_with_their_history(storage
     assert await storage.purge_sagas(older_than=hour / 2, status=SagaStatus.PARKED) == 1
     with pytest.raises(ValueError, match="finished sagas"):
         await storage.purge_sagas(older_than=hour / 2, status=SagaStatus.RUNNING)
+    with pytest.raises(ValueError, match="zero or more"):
+        await storage.purge_sagas(older_than=-hour)
 
     assert [r.saga_id for r in await storage.list_sagas()] == [old_running, new_completed]
     history = await storage.get_step_history(new_completed)
@@ -1297,7 +1299,7 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         ),
         (
             "ix_saga_executions_status_created",
-            statements.purge(purgeable_statuses(None))[0],
+            statements.purge(purge_filter(datetime.timedelta(0), None))[0],
             {"b_older": 60.0, "b_limit": 10},
         ),
         ("ix_saga_log_saga_id_seq", statements.history, {"b_id": saga_id}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 
 __all__ = ["SagaStatus", "SagaStepStatus"]
@@ -54,9 +55,15 @@ class SagaStepStatus(str, enum.Enum):
         return self.value
 
 
-def purgeable_statuses(status: SagaStatus | None) -> frozenset[SagaStatus]:
-    """The statuses ``purge_sagas(status=...)`` deletes: by default sagas that ended on their own
-    (``completed``, ``failed``); a parked saga only when asked for by name. Never an unfinished one."""
+def purge_filter(older_than: datetime.timedelta, status: SagaStatus | None) -> frozenset[SagaStatus]:
+    """The statuses ``purge_sagas(older_than=..., status=...)`` deletes, after checking its arguments.
+
+    By default sagas that ended on their own (``completed``, ``failed``); a parked saga only when
+    asked for by name; never an unfinished one. A negative age is refused rather than read as
+    "everything".
+    """
+    if older_than < datetime.timedelta(0):
+        raise ValueError(f"purge_sagas needs an age of zero or more, got older_than={older_than}")
     if status is None:
         return frozenset({SagaStatus.COMPLETED, SagaStatus.FAILED})
     status = SagaStatus(status)

@@ -15,7 +15,7 @@ import typing
 import uuid
 
 from cqrs.saga.exceptions import SagaNotFoundError
-from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purgeable_statuses
+from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purge_filter
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
 
 __all__ = ["MemorySagaStorage"]
@@ -443,7 +443,7 @@ class MemorySagaStorage:
         status: SagaStatus | None = None,
         limit: int = 1000,
     ) -> int:
-        statuses = purgeable_statuses(status)
+        statuses = purge_filter(older_than, status)
         now = self._clock()
         found = [
             r

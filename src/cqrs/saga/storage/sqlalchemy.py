@@ -121,7 +121,7 @@ except ImportError as _error:  # pragma: no cover - exercised by a test that hid
     ) from _error
 
 from cqrs.saga.exceptions import SagaNotFoundError
-from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purgeable_statuses
+from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purge_filter
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
 
 __all__ = ["Base", "SqlAlchemySagaStorage", "saga_executions", "saga_log"]
@@ -1460,11 +1460,11 @@ class SqlAlchemySagaStorage:
         with their step logs; returns how many sagas were deleted.
 
         Without ``status``: ``completed`` and ``failed`` sagas. ``status=SagaStatus.PARKED`` deletes
-        parked ones; an unfinished status raises ``ValueError``. A saga with an owner is never
+        parked ones; an unfinished status or a negative age raises ``ValueError``. A saga with an owner is never
         deleted. Call it in a loop until it returns less than ``limit`` to purge a large backlog in
         short transactions.
         """
-        statements = self._sql.purge(purgeable_statuses(status))
+        statements = self._sql.purge(purge_filter(older_than, status))
         params = {"b_older": older_than.total_seconds(), "b_limit": max(limit, 0)}
         return await self._call_write(self._purge_now, statements, params)
 
