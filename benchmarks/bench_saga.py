@@ -1,6 +1,6 @@
 """Saga engine throughput, latency, commits and client CPU against a plain-driver floor.
 
-    .venv/bin/python benchmarks/bench_saga.py                 # PostgreSQL, database cqrs_bench, ~1 min
+    .venv/bin/python benchmarks/bench_saga.py                 # PostgreSQL, database cqrs_bench, ~90 s
     .venv/bin/python benchmarks/bench_saga.py --quick         # a few seconds: a smoke run, rough figures
     .venv/bin/python benchmarks/bench_saga.py --sagas 2000    # a fixed number of sagas per run
     .venv/bin/python benchmarks/bench_saga.py --sqlite        # SQLite file in a temporary directory
@@ -685,7 +685,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sqlite-path", help="SQLite file to use (default: a temporary one)")
     parser.add_argument("--sagas", type=int, help="sagas per run (default: as many as fit in --seconds)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each run without --sagas")
-    parser.add_argument("--rounds", type=int, default=2, help="runs per (engine|floor, concurrency); best is kept")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs per (row, concurrency): the table keeps the best, the targets use the median "
+                        "of the per-round engine/floor ratios")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated concurrency levels")
     parser.add_argument("--profile", action="store_true", help="cProfile one more engine run at the top level")
     parser.add_argument("--quick", action="store_true",

@@ -1248,6 +1248,12 @@ def test_a_step_checkpoint_writes_no_indexed_column() -> None:
     assert not written & indexed
 
 
+def test_the_step_log_has_no_foreign_key() -> None:
+    """docs/storage.md: PostgreSQL would check a key with a query per log row, on every step's commit;
+    integrity comes from the writes (a log row is inserted only by a statement that matched its saga)."""
+    assert Base.metadata.tables["saga_log"].foreign_keys == set()
+
+
 async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStorage) -> None:
     sql = sql_only(storage)
     if kind(sql) != "postgresql":
