@@ -7,6 +7,7 @@ import dataclasses
 import uuid
 
 import di
+import pytest
 
 import cqrs
 from cqrs.response import Response
@@ -128,3 +129,36 @@ async def test_runs_share_one_timer_and_leave_nothing_behind() -> None:
     asyncio.get_running_loop().call_later(ticker.interval * 1.5, stopped.set)
     await stopped.wait()
     assert ticker._handle is None
+
+
+class RefusingStorage(CountingStorage):
+    """Refuses every renewal, as when another runner has taken the saga over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+        self.refused = asyncio.Event()
+
+    async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
+        self.attempts += 1
+        self.refused.set()
+        return False
+
+
+async def test_a_lost_lease_is_not_renewed_again() -> None:
+    from cqrs.saga import _engine
+    from cqrs.saga.exceptions import SagaOwnershipLostError
+
+    storage = RefusingStorage()
+    mediator = make_mediator(storage, lease_seconds=0.09)
+    run = asyncio.create_task(mediator.run(JobContext(job="export", slow=True)))
+    await storage.refused.wait()
+    ticker = _engine._tickers[asyncio.get_running_loop()][0.09]
+    later = asyncio.Event()
+    # Several more ticks pass while the step still runs (timers fire in order of their time).
+    asyncio.get_running_loop().call_later(ticker.interval * 6, later.set)
+    await later.wait()
+    assert storage.attempts == 1
+    storage.enough.set()  # the step ends; its result is not recorded
+    with pytest.raises(SagaOwnershipLostError):
+        await run

@@ -266,8 +266,9 @@ class _Heartbeat:
             self._ticker.acting.pop(self, None)
 
     def renew(self) -> bool:
-        """Start renewing the lease, unless a renewal is still under way; says whether it started one."""
-        if self._task is not None and not self._task.done():
+        """Start renewing the lease, unless a renewal is still under way or the lease is lost;
+        says whether it started one."""
+        if self._run.lease_lost or (self._task is not None and not self._task.done()):
             return False
         self._task = asyncio.get_running_loop().create_task(self._renew())
         return True
