@@ -1459,10 +1459,10 @@ class SqlAlchemySagaStorage:
         """Delete up to ``limit`` finished sagas created more than ``older_than`` ago, oldest first,
         with their step logs; returns how many sagas were deleted.
 
-        Without ``status``: ``completed`` and ``failed`` sagas. ``status=SagaStatus.PARKED`` deletes
-        parked ones; an unfinished status or a negative age raises ``ValueError``. A saga with an owner is never
-        deleted. Call it in a loop until it returns less than ``limit`` to purge a large backlog in
-        short transactions.
+        Without ``status``: ``completed`` and ``failed`` sagas. ``status=SagaStatus.PARKED``
+        deletes parked ones; an unfinished status or a negative age raises ``ValueError``. A saga
+        with an owner is never deleted. Call it in a loop until it returns less than ``limit`` to
+        purge a large backlog in short transactions.
         """
         statements = self._sql.purge(purge_filter(older_than, status))
         params = {"b_older": older_than.total_seconds(), "b_limit": max(limit, 0)}
