@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import typing
 import uuid
+import weakref
 
 import di
 import pytest
@@ -122,7 +124,7 @@ async def test_runs_share_one_timer_and_leave_nothing_behind() -> None:
     assert (await slow).status == SagaStatus.COMPLETED
     assert storage.renewals >= RENEWALS_WANTED and quick > 0
 
-    ticker = _engine._tickers[asyncio.get_running_loop()][0.09]
+    ticker = _engine.tickers_of(asyncio.get_running_loop())[0.09]
     assert ticker.acting == {}
     stopped = asyncio.Event()
     # The next tick finds no run acting and does not re-arm the timer.
@@ -153,7 +155,7 @@ async def test_a_lost_lease_is_not_renewed_again() -> None:
     mediator = make_mediator(storage, lease_seconds=0.09)
     run = asyncio.create_task(mediator.run(JobContext(job="export", slow=True)))
     await storage.refused.wait()
-    ticker = _engine._tickers[asyncio.get_running_loop()][0.09]
+    ticker = _engine.tickers_of(asyncio.get_running_loop())[0.09]
     later = asyncio.Event()
     # Several more ticks pass while the step still runs (timers fire in order of their time).
     asyncio.get_running_loop().call_later(ticker.interval * 6, later.set)
@@ -162,3 +164,18 @@ async def test_a_lost_lease_is_not_renewed_again() -> None:
     storage.enough.set()  # the step ends; its result is not recorded
     with pytest.raises(SagaOwnershipLostError):
         await run
+
+
+def test_a_loop_without_weak_references_still_gets_its_tickers() -> None:
+    """Some event loop types (compiled ones) may not support weak references; their tickers are kept."""
+    from cqrs.saga import _engine
+
+    class Unreferenceable:
+        __slots__ = ()
+
+    loop = typing.cast(asyncio.AbstractEventLoop, Unreferenceable())
+    with pytest.raises(TypeError):
+        weakref.ref(loop)
+    tickers = _engine.tickers_of(loop)
+    assert _engine.tickers_of(loop) is tickers
+    del _engine._pinned_tickers[loop]

@@ -208,13 +208,23 @@ class _Ticker:
 
 
 _tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Ticker]] = weakref.WeakKeyDictionary()
+#: The tickers of loops that cannot be weakly referenced (kept as long as the process).
+_pinned_tickers: dict[asyncio.AbstractEventLoop, dict[float, _Ticker]] = {}
+
+
+def tickers_of(loop: asyncio.AbstractEventLoop) -> dict[float, _Ticker]:
+    """The tickers of ``loop``, by lease length."""
+    try:
+        by_lease = _tickers.get(loop)
+        if by_lease is None:
+            by_lease = _tickers[loop] = {}
+    except TypeError:  # no weak references to this loop type
+        by_lease = _pinned_tickers.setdefault(loop, {})
+    return by_lease
 
 
 def _ticker(lease_seconds: float) -> _Ticker:
-    loop = asyncio.get_running_loop()
-    by_lease = _tickers.get(loop)
-    if by_lease is None:
-        by_lease = _tickers[loop] = {}
+    by_lease = tickers_of(asyncio.get_running_loop())
     ticker = by_lease.get(lease_seconds)
     if ticker is None:
         ticker = by_lease[lease_seconds] = _Ticker(lease_seconds / 6)
