@@ -1463,6 +1463,20 @@ async def counted_run(sql: SqlAlchemySagaStorage, saga: type[Saga[ShipContext]],
     return CountedRun(outcome, tally, server_commits)
 
 
+async def assert_shipped(sql: SqlAlchemySagaStorage, saga_id: uuid.UUID) -> None:
+    """ShipSaga's order o-1, run with correlation id req-7, is stored completed with its whole history."""
+    record = await record_of(sql, saga_id)
+    assert (record.status, record.owner, record.version, record.correlation_id) == (
+        SagaStatus.COMPLETED, None, 4, "req-7",
+    )
+    assert record.context == {"order_id": "o-1", "reserved": True, "charged": True}
+    history = await sql.get_step_history(saga_id)
+    assert steps(history) == [
+        ("Reserve", "act", "completed"), ("Charge", "act", "completed"), ("Ship", "act", "completed"),
+    ]
+    assert history[-1].response == {"tracking": "T-o-1"}
+
+
 async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> None:
     sql = sql_only(storage)
     outcome, tally, server_commits = await counted_run(sql, ShipSaga, "o-1")
@@ -1476,16 +1490,7 @@ async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> Non
             assert server_commits == 4  # the server agrees
     else:
         assert tally.statements == ["INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT"]
-    record = await record_of(sql, outcome.saga_id)
-    assert (record.status, record.owner, record.version, record.correlation_id) == (
-        SagaStatus.COMPLETED, None, 4, "req-7",
-    )
-    assert record.context == {"order_id": "o-1", "reserved": True, "charged": True}
-    history = await sql.get_step_history(outcome.saga_id)
-    assert steps(history) == [
-        ("Reserve", "act", "completed"), ("Charge", "act", "completed"), ("Ship", "act", "completed"),
-    ]
-    assert history[-1].response == {"tracking": "T-o-1"}
+    await assert_shipped(sql, outcome.saga_id)
 
 
 @pytest.mark.parametrize(
@@ -1608,30 +1613,47 @@ def other_writes(sql: SqlAlchemySagaStorage) -> list[typing.Any]:
 
 
 async def test_on_asyncpg_the_engine_writes_run_on_the_driver_one_commit_each(storage: SagaStorage) -> None:
-    sql = asyncpg_only(storage)
-    mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
-    warm = await mediator.run(ShipContext(order_id="warm-up"))
-    assert warm.status == SagaStatus.COMPLETED
-    # Nothing listens to the engine's statements, so the writes skip SQLAlchemy's execution.
-    assert all(sql._prepared_for(statement) is not None for statement in hot_statements(sql))
-    before = await pg_commits(sql)
-    outcome = await mediator.run(ShipContext(order_id="o-1"), correlation_id="req-7")
-    assert outcome.status == SagaStatus.COMPLETED
-    assert await pg_commits(sql) - before == 4 + 1  # start + one per step (+ the statistics flush's own)
+    """A 3-step saga sends 4 statements on the asyncpg connections (start, one checkpoint per step), each
+    committing on its own (PostgreSQL counts 4 transactions), and no BEGIN, COMMIT or anything else.
 
-    record = await record_of(sql, outcome.saga_id)
-    assert (record.status, record.owner, record.version, record.correlation_id) == (
-        SagaStatus.COMPLETED, None, 4, "req-7",
-    )
-    assert record.context == {"order_id": "o-1", "reserved": True, "charged": True}
-    history = await sql.get_step_history(outcome.saga_id)
-    assert steps(history) == [
-        ("Reserve", "act", "completed"), ("Charge", "act", "completed"), ("Ship", "act", "completed"),
-    ]
-    assert history[-1].response == {"tracking": "T-o-1"}
+    Observed with asyncpg's own query logger on every connection the pool opens (a pool event, which leaves the
+    write path on: statement listeners on the engine would send the writes through SQLAlchemy instead).
+    """
+    sql = asyncpg_only(storage)
+    sent: list[str] = []
+
+    def on_connect(dbapi_connection: typing.Any, record: object) -> None:
+        dbapi_connection.driver_connection.add_query_logger(lambda query: sent.append(query.query))
+
+    await sql.engine.dispose()  # every connection from now on is opened, so logged, by the listener
+    pool = sql.engine.sync_engine.pool
+    sa.event.listen(pool, "connect", on_connect)
+    try:
+        mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
+        warm = await mediator.run(ShipContext(order_id="warm-up"))  # each statement prepared once
+        assert warm.status == SagaStatus.COMPLETED
+        # Nothing listens to the engine's statements, so the writes skip SQLAlchemy's execution.
+        assert all(sql._prepared_for(statement) is not None for statement in hot_statements(sql))
+        before = await pg_commits(sql)
+        await asyncio.sleep(0)  # asyncpg hands records to its loggers on the loop's next iteration
+        sent.clear()
+        outcome = await mediator.run(ShipContext(order_id="o-1"), correlation_id="req-7")
+        await asyncio.sleep(0)
+        run = list(sent)
+        assert outcome.status == SagaStatus.COMPLETED
+        assert await pg_commits(sql) - before == 4 + 1  # start + one per step (+ the statistics flush's own)
+    finally:
+        sa.event.remove(pool, "connect", on_connect)
+
+    start, step, last = (typing.cast(typing.Any, sql._prepared_for(s)).sql for s in hot_statements(sql)[:3])
+    assert run == [start, step, step, last]
+    start, step = " ".join(start.split()), " ".join(step.split())
+    assert start.startswith("INSERT INTO saga_executions") and start.endswith("ON CONFLICT (id) DO NOTHING")
+    assert step.startswith("WITH u AS (UPDATE saga_executions") and "INSERT INTO saga_log" in step
+    assert not [query for query in run if query.split(None, 1)[0].upper() in ("BEGIN", "START", "COMMIT", "END")]
+    await assert_shipped(sql, outcome.saga_id)
     # The connection written on is back in the pool once the loop has turned.
-    await asyncio.sleep(0)
-    assert sql.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 async def test_the_asyncpg_path_sends_the_sql_sqlalchemy_sends(storage: SagaStorage) -> None:
@@ -1730,50 +1752,7 @@ async def test_the_asyncpg_path_after_the_engine_was_disposed_mid_run(storage: S
     assert await pg_backends(sql) == 0
 
 
-async def test_on_asyncpg_each_engine_write_is_one_statement_without_begin_or_commit(storage: SagaStorage) -> None:
-    """What the asyncpg connections send for a 3-step saga: 4 statements (start, one checkpoint per step), each
-    committing on its own (PostgreSQL counts 4 transactions), and no BEGIN, COMMIT or anything else.
-
-    Observed with asyncpg's own query logger on every connection the pool opens (a pool event, which leaves the
-    write path on: statement listeners on the engine would send the writes through SQLAlchemy instead).
-    """
-    sql = asyncpg_only(storage)
-    sent: list[str] = []
-
-    def log(query: typing.Any) -> None:
-        sent.append(query.query)
-
-    def on_connect(dbapi_connection: typing.Any, record: object) -> None:
-        dbapi_connection.driver_connection.add_query_logger(log)
-
-    await sql.engine.dispose()  # every connection from now on is opened, so logged, by the listener
-    pool = sql.engine.sync_engine.pool
-    sa.event.listen(pool, "connect", on_connect)
-    try:
-        assert all(sql._prepared_for(statement) is not None for statement in hot_statements(sql))
-        mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
-        warm = await mediator.run(ShipContext(order_id="warm-up"))  # each statement prepared once
-        assert warm.status == SagaStatus.COMPLETED
-        before = await pg_commits(sql)
-        await asyncio.sleep(0)  # asyncpg hands records to its loggers on the loop's next iteration
-        sent.clear()
-        outcome = await mediator.run(ShipContext(order_id="o-1"))
-        await asyncio.sleep(0)
-        run = list(sent)
-        assert await pg_commits(sql) - before == 4 + 1  # (+ the statistics flush's own)
-    finally:
-        sa.event.remove(pool, "connect", on_connect)
-
-    assert outcome.status == SagaStatus.COMPLETED
-    start, step, last = (typing.cast(typing.Any, sql._prepared_for(s)).sql for s in hot_statements(sql)[:3])
-    assert run == [start, step, step, last]
-    start, step = " ".join(start.split()), " ".join(step.split())
-    assert start.startswith("INSERT INTO saga_executions") and start.endswith("ON CONFLICT (id) DO NOTHING")
-    assert step.startswith("WITH u AS (UPDATE saga_executions") and "INSERT INTO saga_log" in step
-    assert not [query for query in run if query.split(None, 1)[0].upper() in ("BEGIN", "START", "COMMIT", "END")]
-
-
-# docs/storage.md: a connection is lent to the storage's writes "until the event loop's next iteration, 0.1 s at most".
+# docs/storage.md: no write starts on a lent connection checked out 0.1 s or more earlier.
 LEND_LIMIT = 0.1
 
 
