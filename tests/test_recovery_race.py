@@ -41,6 +41,7 @@ from durability.judge import count_runs, promise_problems, take_snapshot
 from durability.saga import (
     STEP_NAMES,
     FileLedger,
+    Gate,
     Gates,
     LedgerLine,
     OrderContext,
@@ -359,23 +360,29 @@ async def _recover_in_another_process(url: str, ledger: Path) -> dict[str, typin
     return typing.cast(dict[str, typing.Any], json.loads(out.decode().splitlines()[-1]))
 
 
+async def paused_past_its_lease(
+    postgres_url: str, storage: typing.Any, ledger: Path
+) -> tuple[uuid.UUID, asyncio.Future[typing.Any], Gate]:
+    """A runner inside charge's act, its effect done, that stalls there past its lease (until its gate opens)."""
+    gates = Gates()
+    paused = gates.gate("after_act", "charge")
+    mediator = bootstrap(StepEnv(FileLedger(ledger, tag="paused"), gates), _saga_map(), storage, lease_seconds=60.0)
+    saga_id = uuid.uuid4()
+    run = asyncio.ensure_future(mediator.run(OrderContext(order=1), saga_id=saga_id))
+    await paused.entered.wait()
+    assert await expire_leases(postgres_url) == 1
+    return saga_id, run, paused
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 async def test_a_runner_paused_past_its_lease_writes_nothing_after_a_takeover(
     postgres_url: str, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger.txt"
-    gates = Gates()
-    paused = gates.gate("after_act", "charge")
     storage = await open_storage(postgres_url)
     try:
-        mediator = bootstrap(StepEnv(FileLedger(ledger, tag="paused"), gates), _saga_map(), storage,
-                             lease_seconds=60.0)
-        saga_id = uuid.uuid4()
-        run = asyncio.ensure_future(mediator.run(OrderContext(order=1), saga_id=saga_id))
-        await paused.entered.wait()  # the runner is inside charge's act, its effect done
-
-        assert await expire_leases(postgres_url) == 1  # ... and stalls past its lease
+        saga_id, run, paused = await paused_past_its_lease(postgres_url, storage, ledger)
         summary = await _recover_in_another_process(postgres_url, ledger)  # another process takes over
         assert summary["claimed"] == 1 and summary["outcomes"] == {"completed": 1}
         taken_over = await _row(storage, saga_id)
@@ -406,17 +413,10 @@ async def test_a_paused_runner_is_fenced_even_when_the_claim_came_from_its_own_p
 ) -> None:
     """In one process the engine refuses to run a saga twice; the claim alone still fences the paused run."""
     ledger = tmp_path / "ledger.txt"
-    gates = Gates()
-    paused = gates.gate("after_act", "charge")
     storage = await open_storage(postgres_url)
     other_storage = await open_storage(postgres_url, create=False)
     try:
-        mediator = bootstrap(StepEnv(FileLedger(ledger, tag="paused"), gates), _saga_map(), storage,
-                             lease_seconds=60.0)
-        saga_id = uuid.uuid4()
-        run = asyncio.ensure_future(mediator.run(OrderContext(order=1), saga_id=saga_id))
-        await paused.entered.wait()
-        assert await expire_leases(postgres_url) == 1
+        saga_id, run, paused = await paused_past_its_lease(postgres_url, storage, ledger)
 
         same_process = RecoveryWorker([OrderSaga], StepEnv(FileLedger(ledger, tag="local")), other_storage,
                                       settings=EngineSettings(lease_seconds=60.0))
