@@ -18,13 +18,38 @@ import cqrs
 from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
-from cqrs.triggers import trigger
+from cqrs.triggers import SignatureVerifier, trigger
 
 _lock = threading.Lock()
 RUNS: collections.Counter[tuple[str, str]] = collections.Counter()
 FLAKY: dict[str, int] = {}
 
 SECRET = "webhook-test-secret"
+VERIFIER = SignatureVerifier(SECRET)
+
+#: Deliveries every framework's webhook view refuses: (source, event or raw body, status, part of the message).
+BAD_DELIVERIES: list[tuple[str, typing.Any, int, str]] = [
+    ("nope", {"order_id": "O-1", "amount": 1}, 404, "Unknown event source"),
+    ("order_created", b"{not json", 400, "not valid JSON"),
+    ("order_created", b'"a string"', 400, "must be a JSON object"),
+    ("order_created", b"7", 400, "must be a JSON object"),
+    ("order_created", {"amount": 1}, 422, "idempotency field 'order_id'"),
+    ("order_created", {"order_id": "O-1"}, 422, "could not read the event"),
+    ("order_created", b"{" + b" " * 5000 + b"}", 413, "limit"),
+]
+
+
+def forged_signatures(raw: bytes) -> list[dict[str, str]]:
+    """Signature headers for ``raw`` that a webhook view must refuse with 401: none, a wrong one, a
+    replayed one (an old timestamp), a timestamp not the one signed, and a signature without its timestamp."""
+    good = VERIFIER.headers(raw)
+    return [
+        {},
+        {**good, "X-Signature": "sha256=" + "0" * 64},
+        {"X-Signature": VERIFIER.sign(raw, "1000"), "X-Signature-Timestamp": "1000"},
+        {**good, "X-Signature-Timestamp": str(int(good["X-Signature-Timestamp"]) + 1)},
+        {"X-Signature": good["X-Signature"]},
+    ]
 
 
 def ran(step: str, key: str) -> None:
