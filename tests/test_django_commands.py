@@ -270,16 +270,27 @@ def _claimed(saga_id: uuid.UUID) -> bool:
     return stored.owner is not None and stored.status == SagaStatus.RUNNING
 
 
+def worker_claiming(saga_db: Database, saga_id: uuid.UUID, *, shutdown_grace: str) -> subprocess.Popen[str]:
+    """``saga_worker`` in a subprocess, once it has claimed ``saga_id``."""
+    worker = subprocess.Popen(
+        project_command("saga_worker", "--poll-interval", "0.2", "--shutdown-grace", shutdown_grace),
+        cwd=ROOT, env=saga_db.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: _claimed(saga_id), timeout=60, what="the worker to claim the saga")
+    except BaseException:
+        worker.kill()
+        worker.communicate()
+        raise
+    return worker
+
+
 def test_saga_worker_finishes_in_flight_sagas_on_sigterm(saga_db: Database, pending_only: None) -> None:
     from django_project.sagas import EchoContext, SlowContext
 
     slow = pending(SlowContext(seconds=2.0))
-    worker = subprocess.Popen(
-        project_command("saga_worker", "--poll-interval", "0.2", "--shutdown-grace", "20"),
-        cwd=ROOT, env=saga_db.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    worker = worker_claiming(saga_db, slow, shutdown_grace="20")
     try:
-        wait_for(lambda: _claimed(slow), timeout=60, what="the worker to claim the saga")
         later = pending(EchoContext(text="after the signal"))
         assert stop(worker) == 0
     finally:
@@ -298,12 +309,8 @@ def test_saga_worker_releases_what_it_cannot_finish_within_the_grace(saga_db: Da
     from django_project.sagas import SlowContext
 
     slow = pending(SlowContext(seconds=60.0))
-    worker = subprocess.Popen(
-        project_command("saga_worker", "--poll-interval", "0.2", "--shutdown-grace", "0.5"),
-        cwd=ROOT, env=saga_db.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    worker = worker_claiming(saga_db, slow, shutdown_grace="0.5")
     try:
-        wait_for(lambda: _claimed(slow), timeout=60, what="the worker to claim the saga")
         started = time.monotonic()
         assert stop(worker) == 0
         assert time.monotonic() - started < 20
