@@ -235,8 +235,7 @@ class _Heartbeat:
     """Renews a run's lease while one of its actions (``act`` or ``compensate``) runs.
 
     One per run, used as ``async with`` around an action (or `begin` / `end`
-    on the hot path); the loop's `_Ticker` decides when. `stop` ends it when
-    the run ends.
+    on the hot path); the loop's `_Ticker` decides when.
     """
 
     __slots__ = ("_run", "_task", "_ticker")
@@ -270,10 +269,6 @@ class _Heartbeat:
         renewal = self.end()
         if renewal is not None:
             await renewal
-
-    def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.acting.pop(self, None)
 
     def renew(self) -> bool:
         """Start renewing the lease, unless a renewal is still under way or the lease is lost;
@@ -464,7 +459,6 @@ class SagaRun:
                 await self._checkpoint(None, status=SagaStatus.COMPLETED, release=True)
                 self.status = SagaStatus.COMPLETED
         finally:
-            self._heartbeat.stop()
             _local_runs.forget(self.saga_id, self._token)
 
     async def _finished(self) -> typing.AsyncIterator[Result]:

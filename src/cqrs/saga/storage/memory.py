@@ -451,9 +451,10 @@ class MemorySagaStorage:
             if r.status in statuses and r.owner is None and (r.created_at or now) <= now - older_than
         ]
         found.sort(key=lambda r: r.created_at or now)
-        for record in found[: max(limit, 0)]:
+        doomed = found[: max(limit, 0)]
+        for record in doomed:
             del self._sagas[record.saga_id]
-        return min(len(found), max(limit, 0))
+        return len(doomed)
 
     async def close(self) -> None:
         return None
