@@ -1248,6 +1248,41 @@ def test_a_step_checkpoint_writes_no_indexed_column() -> None:
     assert not written & indexed
 
 
+async def test_postgresql_makes_the_checkpoints_before_the_last_hot_updates(storage: SagaStorage) -> None:
+    """docs/storage.md: steps 1 and 2 of a 3-step saga are HOT updates (no index written); the last one, which
+    changes the status, is not. Counted by PostgreSQL itself."""
+    sql = sql_only(storage)
+    if kind(sql) != "postgresql":
+        pytest.skip("HOT updates are PostgreSQL's")
+    import asyncpg
+
+    async def updates() -> tuple[int, int]:
+        await asyncio.sleep(0)  # a connection lent to the writes goes back to the pool
+        async with sql.engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+        url = sql.engine.url
+        reader = await asyncpg.connect(host=url.host, port=url.port, user=url.username, database=url.database)
+        try:
+            row = await reader.fetchrow(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'saga_executions'"
+            )
+        finally:
+            await reader.close()
+        return int(row["n_tup_upd"]), int(row["n_tup_hot_upd"])
+
+    saga_id, lease = await started(sql)
+    before = await updates()
+    assert await sql.checkpoint(saga_id, lease, entry=act("one"), context={"a": 1}, lease_seconds=LEASE)
+    assert await sql.checkpoint(saga_id, lease, entry=act("two"), context={"a": 2}, lease_seconds=LEASE)
+    assert await sql.checkpoint(
+        saga_id, lease, entry=act("three"), context={"a": 3}, status=SagaStatus.COMPLETED,
+        lease_seconds=LEASE, release=True,
+    )
+    after = await updates()
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 2)
+
+
 def test_the_step_log_has_no_foreign_key() -> None:
     """docs/storage.md: PostgreSQL would check a key with a query per log row, on every step's commit;
     integrity comes from the writes (a log row is inserted only by a statement that matched its saga)."""
