@@ -269,6 +269,15 @@ def test_the_app_configures_cqrs_from_settings(saga_db: Database) -> None:
     assert config.storage_url.startswith(expected)
 
 
+def test_a_saga_setting_that_is_no_dict_is_named(django_configured: None) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from cqrs.integrations.django._settings import load
+
+    with pytest.raises(ImproperlyConfigured, match="CQRS_SAGA must be a dict, got list"):
+        load([])
+
+
 def test_invalid_settings_fail_checks_and_helpers(saga_db: Database, settings: typing.Any, client: typing.Any) -> None:
     from django.core import checks
     from django.core.exceptions import ImproperlyConfigured

@@ -47,13 +47,18 @@ class DjangoSagaSettings:
         return same_database(self.config.storage_url, django_url)
 
 
+def setting_values(raw: typing.Any, setting: str) -> dict[str, typing.Any]:
+    """A dict setting (absent: empty) with upper-cased keys; `ImproperlyConfigured` if it is no dict."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, typing.Mapping):
+        raise ImproperlyConfigured(f"{setting} must be a dict, got {type(raw).__name__}")
+    return {str(key).upper(): value for key, value in raw.items()}
+
+
 def load(raw: typing.Any) -> DjangoSagaSettings:
     """Parse a ``CQRS_SAGA`` dict; `ImproperlyConfigured` names what is wrong."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, typing.Mapping):
-        raise ImproperlyConfigured(f"CQRS_SAGA must be a dict, got {type(raw).__name__}")
-    values = {str(key).upper(): value for key, value in raw.items()}
+    values = setting_values(raw, "CQRS_SAGA")
     sagas = _sagas(values.pop("SAGAS", ()))
     container = _container(values.pop("CONTAINER", None))
     database = values.pop("DATABASE", "default")

@@ -50,6 +50,7 @@ from django.views.decorators.csrf import csrf_exempt  # type: ignore[import-unty
 from cqrs.integrations._requests import BadRequest, check_content_length
 from cqrs.integrations._webhooks import WebhookEndpoint
 from cqrs.integrations.django import _runtime, error_response
+from cqrs.integrations.django._settings import setting_values
 from cqrs.saga.saga import Saga
 from cqrs.triggers import AcceptedEvent, SignatureVerifier, TriggerDispatcher
 
@@ -70,11 +71,7 @@ View = typing.Callable[..., typing.Any]
 
 def endpoint_from_settings(raw: typing.Any) -> WebhookEndpoint:
     """A `WebhookEndpoint` from a ``CQRS_SAGA_WEBHOOKS`` dict; `ImproperlyConfigured` names what is wrong."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, typing.Mapping):
-        raise ImproperlyConfigured(f"{SETTING} must be a dict, got {type(raw).__name__}")
-    values = {str(key).upper(): value for key, value in raw.items()}
+    values = setting_values(raw, SETTING)
     unknown = sorted(set(values) - set(_KEYS))
     if unknown:
         raise ImproperlyConfigured(f"Unknown {SETTING} key(s) {', '.join(unknown)}; known: {', '.join(_KEYS)}")
