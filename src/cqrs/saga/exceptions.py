@@ -9,6 +9,7 @@ __all__ = [
     "ContextSerializationError",
     "SagaAlreadyRunningError",
     "SagaCompensatedError",
+    "SagaConcurrencyError",
     "SagaDeadlineExceededError",
     "SagaDefinitionError",
     "SagaError",
@@ -47,8 +48,8 @@ class UnknownSagaError(SagaError, LookupError):
     """A stored saga names a saga (or version) the registry does not know."""
 
 
-class SagaNotFoundError(SagaError, LookupError):
-    """No saga with this id is stored."""
+class SagaNotFoundError(SagaError, LookupError, ValueError):
+    """No saga with this id is stored (a `ValueError` too, as python-cqrs raises)."""
 
     def __init__(self, saga_id: uuid.UUID) -> None:
         self.saga_id = saga_id
@@ -126,6 +127,10 @@ class SagaNotRunnableError(SagaError, RuntimeError):
         self.status = status
         self.error = error
         super().__init__(f"Saga {saga_id} is {status} and will not run ({error}); reset it to retry")
+
+
+class SagaConcurrencyError(SagaError, RuntimeError):
+    """A write expected the saga at one version and found it at another (python-cqrs's name)."""
 
 
 class SagaIdConflictError(SagaError, ValueError):

@@ -20,7 +20,7 @@ from cqrs.saga.map import SagaMap
 from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.saga import Saga
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.saga.storage.models import Lease, SagaRecord
+from cqrs.saga.storage.models import Lease, SagaClaim
 from cqrs.saga.storage.protocol import SagaStorage
 
 __all__ = ["RecoveryWorker", "recover_saga"]
@@ -168,7 +168,7 @@ class RecoveryWorker:
         await asyncio.gather(*(self._recover_guarded(record) for record in claimed))
         return len(claimed)
 
-    async def _claim(self) -> list[SagaRecord]:
+    async def _claim(self) -> list[SagaClaim]:
         return await self.storage.claim_recoverable(
             process_owner(),
             self.settings.lease_seconds,
@@ -176,14 +176,15 @@ class RecoveryWorker:
             names=[saga_type.name for saga_type in self.saga_map.sagas()],
         )
 
-    async def _recover_guarded(self, record: SagaRecord) -> None:
+    async def _recover_guarded(self, claim: SagaClaim) -> None:
         async with self._semaphore:
-            outcome = await self._recover(record)
+            outcome = await self._recover(claim)
         self.recovered[outcome] = self.recovered.get(outcome, 0) + 1
 
-    async def _recover(self, record: SagaRecord) -> str:
+    async def _recover(self, claim: SagaClaim) -> str:
         """Recover one claimed saga; returns a word for the tally."""
-        lease = Lease(owner=record.owner or process_owner(), epoch=record.lease_epoch)
+        record = claim.record
+        lease = claim.lease or Lease(owner=record.owner or process_owner(), epoch=record.lease_epoch)
         saga_type = self.saga_map.by_name(record.name)
         if saga_type is None or saga_type.version != record.definition_version:
             logger.error(
@@ -211,8 +212,7 @@ class RecoveryWorker:
             settings=self.settings,
         )
         try:
-            history = await self.storage.get_step_history(record.saga_id)
-            run.adopt(record, history, lease)
+            run.adopt(record, claim.history, lease)
             async for _ in run.advance():
                 pass
         except asyncio.CancelledError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import typing
 
 __all__ = ["SagaStatus", "SagaStepStatus"]
 
@@ -53,6 +54,17 @@ class SagaStepStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+def status_set(
+    status: SagaStatus | typing.Collection[SagaStatus] | None,
+) -> frozenset[SagaStatus] | None:
+    """A `list_sagas` status filter as a set (None: any status); strings are read as statuses."""
+    if status is None:
+        return None
+    if isinstance(status, (SagaStatus, str)):
+        return frozenset({SagaStatus(status)})
+    return frozenset(SagaStatus(s) for s in status)
 
 
 def purge_filter(older_than: datetime.timedelta, status: SagaStatus | None) -> frozenset[SagaStatus]:

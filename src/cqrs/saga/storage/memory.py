@@ -15,8 +15,12 @@ import typing
 import uuid
 
 from cqrs.saga.exceptions import SagaNotFoundError
-from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purge_filter
+from cqrs.saga.storage.compat import PythonCqrsStorageMethods
+from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purge_filter, status_set
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
+
+if typing.TYPE_CHECKING:
+    from cqrs.saga.storage.protocol import StatusFilter
 
 __all__ = ["MemorySagaStorage"]
 
@@ -85,6 +89,17 @@ class _StoredSaga:
         self.updated_at = updated_at
         self.log: list[SagaLogEntry] = []  # its step history, in write order
 
+    # python-cqrs's memory storage kept each saga as a dict; code that edits one by key keeps working.
+    def __getitem__(self, field: str) -> typing.Any:
+        if field not in _FIELDS:
+            raise KeyError(field)
+        return getattr(self, field)
+
+    def __setitem__(self, field: str, value: typing.Any) -> None:
+        if field not in _FIELDS:
+            raise KeyError(f"{field!r} is not a stored saga field; fields: {', '.join(sorted(_FIELDS))}")
+        setattr(self, field, value)
+
     def record(self) -> SagaRecord:
         """A frozen copy for a caller (with its own copy of the context)."""
         return SagaRecord(
@@ -105,8 +120,22 @@ class _StoredSaga:
         )
 
 
-class MemorySagaStorage:
-    """Keeps sagas in a dict; every method behaves as the SQL storage does."""
+_FIELDS = frozenset(_StoredSaga.__slots__) - {"log"}
+
+
+def _order_key(record: _StoredSaga | SagaRecord) -> tuple[datetime.datetime, int]:
+    """Listing order: oldest first, ties broken by id (as the SQL storage orders them)."""
+    created = record.created_at or datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+    return created, record.saga_id.int
+
+
+class MemorySagaStorage(PythonCqrsStorageMethods):
+    """Keeps sagas in a dict; every method behaves as the SQL storage does.
+
+    ``_sagas`` maps saga ids to their stored rows. A row reads and writes its
+    fields as items too (``storage._sagas[saga_id]["updated_at"] = ...``), as
+    code written for python-cqrs's memory storage does in tests.
+    """
 
     def __init__(self, clock: typing.Callable[[], datetime.datetime] = _utcnow) -> None:
         self._clock = clock
@@ -146,6 +175,11 @@ class MemorySagaStorage:
 
     def _holds(self, record: _StoredSaga, lease: Lease) -> bool:
         return record.owner == lease.owner and record.lease_epoch == lease.epoch
+
+    @staticmethod
+    def _leased(record: _StoredSaga, now: datetime.datetime) -> bool:
+        """Whether someone holds a live lease on the saga."""
+        return record.owner is not None and record.lease_expires_at is not None and record.lease_expires_at > now
 
     def _lease_free(self, record: _StoredSaga, owner: str) -> bool:
         return (
@@ -275,21 +309,21 @@ class MemorySagaStorage:
         limit: int,
         names: typing.Collection[str] | None = None,
         max_attempts: int | None = None,
-    ) -> list[SagaRecord]:
+    ) -> list[SagaClaim]:
         now = self._clock()
-        claimed: list[SagaRecord] = []
+        claimed: list[SagaClaim] = []
         candidates = sorted(
             (
                 r
                 for r in self._sagas.values()
                 if r.status in RESUMABLE
-                and (r.owner is None or r.lease_expires_at is None or r.lease_expires_at <= now)
+                and not self._leased(r, now)
                 and (names is None or r.name in names)
                 and (max_attempts is None or r.recovery_attempts < max_attempts)
             ),
             key=lambda r: (r.lease_expires_at or now, r.created_at or now),
         )
-        for record in candidates[:limit]:
+        for record in candidates[: max(limit, 0)]:
             updated = self._put(
                 record,
                 owner=owner,
@@ -298,99 +332,14 @@ class MemorySagaStorage:
                 recovery_attempts=record.recovery_attempts + 1,
                 status=SagaStatus.RUNNING if record.status == SagaStatus.PENDING else record.status,
             )
-            claimed.append(self._copy(updated))
-        return claimed
-
-    # -- python-cqrs-shaped API -----------------------------------------------------
-
-    async def create_saga(
-        self, saga_id: uuid.UUID, name: str, context: JsonDict, *, correlation_id: str | None = None
-    ) -> None:
-        if saga_id in self._sagas:
-            raise ValueError(f"A saga with id {saga_id} is already stored")
-        now = self._clock()
-        self._sagas[saga_id] = _StoredSaga(
-            saga_id=saga_id,
-            name=name,
-            status=SagaStatus.PENDING,
-            context=_json_copy(context),
-            version=1,
-            correlation_id=correlation_id,
-            created_at=now,
-            updated_at=now,
-        )
-
-    async def update_context(
-        self, saga_id: uuid.UUID, context: JsonDict, current_version: int | None = None
-    ) -> None:
-        record = self._get(saga_id)
-        if current_version is not None and record.version != current_version:
-            raise RuntimeError(
-                f"Saga {saga_id} is at version {record.version}, not {current_version}"
+            claimed.append(
+                SagaClaim(
+                    record=self._copy(updated),
+                    history=self._copy_history(record.saga_id),
+                    lease=Lease(owner=owner, epoch=updated.lease_epoch),
+                )
             )
-        self._put(record, context=_json_copy(context), version=record.version + 1)
-
-    async def update_status(self, saga_id: uuid.UUID, status: SagaStatus) -> None:
-        record = self._get(saga_id)
-        self._put(record, status=SagaStatus(status), version=record.version + 1)
-
-    async def log_step(
-        self,
-        saga_id: uuid.UUID,
-        step_name: str,
-        action: typing.Literal["act", "compensate"],
-        status: SagaStepStatus,
-        details: str | None = None,
-    ) -> None:
-        record = self._get(saga_id)
-        self._append(record, self._log_row(saga_id, StepEntry(step_name, action, SagaStepStatus(status), details)))
-
-    async def load_saga_state(
-        self, saga_id: uuid.UUID, *, read_for_update: bool = False
-    ) -> tuple[SagaStatus, JsonDict, int]:
-        record = self._get(saga_id)
-        return record.status, _json_copy(record.context), record.version
-
-    async def get_step_history(self, saga_id: uuid.UUID) -> list[SagaLogEntry]:
-        self._get(saga_id)
-        return self._copy_history(saga_id)
-
-    async def get_sagas_for_recovery(
-        self,
-        limit: int,
-        max_recovery_attempts: int = 5,
-        stale_after_seconds: float | None = None,
-        saga_name: str | None = None,
-    ) -> list[uuid.UUID]:
-        now = self._clock()
-        stale_before = (
-            now - datetime.timedelta(seconds=stale_after_seconds)
-            if stale_after_seconds is not None
-            else None
-        )
-        found = [
-            r
-            for r in sorted(self._sagas.values(), key=lambda r: r.updated_at or now)
-            if r.status in RESUMABLE
-            and r.recovery_attempts < max_recovery_attempts
-            and (saga_name is None or r.name == saga_name)
-            and (stale_before is None or (r.updated_at or now) < stale_before)
-            and (r.owner is None or r.lease_expires_at is None or r.lease_expires_at <= now)
-        ]
-        return [r.saga_id for r in found[:limit]]
-
-    async def increment_recovery_attempts(
-        self, saga_id: uuid.UUID, new_status: SagaStatus | None = None
-    ) -> None:
-        record = self._get(saga_id)
-        self._put(
-            record,
-            recovery_attempts=record.recovery_attempts + 1,
-            status=SagaStatus(new_status) if new_status is not None else record.status,
-        )
-
-    async def set_recovery_attempts(self, saga_id: uuid.UUID, attempts: int) -> None:
-        self._put(self._get(saga_id), recovery_attempts=attempts)
+        return claimed
 
     # -- operators -------------------------------------------------------------------------
 
@@ -398,26 +347,79 @@ class MemorySagaStorage:
         record = self._sagas.get(saga_id)
         return self._copy(record) if record is not None else None
 
+    async def get_history(self, saga_id: uuid.UUID) -> list[SagaLogEntry] | None:
+        if saga_id not in self._sagas:
+            return None
+        return self._copy_history(saga_id)
+
     async def list_sagas(
         self,
         *,
-        status: SagaStatus | None = None,
+        status: StatusFilter = None,
         name: str | None = None,
         older_than: datetime.timedelta | None = None,
         correlation_id: str | None = None,
+        recoverable: bool = False,
+        max_recovery_attempts: int | None = None,
+        idle_for: datetime.timedelta | None = None,
+        after: SagaRecord | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         now = self._clock()
+        statuses = status_set(status)
+        cursor = _order_key(after) if after is not None else None
         found = [
             r
             for r in self._sagas.values()
-            if (status is None or r.status == status)
+            if (statuses is None or r.status in statuses)
             and (name is None or r.name == name)
             and (older_than is None or (r.created_at or now) <= now - older_than)
             and (correlation_id is None or r.correlation_id == correlation_id)
+            and (not recoverable or (r.status in RESUMABLE and not self._leased(r, now)))
+            and (max_recovery_attempts is None or r.recovery_attempts < max_recovery_attempts)
+            and (idle_for is None or (r.updated_at or now) <= now - idle_for)
+            and (cursor is None or _order_key(r) > cursor)
         ]
-        found.sort(key=lambda r: r.created_at or now)
-        return [self._copy(r) for r in found[:limit]]
+        found.sort(key=_order_key)
+        return [self._copy(r) for r in found[: max(limit, 0)]]
+
+    async def amend_saga(
+        self,
+        saga_id: uuid.UUID,
+        *,
+        context: JsonDict | None = None,
+        status: SagaStatus | None = None,
+        error: str | None = None,
+        entry: StepEntry | None = None,
+        recovery_attempts: int | None = None,
+        add_recovery_attempts: int = 0,
+        expected_version: int | None = None,
+        unleased: bool = False,
+    ) -> bool:
+        record = self._sagas.get(saga_id)
+        if record is None or (expected_version is not None and record.version != expected_version):
+            return False
+        now = self._clock()
+        if unleased and self._leased(record, now):
+            return False
+        # What may fail (copies) comes first: an amendment is all or nothing.
+        row = self._log_row(saga_id, entry, now) if entry is not None else None
+        stored_context = _json_copy(context) if context is not None else None
+        if stored_context is not None or status is not None:
+            record.version += 1
+        if stored_context is not None:
+            record.context = stored_context
+        if status is not None:
+            record.status = SagaStatus(status)
+        if error is not None:
+            record.error = error
+        if recovery_attempts is not None:
+            record.recovery_attempts = recovery_attempts
+        record.recovery_attempts += add_recovery_attempts
+        record.updated_at = now
+        if row is not None:
+            self._append(record, row)
+        return True
 
     async def park_saga(self, saga_id: uuid.UUID, reason: str) -> None:
         record = self._get(saga_id)
