@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cqrs.saga._engine import EngineSettings
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.recovery import RecoveryWorker
 from cqrs.saga.storage.enums import SagaStatus
 from durability.db import (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cqrs.saga._engine import EngineSettings
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.exceptions import SagaAlreadyRunningError, SagaCompensatedError
 from cqrs.saga.recovery import RecoveryWorker, recover_saga
 from cqrs.saga.storage.enums import SagaStatus

@@ -110,7 +110,7 @@ async def test_short_steps_renew_nothing() -> None:
 async def test_runs_share_one_timer_and_leave_nothing_behind() -> None:
     """A long step is renewed while quick sagas come and go on the same loop; afterwards the loop's
     ticker holds no run and has stopped."""
-    from cqrs.saga import _engine
+    from cqrs.saga import _ownership as _engine
 
     storage = CountingStorage()
     mediator = make_mediator(storage, lease_seconds=0.09)
@@ -148,7 +148,7 @@ class RefusingStorage(CountingStorage):
 
 
 async def test_a_lost_lease_is_not_renewed_again() -> None:
-    from cqrs.saga import _engine
+    from cqrs.saga import _ownership as _engine
     from cqrs.saga.exceptions import SagaOwnershipLostError
 
     storage = RefusingStorage()
@@ -168,7 +168,7 @@ async def test_a_lost_lease_is_not_renewed_again() -> None:
 
 def test_a_loop_without_weak_references_still_gets_its_tickers() -> None:
     """Some event loop types (compiled ones) may not support weak references; their tickers are kept."""
-    from cqrs.saga import _engine
+    from cqrs.saga import _ownership as _engine
 
     class Unreferenceable:
         __slots__ = ()
@@ -184,7 +184,7 @@ def test_a_loop_without_weak_references_still_gets_its_tickers() -> None:
 async def test_an_action_is_renewed_on_its_second_tick_and_every_second_tick_after() -> None:
     """Ticks come every lease/6, so a renewal comes within lease/3 of the action's start and every lease/3 after
     (docs/recovery.md). Ticks are driven by hand here; the ticker's own timer is far off."""
-    from cqrs.saga import _engine
+    from cqrs.saga import _ownership as _engine
 
     class Recorder:
         renewals = 0

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from cqrs.saga._engine import EngineSettings
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.bootstrap import bootstrap
 from cqrs.saga.exceptions import SagaOwnershipLostError
 from cqrs.saga.map import SagaMap
@@ -366,7 +366,9 @@ async def paused_past_its_lease(
     """A runner inside charge's act, its effect done, that stalls there past its lease (until its gate opens)."""
     gates = Gates()
     paused = gates.gate("after_act", "charge")
-    mediator = bootstrap(StepEnv(FileLedger(ledger, tag="paused"), gates), _saga_map(), storage, lease_seconds=60.0)
+    mediator = bootstrap(
+        StepEnv(FileLedger(ledger, tag="paused"), gates), sagas_mapper=_saga_map(), saga_storage=storage, lease_seconds=60.0
+    )
     saga_id = uuid.uuid4()
     run = asyncio.ensure_future(mediator.run(OrderContext(order=1), saga_id=saga_id))
     await paused.entered.wait()

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import typing
 
-from cqrs.saga._engine import EngineSettings
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.map import SagaMap
 from cqrs.saga.mediator import SagaMediator
 from cqrs.saga.retry import RetryPolicy
@@ -141,7 +141,7 @@ class SagaConfig:
         return SagaMediator(
             self.saga_map,
             as_container(container),
-            self.require_storage(),
+            storage=self.require_storage(),
             settings=self.engine_settings,
         )
 

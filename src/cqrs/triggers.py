@@ -44,10 +44,8 @@ from cqrs import correlation
 from cqrs.integrations._requests import BadRequest, build_context, parse_json_object
 from cqrs.integrations._status import status_body
 from cqrs.saga import _serialization
-from cqrs.saga._engine import process_owner
 from cqrs.saga.saga import Saga
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.saga.storage.models import NewSaga
 from cqrs.saga.storage.protocol import SagaStorage
 
 if typing.TYPE_CHECKING:
@@ -396,20 +394,10 @@ class TriggerDispatcher:
                 f"{saga_type.__qualname__} has triggers but is not among the app's sagas; "
                 "register it (SagaConfig(sagas=[...]), CQRS_SAGA['SAGAS']) so it can be run and recovered"
             )
-        context_json = _serialization.dump_context(context)
-        owner, lease_seconds = process_owner(), mediator.settings.lease_seconds
         attempts = spec.max_attempts if spec.retry_failed else 1
         for attempt in range(attempts):
             saga_id = uuid.uuid4() if key is None else derive_saga_id(saga_type.name, key, attempt)
-            new = NewSaga(
-                saga_id=saga_id,
-                name=saga_type.name,
-                context=context_json,
-                definition_version=saga_type.version,
-                correlation_id=correlation_id,
-                status=SagaStatus.PENDING,
-            )
-            if await storage.start_saga(new, owner, lease_seconds) is not None:
+            if await mediator.record(saga_type, context, saga_id, correlation_id=correlation_id):
                 return TriggeredSaga(saga_type.name, saga_id, False, attempt, correlation_id)
             existing = await storage.get_saga(saga_id)
             if existing is None:  # pragma: no cover - rows are never deleted

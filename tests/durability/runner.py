@@ -108,7 +108,7 @@ async def crash(args: argparse.Namespace) -> int:
     else:
         hooks = KillAt(point, step, armed)
     env = StepEnv(FileLedger(args.ledger, tag="runner"), hooks)
-    mediator = bootstrap(env, saga_map(), runner_storage, lease_seconds=args.lease_seconds)
+    mediator = bootstrap(env, sagas_mapper=saga_map(), saga_storage=runner_storage, lease_seconds=args.lease_seconds)
     for order in range(args.bystanders):
         outcome = await mediator.run(OrderContext(order=-1 - order))
         assert outcome.succeeded, outcome
@@ -123,7 +123,7 @@ async def crash(args: argparse.Namespace) -> int:
 
 
 async def recover(args: argparse.Namespace) -> int:
-    from cqrs.saga._engine import EngineSettings
+    from cqrs.saga.settings import EngineSettings
     from cqrs.saga.recovery import RecoveryWorker
 
     storage = await open_storage(args.url, create=False)

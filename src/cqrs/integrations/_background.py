@@ -13,7 +13,7 @@ import typing
 import uuid
 
 from cqrs.saga import _serialization
-from cqrs.saga._engine import Listener, SagaEvent
+from cqrs.saga.hooks import Listener, SagaEvent
 from cqrs.saga.exceptions import SagaAlreadyRunningError
 from cqrs.saga.mediator import SagaMediator, SagaOutcome
 

@@ -1,4 +1,4 @@
-"""The mediator: looks up the saga for a context and runs it."""
+"""The mediator: the one place saga runs are built, and the ways to start or take them up."""
 
 from __future__ import annotations
 
@@ -7,21 +7,29 @@ import typing
 import uuid
 
 from cqrs import correlation
-from cqrs.container import Container
-from cqrs.saga._engine import EngineSettings, Listener, SagaRun
+from cqrs.container import Container, as_container
+from cqrs.container.scope import RunScope, ScopeStrategy
+from cqrs.saga._hookset import HookSet
+from cqrs.saga._run import ContextBuilder, SagaRun
 from cqrs.saga.exceptions import SagaCompensatedError, SagaNotFoundError, UnknownSagaError
+from cqrs.saga.hooks import Listener, ListenerHook
 from cqrs.saga.map import SagaMap
 from cqrs.saga.retry import RetryPolicy
+from cqrs.saga.saga import Saga
+from cqrs.saga.settings import DEFAULT_COMPENSATION_RETRY, EngineSettings
 from cqrs.saga.step import SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
+from cqrs.saga.storage.models import NewSaga, SagaClaim
 from cqrs.saga.storage.protocol import SagaStorage
 
 if typing.TYPE_CHECKING:
-    from cqrs.events import EventDispatcher
+    from cqrs.events import EventDispatcher, EventEmitter, EventMap
+    from cqrs.saga.recovery import RecoveryWorker
 
 __all__ = ["SagaMediator", "SagaOutcome"]
 
 Result = SagaStepResult[typing.Any, typing.Any]
+SagaType = type[Saga[typing.Any]]
 
 
 @dataclasses.dataclass(slots=True)
@@ -41,45 +49,149 @@ class SagaOutcome:
 class SagaMediator:
     """Runs sagas: `stream` yields each completed step; `run` waits for the end.
 
-    Build one with `cqrs.saga.bootstrap.bootstrap`. Mediators are cheap and
-    share nothing but the storage, container and settings they are given.
+    Every run, whichever way it starts (a stream, a background run, recovery,
+    a trigger, an integration), is built here by one factory, so the
+    mediator's hooks, event handlers, settings and correlation ids apply to
+    all of them. Build one with `cqrs.bootstrap` (or directly); mediators are
+    cheap and share nothing but what they are given.
+
+    The positional parameters are python-cqrs's, in its order, so code
+    written for it builds a mediator unchanged: ``event_emitter`` (or
+    ``event_map``, for handlers resolved from ``container``) receives each
+    step's events once the step is recorded, up to
+    ``max_concurrent_event_handlers`` at once when
+    ``concurrent_event_handle_enable`` (by default on, except with
+    ``ScopeStrategy.SEND``); ``storage`` defaults to a new
+    `MemorySagaStorage`; the ``compensation_retry_*`` numbers make the
+    default compensation `RetryPolicy`; ``scope_strategy`` says which
+    container scope a run's instances live in (`ScopeStrategy`).
+
+    Keyword-only: ``settings`` (`EngineSettings`, which then replaces the
+    ``compensation_retry_*`` numbers), ``hooks`` that observe every run
+    (`cqrs.saga.hooks.SagaHook`), and ``outbox`` (notification events go to
+    the outbox with their step's checkpoint instead of straight to the
+    emitter's broker).
     """
 
     def __init__(
         self,
         saga_map: SagaMap,
-        container: Container,
-        storage: SagaStorage,
+        container: typing.Any,
+        event_emitter: EventEmitter | None = None,
+        middleware_chain: typing.Any = None,
+        event_map: EventMap | None = None,
+        max_concurrent_event_handlers: int = 1,
+        concurrent_event_handle_enable: bool | None = None,
+        storage: SagaStorage | None = None,
+        compensation_retry_count: int = DEFAULT_COMPENSATION_RETRY.attempts,
+        compensation_retry_delay: float = DEFAULT_COMPENSATION_RETRY.delay,
+        compensation_retry_backoff: float = DEFAULT_COMPENSATION_RETRY.backoff,
+        scope_strategy: ScopeStrategy = ScopeStrategy.NONE,
         *,
         settings: EngineSettings | None = None,
-        dispatcher: EventDispatcher | None = None,
+        hooks: typing.Iterable[object] = (),
+        outbox: bool = False,
     ) -> None:
-        self.saga_map = saga_map
-        self.container = container
-        self.storage = storage
-        self.settings = settings or EngineSettings()
-        self.dispatcher = dispatcher
+        if storage is None:
+            from cqrs.saga.storage.memory import MemorySagaStorage
 
-    def _run_for(
+            storage = MemorySagaStorage()
+        if settings is None:
+            settings = EngineSettings(
+                compensation_retry=RetryPolicy(
+                    attempts=compensation_retry_count,
+                    delay=compensation_retry_delay,
+                    backoff=compensation_retry_backoff,
+                )
+            )
+        self.saga_map = saga_map
+        self.container: Container[typing.Any] = as_container(container)
+        self.storage = storage
+        self.settings = settings
+        self.scope_strategy = ScopeStrategy(scope_strategy)
+        #: Accepted for python-cqrs compatibility; saga runs do not pass through request middlewares.
+        self.middleware_chain = middleware_chain
+        if concurrent_event_handle_enable is None:
+            concurrent_event_handle_enable = self.scope_strategy is not ScopeStrategy.SEND
+        elif concurrent_event_handle_enable and self.scope_strategy is ScopeStrategy.SEND:
+            raise ValueError(
+                "ScopeStrategy.SEND shares one scope across a run's event handlers, so they cannot run "
+                "concurrently: pass concurrent_event_handle_enable=False (or leave it unset)"
+            )
+        self.dispatcher: EventDispatcher | None = None
+        if event_emitter is not None or event_map:
+            from cqrs.events import EventDispatcher, EventEmitter
+
+            self.dispatcher = EventDispatcher(
+                emitter=event_emitter or EventEmitter(typing.cast("EventMap", event_map), self.container),
+                max_concurrent=max_concurrent_event_handlers,
+                concurrent=concurrent_event_handle_enable,
+                broker_notifications=not outbox,
+            )
+        installed = list(hooks)
+        if self.dispatcher is not None:
+            installed.insert(0, self.dispatcher.hook())
+        self._hooks = HookSet(installed)
+
+    @property
+    def hooks(self) -> tuple[object, ...]:
+        """The hooks every run of this mediator calls (the event dispatcher's first, if any)."""
+        return self._hooks.hooks
+
+    # -- the run factory ------------------------------------------------------------------
+
+    def build_run(
         self,
-        context_type: type[typing.Any],
+        saga_type: SagaType,
+        saga_id: uuid.UUID,
+        *,
+        correlation_id: str | None = None,
+        listener: Listener | None = None,
+        compensation_retry: RetryPolicy | None = None,
+        context_builder: ContextBuilder | None = None,
+    ) -> SagaRun:
+        """Build a run: the only place one is made (start it with ``open_new``, ``open_existing`` or ``adopt``)."""
+        container: typing.Any = self.container
+        if self.scope_strategy is not ScopeStrategy.NONE:
+            container = RunScope(container, self.scope_strategy)
+        return SagaRun(
+            saga_type,
+            saga_id,
+            storage=self.storage,
+            container=container,
+            settings=self.settings,
+            hooks=self._hooks if listener is None else self._hooks.plus(ListenerHook(listener)),
+            correlation_id=correlation_id,
+            compensation_retry=compensation_retry,
+            context_builder=context_builder,
+        )
+
+    def _for_context(
+        self,
+        context: typing.Any,
         saga_id: uuid.UUID | None,
         correlation_id: str | None,
         listener: Listener | None,
         compensation_retry: RetryPolicy | None,
     ) -> SagaRun:
-        return SagaRun(
-            self.saga_map.get(context_type),
+        context_type = type(context)
+        return self.build_run(
+            self.saga_map.saga_for(context_type),
             saga_id or uuid.uuid4(),
-            storage=self.storage,
-            container=self.container,
-            settings=self.settings,
-            dispatcher=self.dispatcher,
-            listener=listener,
             correlation_id=correlation_id or correlation.get_correlation_id(),
+            listener=listener,
             compensation_retry=compensation_retry,
             context_builder=context_type,
         )
+
+    def saga_type_of(self, name: str) -> SagaType:
+        """The saga class registered under ``name``; `UnknownSagaError` if none is."""
+        found = self.saga_map.by_name(name)
+        if found is None:
+            raise UnknownSagaError(f"No saga named {name!r} is in the SagaMap")
+        return found
+
+    # -- starting ---------------------------------------------------------------------------
 
     def stream(
         self,
@@ -103,7 +215,7 @@ class SagaMediator:
         no saga is bound to, and `ContextSerializationError` (before any step
         runs) for a context that cannot be stored.
         """
-        run = self._run_for(type(context), saga_id, correlation_id, listener, compensation_retry)
+        run = self._for_context(context, saga_id, correlation_id, listener, compensation_retry)
         return _stream(run, context)
 
     def execute(
@@ -115,13 +227,9 @@ class SagaMediator:
         listener: Listener | None = None,
         compensation_retry: RetryPolicy | None = None,
     ) -> typing.AsyncIterator[Result]:
-        """The same as `stream` (its newer name)."""
+        """The same as `stream` (python-cqrs 5's name)."""
         return self.stream(
-            context,
-            saga_id,
-            correlation_id=correlation_id,
-            listener=listener,
-            compensation_retry=compensation_retry,
+            context, saga_id, correlation_id=correlation_id, listener=listener, compensation_retry=compensation_retry
         )
 
     async def run(
@@ -139,7 +247,7 @@ class SagaMediator:
         (``failed`` or ``compensation_failed``) and the error. Errors that are
         not the saga's (storage down, lease lost, cancellation) do raise.
         """
-        run = self._run_for(type(context), saga_id, correlation_id, listener, compensation_retry)
+        run = self._for_context(context, saga_id, correlation_id, listener, compensation_retry)
         await run.open_new(context)
         return await drive(run)
 
@@ -155,14 +263,46 @@ class SagaMediator:
         The saga is stored before this returns, with this process's lease, so
         if the process dies first a recovery worker finishes it.
         """
-        run = self._run_for(type(context), saga_id, correlation_id, None, None)
+        run = self._for_context(context, saga_id, correlation_id, None, None)
         await run.open_new(context)
         return run.saga_id
+
+    async def record(
+        self,
+        saga_type: SagaType,
+        context: typing.Any,
+        saga_id: uuid.UUID,
+        *,
+        status: SagaStatus = SagaStatus.PENDING,
+        correlation_id: str | None = None,
+    ) -> bool:
+        """Insert a saga with this process's lease if ``saga_id`` is free; True if it was inserted.
+
+        Nothing runs; `resume` (or recovery, once the lease lapses) runs it.
+        Triggers record the sagas an event starts this way.
+        """
+        run = self.build_run(saga_type, saga_id, correlation_id=correlation_id or correlation.get_correlation_id())
+        return await run.record(context, status)
+
+    def new_saga(
+        self,
+        saga_type: SagaType,
+        context_json: dict[str, typing.Any],
+        saga_id: uuid.UUID,
+        *,
+        status: SagaStatus = SagaStatus.PENDING,
+        correlation_id: str | None = None,
+    ) -> NewSaga:
+        """The start row of a saga, for a caller that inserts it in a transaction of its own (Django)."""
+        run = self.build_run(saga_type, saga_id, correlation_id=correlation_id or correlation.get_correlation_id())
+        return run.new_saga(context_json, status)
+
+    # -- taking up stored sagas ----------------------------------------------------------------
 
     async def resume(
         self,
         saga_id: uuid.UUID,
-        saga_type: type[typing.Any] | None = None,
+        saga_type: SagaType | None = None,
         *,
         listener: Listener | None = None,
     ) -> SagaOutcome:
@@ -175,17 +315,45 @@ class SagaMediator:
             if found is None:
                 raise UnknownSagaError(f"Saga {saga_id} is a {record.name!r}, which is not in the SagaMap")
             saga_type = found
-        run = SagaRun(
-            saga_type,
-            saga_id,
-            storage=self.storage,
-            container=self.container,
-            settings=self.settings,
-            dispatcher=self.dispatcher,
-            listener=listener,
-        )
+        run = self.build_run(saga_type, saga_id, listener=listener)
         await run.open_existing()
         return await drive(run)
+
+    async def recover(
+        self,
+        saga_type: SagaType,
+        saga_id: uuid.UUID,
+        *,
+        context_builder: ContextBuilder | None = None,
+        compensation_retry: RetryPolicy | None = None,
+        listener: Listener | None = None,
+    ) -> SagaRun:
+        """Finish one interrupted saga from where its storage says it stands (see `recover_saga`).
+
+        Returns the run, whose ``status`` tells how it ended; raises what
+        `recover_saga` documents.
+        """
+        run = self.build_run(
+            saga_type, saga_id, listener=listener, compensation_retry=compensation_retry,
+            context_builder=context_builder,
+        )
+        await run.open_existing(as_named=True)
+        async for _ in run.advance():
+            pass
+        return run
+
+    async def take_over(self, claim: SagaClaim) -> SagaRun:
+        """A run of a saga this process already claimed (a recovery worker's claim), adopted."""
+        saga_type = self.saga_type_of(claim.record.name)
+        run = self.build_run(saga_type, claim.record.saga_id)
+        await run.adopt(claim.record, claim.history, claim.lease)
+        return run
+
+    def recovery_worker(self, **options: typing.Any) -> RecoveryWorker:
+        """A `RecoveryWorker` sharing this mediator's sagas, storage, hooks and settings."""
+        from cqrs.saga.recovery import RecoveryWorker
+
+        return RecoveryWorker(self, **options)
 
 
 async def _stream(run: SagaRun, context: typing.Any) -> typing.AsyncIterator[Result]:

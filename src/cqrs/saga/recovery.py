@@ -9,8 +9,11 @@ import signal
 import typing
 import uuid
 
-from cqrs.container import as_container
-from cqrs.saga._engine import EngineSettings, Listener, SagaRun, error_text, process_owner
+from cqrs.saga._ownership import process_owner
+from cqrs.saga._run import SagaRun
+from cqrs.saga.hooks import Listener, error_text
+from cqrs.saga.mediator import SagaMediator
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.exceptions import (
     ContextDeserializationError,
     SagaCompensatedError,
@@ -22,6 +25,9 @@ from cqrs.saga.saga import Saga
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.models import Lease, SagaClaim
 from cqrs.saga.storage.protocol import SagaStorage
+
+if typing.TYPE_CHECKING:
+    from cqrs.events import EventMap
 
 __all__ = ["RecoveryWorker", "recover_saga"]
 
@@ -40,6 +46,9 @@ async def recover_saga(
     compensation_retry: RetryPolicy | None = None,
     lease_seconds: float = 30.0,
     listener: Listener | None = None,
+    hooks: typing.Iterable[object] = (),
+    event_map: EventMap | None = None,
+    mediator: SagaMediator | None = None,
 ) -> None:
     """Finish one interrupted saga from where its storage says it stands.
 
@@ -49,24 +58,29 @@ async def recover_saga(
     compensating and never runs forward again; a ``compensation_failed`` one
     retries its failed compensations. A completed saga is left alone.
 
+    The run is built by ``mediator`` when given (its hooks, event handlers and
+    settings apply); otherwise by a mediator made from ``container``,
+    ``storage``, ``hooks`` and ``event_map``.
+
     Raises `SagaCompensatedError` (a `RuntimeError`) when the saga ended
     compensated, `SagaNotFoundError` for an unknown id, and
     `SagaAlreadyRunningError` when another runner holds it.
     """
     saga_type = saga if isinstance(saga, type) else type(saga)
-    run = SagaRun(
-        saga_type,
-        saga_id,
-        storage=storage,
-        container=as_container(container),
-        settings=EngineSettings(lease_seconds=lease_seconds),
-        listener=listener,
-        compensation_retry=compensation_retry,
-        context_builder=context_builder,
+    if mediator is None:
+        saga_map = SagaMap()
+        saga_map.register(saga_type)
+        mediator = SagaMediator(
+            saga_map,
+            container,
+            storage=storage,
+            settings=EngineSettings(lease_seconds=lease_seconds),
+            hooks=hooks,
+            event_map=event_map,
+        )
+    await mediator.recover(
+        saga_type, saga_id, context_builder=context_builder, compensation_retry=compensation_retry, listener=listener
     )
-    await run.open_existing()
-    async for _ in run.advance():
-        pass
 
 
 class RecoveryWorker:
@@ -81,9 +95,9 @@ class RecoveryWorker:
 
     def __init__(
         self,
-        saga_map: SagaMap | typing.Iterable[type[Saga[typing.Any]]],
-        container: typing.Any,
-        storage: SagaStorage,
+        mediator: SagaMediator | SagaMap | typing.Iterable[type[Saga[typing.Any]]],
+        container: typing.Any = None,
+        storage: SagaStorage | None = None,
         *,
         settings: EngineSettings | None = None,
         batch_size: int = 20,
@@ -92,15 +106,18 @@ class RecoveryWorker:
         max_attempts: int = 10,
         shutdown_grace: float = 10.0,
     ) -> None:
-        if isinstance(saga_map, SagaMap):
-            self.saga_map = saga_map
-        else:
-            self.saga_map = SagaMap()
-            for saga_type in saga_map:
-                self.saga_map.register(saga_type)
-        self.container = as_container(container)
-        self.storage = storage
-        self.settings = settings or EngineSettings()
+        if not isinstance(mediator, SagaMediator):
+            # The convenience form: a mediator made from the sagas, container and storage given.
+            if storage is None:
+                raise TypeError("RecoveryWorker(sagas, container, storage): a storage is required")
+            saga_map = mediator if isinstance(mediator, SagaMap) else _registered(mediator)
+            mediator = SagaMediator(saga_map, container, storage=storage, settings=settings)
+        elif container is not None or storage is not None or settings is not None:
+            raise TypeError("RecoveryWorker(mediator) takes its container, storage and settings from the mediator")
+        self.mediator = mediator
+        self.saga_map = mediator.saga_map
+        self.storage = mediator.storage
+        self.settings = mediator.settings
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
@@ -204,15 +221,9 @@ class RecoveryWorker:
             logger.error("Saga %s %s", record.saga_id, reason)
             await self.storage.park_saga(record.saga_id, reason)
             return "parked"
-        run = SagaRun(
-            saga_type,
-            record.saga_id,
-            storage=self.storage,
-            container=self.container,
-            settings=self.settings,
-        )
+        run: SagaRun | None = None
         try:
-            run.adopt(record, claim.history, lease)
+            run = await self.mediator.take_over(claim)
             async for _ in run.advance():
                 pass
         except asyncio.CancelledError:
@@ -225,9 +236,9 @@ class RecoveryWorker:
         except SagaOwnershipLostError:
             return "lost"
         except SagaCompensatedError:
-            return str(run.status)
+            return str(run.status) if run is not None else "error"
         except Exception as error:
-            if run.status in (SagaStatus.FAILED, SagaStatus.COMPENSATION_FAILED):
+            if run is not None and run.status in (SagaStatus.FAILED, SagaStatus.COMPENSATION_FAILED):
                 return str(run.status)
             logger.warning(
                 "Recovery of saga %s interrupted (%s); it stays recoverable",
@@ -242,3 +253,10 @@ class RecoveryWorker:
             await self.storage.release_lease(record.saga_id, lease)
         except Exception:
             logger.warning("Could not release saga %s; its lease will lapse", record.saga_id, exc_info=True)
+
+
+def _registered(sagas: typing.Iterable[type[Saga[typing.Any]]]) -> SagaMap:
+    saga_map = SagaMap()
+    for saga_type in sagas:
+        saga_map.register(saga_type)
+    return saga_map

@@ -1,9 +1,11 @@
 """The saga state machine: the one path every run takes.
 
-Streams, background runs, recovery and the integrations all drive a `SagaRun`.
-A run owns its saga through a storage lease; every write after the start is a
-checkpoint conditional on that lease, so a runner that lost the saga to another
-one stops without writing.
+Runs are built only by `SagaMediator` (its run factory), whichever way they
+start: streams, background runs, recovery, triggers and the integrations. A
+run owns its saga through a storage lease (`cqrs.saga._ownership`); every
+write after the start is a checkpoint conditional on that lease, so a runner
+that lost the saga to another one stops without writing. Hooks
+(`cqrs.saga.hooks`) observe each transition.
 
 Checkpoints per saga: one to start, one per completed step (the last one also
 stores the final status), and on failure one to enter compensation plus one
@@ -16,17 +18,17 @@ import asyncio
 import dataclasses
 import datetime
 import logging
-import os
-import socket
 import typing
 import uuid
-import weakref
 
 from cqrs import correlation
 from cqrs.adapters.circuit_breaker import CircuitOpenError
 from cqrs.container import Container
+from cqrs.container.scope import RunScope
 from cqrs.response import Response
 from cqrs.saga import _serialization
+from cqrs.saga._hookset import HookSet, call_hooks
+from cqrs.saga._ownership import Heartbeat, local_runs, process_owner
 from cqrs.saga.exceptions import (
     SagaAlreadyRunningError,
     SagaCompensatedError,
@@ -40,15 +42,16 @@ from cqrs.saga.exceptions import (
     UnknownSagaError,
 )
 from cqrs.saga.fallback import Fallback
+from cqrs.saga.hooks import Action, error_text
 from cqrs.saga.retry import NO_RETRY, RetryPolicy
 from cqrs.saga.saga import Saga, SagaEntry, StepType
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 from cqrs.saga.storage.models import Lease, NewSaga, SagaLogEntry, SagaRecord, StepEntry
-from cqrs.saga.storage.protocol import SagaStorage
+from cqrs.saga.storage.protocol import SagaEngineStorage
 
-if typing.TYPE_CHECKING:
-    from cqrs.events import EventDispatcher
+__all__ = ["SagaRun", "correlation_scope"]
 
 logger = logging.getLogger("cqrs.saga")
 
@@ -56,235 +59,9 @@ T = typing.TypeVar("T")
 JsonDict = dict[str, typing.Any]
 Step = SagaStepHandler[typing.Any, typing.Any]
 Result = SagaStepResult[typing.Any, typing.Any]
+ContextBuilder = typing.Callable[[JsonDict], typing.Any]
 
-DEFAULT_COMPENSATION_RETRY = RetryPolicy(attempts=3, delay=1.0, backoff=2.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineSettings:
-    """Knobs shared by every run a mediator or recovery worker starts."""
-
-    compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
-    lease_seconds: float = 30.0
-    sleep: typing.Callable[[float], typing.Awaitable[None]] = asyncio.sleep
-
-
-@dataclasses.dataclass(frozen=True)
-class SagaEvent:
-    """A progress notification from a run, for listeners (SSE streams, audit logs).
-
-    ``kind`` is one of ``started``, ``resumed``, ``step_completed``,
-    ``step_failed``, ``compensating``, ``step_compensated``,
-    ``compensation_failed``, ``completed``, ``failed``.
-    """
-
-    kind: str
-    saga_id: uuid.UUID
-    step_name: str | None = None
-    response: Response | None = None
-    error: str | None = None
-    replayed: bool = False
-    status: SagaStatus | None = None
-
-
-Listener = typing.Callable[[SagaEvent], None]
-
-_owner: tuple[int, str] | None = None
-
-
-def process_owner() -> str:
-    """This process's lease owner id (host, pid and a random part; new after a fork)."""
-    global _owner
-    pid = os.getpid()
-    if _owner is None or _owner[0] != pid:
-        _owner = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}")
-    return _owner[1]
-
-
-class _LocalRuns:
-    """Runs of this process, so two coroutines never advance one saga together.
-
-    The storage lease is per process; this is the per-coroutine guard under it.
-    The newest claim wins: a paused stream superseded by a newer one stops.
-
-    ``advancing`` names the run that is inside the engine for a saga: claiming
-    it from the storage (`reserve`) or running a step or compensation (`hold_latest`).
-    A run claims only while no other run of this process is advancing the
-    saga: a claim by this process's owner bumps the lease epoch, which would
-    fence a run that is mid-step, so its step would run again.
-    """
-
-    # Keyed by ``saga_id.int``: hashing a UUID runs Python code, and these run several times a step.
-
-    def __init__(self) -> None:
-        self.latest: dict[int, object] = {}
-        self.advancing: dict[int, object] = {}
-
-    def _busy(self, key: int, token: object) -> bool:
-        holder = self.advancing.get(key)
-        return holder is not None and holder is not token
-
-    def reserve(self, saga_id: uuid.UUID, token: object) -> None:
-        """Before claiming from the storage: refuse if another run is advancing the saga, else block them."""
-        key = saga_id.int
-        if self._busy(key, token):
-            raise SagaAlreadyRunningError(saga_id)
-        self.advancing[key] = token
-
-    def claim(self, saga_id: uuid.UUID, token: object) -> None:
-        key = saga_id.int
-        if self._busy(key, token):
-            raise SagaAlreadyRunningError(saga_id)
-        self.latest[key] = token
-
-    def hold_latest(self, saga_id: uuid.UUID, token: object) -> bool:
-        """Before a step or compensation: whether ``token`` still has the newest claim.
-
-        Raises if another run of this process is advancing the saga now (it claimed it since).
-        """
-        key = saga_id.int
-        if self._busy(key, token):
-            raise SagaOwnershipLostError(saga_id)
-        self.advancing[key] = token
-        return self.latest.get(key) is token
-
-    def pause(self, saga_id: uuid.UUID, token: object) -> None:
-        key = saga_id.int
-        if self.advancing.get(key) is token:
-            del self.advancing[key]
-
-    def is_latest(self, saga_id: uuid.UUID, token: object) -> bool:
-        return self.latest.get(saga_id.int) is token
-
-    def forget(self, saga_id: uuid.UUID, token: object) -> None:
-        key = saga_id.int
-        if self.latest.get(key) is token:
-            del self.latest[key]
-        if self.advancing.get(key) is token:
-            del self.advancing[key]
-
-
-_local_runs = _LocalRuns()
-
-
-def error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
-class _Ticker:
-    """One timer per event loop and lease length, for every run whose action is running.
-
-    It ticks every ``lease_seconds / 6`` while any action runs. An action that
-    has run across two ticks has its lease renewed, and then every two ticks
-    again: a renewal comes within ``lease_seconds / 3`` of the action's start
-    and every ``lease_seconds / 3`` after. A run of short actions costs a
-    dict entry per action and no timer of its own.
-    """
-
-    __slots__ = ("_handle", "acting", "interval", "ticks")
-
-    # No reference to its loop: `_tickers` holds tickers by a weak reference to the loop.
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.ticks = 0
-        #: Each acting run's heartbeat, and the tick count when it started acting or last renewed.
-        self.acting: dict[_Heartbeat, int] = {}
-        self._handle: asyncio.TimerHandle | None = None
-
-    def add(self, heartbeat: _Heartbeat) -> None:
-        self.acting[heartbeat] = self.ticks
-        if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
-
-    def _tick(self) -> None:
-        self._handle = None
-        if not self.acting:
-            return  # re-armed by the next action
-        self.ticks = ticks = self.ticks + 1
-        for heartbeat, since in list(self.acting.items()):
-            if ticks - since >= 2 and heartbeat.renew():
-                self.acting[heartbeat] = ticks
-        self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
-
-
-_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Ticker]] = weakref.WeakKeyDictionary()
-#: The tickers of loops that cannot be weakly referenced (kept as long as the process).
-_pinned_tickers: dict[asyncio.AbstractEventLoop, dict[float, _Ticker]] = {}
-
-
-def tickers_of(loop: asyncio.AbstractEventLoop) -> dict[float, _Ticker]:
-    """The tickers of ``loop``, by lease length."""
-    try:
-        by_lease = _tickers.get(loop)
-        if by_lease is None:
-            by_lease = _tickers[loop] = {}
-    except TypeError:  # no weak references to this loop type
-        by_lease = _pinned_tickers.setdefault(loop, {})
-    return by_lease
-
-
-def _ticker(lease_seconds: float) -> _Ticker:
-    by_lease = tickers_of(asyncio.get_running_loop())
-    ticker = by_lease.get(lease_seconds)
-    if ticker is None:
-        ticker = by_lease[lease_seconds] = _Ticker(lease_seconds / 6)
-    return ticker
-
-
-class _Heartbeat:
-    """Renews a run's lease while one of its actions (``act`` or ``compensate``) runs.
-
-    One per run, used as ``async with`` around an action (or `begin` / `end`
-    on the hot path); the loop's `_Ticker` decides when.
-    """
-
-    __slots__ = ("_run", "_task", "_ticker")
-
-    def __init__(self, run: SagaRun) -> None:
-        self._run = run
-        self._task: asyncio.Task[None] | None = None
-        self._ticker: _Ticker | None = None
-
-    def begin(self) -> None:
-        """An action starts."""
-        ticker = self._ticker
-        if ticker is None:
-            ticker = self._ticker = _ticker(self._run.settings.lease_seconds)
-        ticker.add(self)
-
-    def end(self) -> asyncio.Future[None] | None:
-        """An action ended; await what this returns (if anything) before the next write."""
-        if self._ticker is not None:
-            self._ticker.acting.pop(self, None)
-        task = self._task
-        if task is not None and not task.done():
-            # The next write must not race a renewal of the same lease.
-            return asyncio.shield(task)
-        return None
-
-    async def __aenter__(self) -> None:
-        self.begin()
-
-    async def __aexit__(self, *exc: object) -> None:
-        renewal = self.end()
-        if renewal is not None:
-            await renewal
-
-    def renew(self) -> bool:
-        """Start renewing the lease, unless a renewal is still under way or the lease is lost;
-        says whether it started one."""
-        if self._run.lease_lost or (self._task is not None and not self._task.done()):
-            return False
-        self._task = asyncio.get_running_loop().create_task(self._renew())
-        return True
-
-    async def _renew(self) -> None:
-        try:
-            await self._run.renew_lease()
-        except SagaOwnershipLostError:
-            return
-        except Exception:
-            logger.warning("Could not renew the lease of saga %s; will retry", self._run.saga_id, exc_info=True)
+_UTC = datetime.timezone.utc
 
 
 @dataclasses.dataclass(slots=True)
@@ -298,13 +75,16 @@ class _Done:
 
 
 class SagaRun:
-    """One attempt to advance one saga, from wherever it stands, as far as it goes."""
+    """One attempt to advance one saga, from wherever it stands, as far as it goes.
+
+    Build runs with the mediator's factory, never directly.
+    """
 
     __slots__ = (
-        "_busy", "_current_step", "_heartbeat", "_lease_fresh_until", "_token", "compensation_retry",
-        "container", "context", "context_builder", "correlation_id", "created_at", "dispatcher", "error",
-        "history", "lease", "lease_lost", "listener", "owner", "saga_id", "saga_type", "settings", "status",
-        "storage",
+        "_busy", "_current_step", "_done", "_heartbeat", "_lease_fresh_until", "_token", "compensation_retry",
+        "container", "context", "context_builder", "correlation_id", "created_at", "error", "history",
+        "hooks", "lease", "lease_lost", "owner", "recovering", "saga_id", "saga_type", "settings", "status",
+        "storage", "trace_context",
     )
 
     def __init__(
@@ -312,26 +92,22 @@ class SagaRun:
         saga_type: type[Saga[typing.Any]],
         saga_id: uuid.UUID,
         *,
-        storage: SagaStorage,
-        container: Container,
+        storage: SagaEngineStorage,
+        container: Container[typing.Any],
         settings: EngineSettings,
-        dispatcher: EventDispatcher | None = None,
-        listener: Listener | None = None,
+        hooks: HookSet,
         correlation_id: str | None = None,
         compensation_retry: RetryPolicy | None = None,
-        context_builder: typing.Callable[[JsonDict], typing.Any] | None = None,
+        context_builder: ContextBuilder | None = None,
     ) -> None:
         self.saga_type = saga_type
         self.saga_id = saga_id
         self.storage = storage
         self.container = container
         self.settings = settings
-        self.dispatcher = dispatcher
-        self.listener = listener
+        self.hooks = hooks
         self.correlation_id = correlation_id
-        self.compensation_retry = (
-            compensation_retry or saga_type.compensation_retry or settings.compensation_retry
-        )
+        self.compensation_retry = compensation_retry or saga_type.compensation_retry or settings.compensation_retry
         self.context_builder = context_builder
         self.owner = process_owner()
         self.context: typing.Any = None
@@ -340,59 +116,92 @@ class SagaRun:
         self.error: str | None = None
         self.history: list[SagaLogEntry] = []
         self.created_at: datetime.datetime | None = None
+        self.trace_context: dict[str, str] | None = None
+        self.recovering = False
         self.lease_lost = False
         self._busy = False
         self._lease_fresh_until = 0.0
         self._token = object()
         self._current_step: str | None = None
-        self._heartbeat = _Heartbeat(self)
+        self._done: list[_Done] = []
+        self._heartbeat = Heartbeat(self)
+
+    @property
+    def saga_name(self) -> str:
+        return self.saga_type.name
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.settings.lease_seconds
 
     # -- opening -----------------------------------------------------------------
 
-    async def open_new(self, context: typing.Any) -> None:
-        """Record a new saga, or take up the stored one if this id exists."""
-        context_json = _serialization.dump_context(context)
-        new = NewSaga(
+    def new_saga(self, context_json: JsonDict, status: SagaStatus = SagaStatus.RUNNING) -> NewSaga:
+        """The row that records this saga's start (every start path inserts one of these)."""
+        return NewSaga(
             saga_id=self.saga_id,
             name=self.saga_type.name,
             context=context_json,
             definition_version=self.saga_type.version,
             correlation_id=self.correlation_id,
+            status=status,
         )
-        _local_runs.reserve(self.saga_id, self._token)
+
+    async def record(self, context: typing.Any, status: SagaStatus = SagaStatus.RUNNING) -> bool:
+        """Insert this saga with this process's lease, in one commit; False if its id is taken."""
+        new = self.new_saga(_serialization.dump_context(context), status)
+        local_runs.reserve(self.saga_id, self._token)
         try:
             lease = await self.storage.start_saga(new, self.owner, self.settings.lease_seconds)
         finally:
-            _local_runs.pause(self.saga_id, self._token)
+            local_runs.pause(self.saga_id, self._token)
         if lease is None:
-            await self.open_existing()
-            return
+            return False
         self._granted(lease)
         self.context = context
+        self.status = status
         if self.saga_type.deadline is not None:  # the deadline counts from here (read only for it)
-            self.created_at = datetime.datetime.now(datetime.timezone.utc)
-        self._emit("started")
+            self.created_at = datetime.datetime.now(_UTC)
+        if self.hooks.saga_started:
+            await call_hooks(self.hooks.saga_started, self)
+        return True
 
-    async def open_existing(self) -> None:
-        """Claim a stored saga so it can be advanced (or replayed, if final)."""
+    async def open_new(self, context: typing.Any) -> None:
+        """Record a new saga, or take up the stored one if this id exists."""
+        if not await self.record(context):
+            await self.open_existing()
+
+    async def open_existing(self, *, as_named: bool = False) -> None:
+        """Claim a stored saga so it can be advanced (or replayed, if final).
+
+        ``as_named``: the caller says which saga this is (`recover_saga`), so a
+        stored name that differs is taken as this saga's, with a warning.
+        """
         # Reserved across the claim: a claim by this process's owner would fence a run of this
         # process that is mid-step (its step would then run again), so it is refused instead.
-        _local_runs.reserve(self.saga_id, self._token)
+        local_runs.reserve(self.saga_id, self._token)
         try:
             claim = await self.storage.claim_saga(self.saga_id, self.owner, self.settings.lease_seconds)
         finally:
-            _local_runs.pause(self.saga_id, self._token)
+            local_runs.pause(self.saga_id, self._token)
         if claim is None:
             raise SagaNotFoundError(self.saga_id)
         self._busy = claim.busy
-        self.adopt(claim.record, claim.history, claim.lease)
+        if as_named and claim.record.name != self.saga_type.name:
+            logger.warning(
+                "Saga %s is stored as %r; running it as %s, as the caller said",
+                self.saga_id, claim.record.name, self.saga_type.__qualname__,
+            )
+            claim = dataclasses.replace(claim, record=dataclasses.replace(claim.record, name=self.saga_type.name))
+        await self.adopt(claim.record, claim.history, claim.lease)
 
-    def adopt(self, record: SagaRecord, history: list[SagaLogEntry], lease: Lease | None) -> None:
+    async def adopt(self, record: SagaRecord, history: list[SagaLogEntry], lease: Lease | None) -> None:
         """Take up a stored saga whose lease (if any) the caller already holds."""
         if record.name != self.saga_type.name:
             raise SagaIdConflictError(
                 f"Saga id {self.saga_id} belongs to saga {record.name!r}, not {self.saga_type.name!r}"
             )
+        self.recovering = True
         self.status = record.status
         self.error = record.error
         self.history = history
@@ -402,8 +211,8 @@ class SagaRun:
         if lease is not None:
             self._granted(lease)
         self.context = self._load_context(record.context)
-        if lease is not None:
-            self._emit("resumed")
+        if lease is not None and self.hooks.saga_resumed:
+            await call_hooks(self.hooks.saga_resumed, self)
 
     def _load_context(self, data: JsonDict) -> typing.Any:
         if self.context_builder is not None and not (
@@ -432,15 +241,17 @@ class SagaRun:
             async for result in self._finished():
                 yield result
             return
-        _local_runs.claim(self.saga_id, self._token)
+        local_runs.claim(self.saga_id, self._token)
         try:
-            done = self._done_steps()
+            done = self._done = self._done_steps()
             for item in done:
                 yield self._replayed_result(item)
             if self.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED):
+                resumed_from = self.status.value
                 self._hold()
-                await self._compensate([d for d in reversed(done) if d.step_type.name not in self._compensated()])
-                raise SagaCompensatedError(self.saga_id, self.status.value, self.error)
+                compensated = self._compensated()
+                await self._compensate([d for d in reversed(done) if d.step_type.name not in compensated])
+                raise SagaCompensatedError(self.saga_id, self.status.value, self.error, resumed_from=resumed_from)
             if self.status == SagaStatus.PENDING:
                 self.status = SagaStatus.RUNNING
             steps = self.saga_type.steps
@@ -450,7 +261,7 @@ class SagaRun:
                 if asyncio.get_running_loop().time() > self._lease_fresh_until:
                     await self.renew_lease()
                 result = await self._forward(index, steps[index], done)
-                _local_runs.pause(self.saga_id, self._token)
+                local_runs.pause(self.saga_id, self._token)
                 yield result
             if not steps[start:]:
                 # Every step was recorded but the final status was not (a definition
@@ -458,8 +269,34 @@ class SagaRun:
                 self._hold()
                 await self._checkpoint(None, status=SagaStatus.COMPLETED, release=True)
                 self.status = SagaStatus.COMPLETED
+        except SagaOwnershipLostError:
+            if self.hooks.lease_lost:
+                await call_hooks(self.hooks.lease_lost, self)
+            raise
         finally:
-            _local_runs.forget(self.saga_id, self._token)
+            local_runs.forget(self.saga_id, self._token)
+            if type(self.container) is RunScope:
+                await self.container.aclose()
+
+    async def abort(self, error: BaseException) -> None:
+        """Fail the saga now, from outside a step (its caller raised): compensate what completed.
+
+        Does nothing unless this run holds the saga and it is running. The
+        failure is recorded against the next step (the one that did not run).
+        """
+        if self.lease is None or self.lease_lost or self.status not in (SagaStatus.RUNNING, SagaStatus.PENDING):
+            return
+        self._hold()
+        try:
+            steps = self.saga_type.steps
+            following = self._done[-1].index + 1 if self._done else 0
+            await self._fail(self._done, error, _entry_name(steps[min(following, len(steps) - 1)]))
+        except SagaOwnershipLostError:
+            if self.hooks.lease_lost:
+                await call_hooks(self.hooks.lease_lost, self)
+            raise
+        finally:
+            local_runs.forget(self.saga_id, self._token)
 
     async def _finished(self) -> typing.AsyncIterator[Result]:
         if self._busy:
@@ -473,15 +310,11 @@ class SagaRun:
         raise SagaNotRunnableError(self.saga_id, self.status.value, self.error)
 
     async def _forward(self, index: int, entry: SagaEntry, done: list[_Done]) -> Result:
+        """Run step ``index`` and record it; on failure, compensate ``done`` and raise."""
+        if self.hooks.step_started:
+            await call_hooks(self.hooks.step_started, self, _entry_name(entry))
         try:
-            if self.saga_type.deadline is not None:
-                self._check_deadline()
-            if isinstance(entry, Fallback):
-                step_type, instance, result = await self._run_fallback(entry)
-            else:
-                step_type = entry
-                instance = await self._resolve(entry)
-                result = await self._act(entry, instance)
+            step_type, instance, result = await self._act_entry(entry)
         except (asyncio.CancelledError, SagaOwnershipLostError):
             raise
         except Exception as error:
@@ -498,9 +331,8 @@ class SagaRun:
             await self._fail(done, error, step_type.name)
             raise
         last = index == len(self.saga_type.steps) - 1
-        details = _fallback_note(entry, step_type)
         await self._checkpoint(
-            StepEntry(step_type.name, "act", SagaStepStatus.COMPLETED, details, response_json),
+            StepEntry(step_type.name, "act", SagaStepStatus.COMPLETED, _fallback_note(entry, step_type), response_json),
             context=context_json,
             status=SagaStatus.COMPLETED if last else None,
             release=last,
@@ -508,21 +340,28 @@ class SagaRun:
         done.append(_Done(index, step_type, instance, response_json))
         if last:
             self.status = SagaStatus.COMPLETED
-        if self.dispatcher is not None:
-            events = instance.events
-            if events:
-                await self.dispatcher.dispatch(events)
-        if self.listener is not None:
-            self._emit("step_completed", step_type.name, response=result.response)
-            if last:
-                self._emit("completed")
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("Saga %s: step %s completed", self.saga_id, step_type.name)
         if result.saga_id is None:
             # `_generate_step_result` made it for this call; a result handed out before keeps its id.
             result.saga_id = self.saga_id
-            return result
-        return dataclasses.replace(result, saga_id=self.saga_id)
+        else:
+            result = dataclasses.replace(result, saga_id=self.saga_id)
+        hooks = self.hooks
+        if hooks.step_completed:
+            await call_hooks(hooks.step_completed, self, step_type.name, result, instance.events)
+        if last and hooks.saga_finished:
+            await call_hooks(hooks.saga_finished, self, SagaStatus.COMPLETED, None)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Saga %s: step %s completed", self.saga_id, step_type.name)
+        return result
+
+    async def _act_entry(self, entry: SagaEntry) -> tuple[StepType, Step, Result]:
+        """Run an entry's action (the deadline checked first; a `Fallback`'s stand-in if need be)."""
+        if self.saga_type.deadline is not None:
+            self._check_deadline()
+        if isinstance(entry, Fallback):
+            return await self._run_fallback(entry)
+        instance = await self._resolve(entry)
+        return entry, instance, await self._act(entry, instance)
 
     async def _run_fallback(self, entry: Fallback) -> tuple[StepType, Step, Result]:
         breaker = entry.circuit_breaker
@@ -545,8 +384,11 @@ class SagaRun:
                     "Saga %s: step %s failed (%s); running fallback %s",
                     self.saga_id, primary.name, error_text(error), entry.fallback.name,
                 )
-                self._emit("step_failed", primary.name, error=error_text(error))
+                if self.hooks.step_failed:
+                    await call_hooks(self.hooks.step_failed, self, primary.name, error)
                 _serialization.restore_in_place(self.context, snapshot)
+        if self.hooks.step_started:
+            await call_hooks(self.hooks.step_started, self, entry.fallback.name)
         instance = await self._resolve(entry.fallback)
         return entry.fallback, instance, await self._act(entry.fallback, instance)
 
@@ -582,8 +424,7 @@ class SagaRun:
             raise
         if not isinstance(result, SagaStepResult):
             raise StepContractError(
-                f"{step_type.__qualname__}.act returned {result!r}; return "
-                "self._generate_step_result(response)"
+                f"{step_type.__qualname__}.act returned {result!r}; return self._generate_step_result(response)"
             )
         return result
 
@@ -605,24 +446,26 @@ class SagaRun:
                 raise SagaDeadlineExceededError(
                     f"Saga {self.saga_id} passed its deadline during step {step_type.name}"
                 ) from exc
-            raise SagaStepTimeoutError(
-                f"Step {step_type.name} of saga {self.saga_id} took longer than {timeout}s"
-            ) from exc
+            raise SagaStepTimeoutError(f"Step {step_type.name} of saga {self.saga_id} took longer than {timeout}s") from exc
 
     async def _retry(
         self,
         policy: RetryPolicy,
         step_name: str,
-        what: str,
+        what: Action,
         func: typing.Callable[..., typing.Awaitable[T]],
         *args: typing.Any,
     ) -> T:
         """``await func(*args)`` in the saga's correlation scope, retried as ``policy`` says."""
+        hooks = self.hooks
+        observed = bool(hooks.attempt_started or hooks.attempt_finished)
         attempt = 1
         while True:
             try:
                 with correlation_scope(self):
-                    return await func(*args)
+                    if not observed:
+                        return await func(*args)
+                    return await self._observed_attempt(step_name, what, attempt, func, args)
             except (asyncio.CancelledError, SagaOwnershipLostError):
                 raise
             except Exception as error:
@@ -631,64 +474,99 @@ class SagaRun:
                 delay = policy.delay_before(attempt)
                 logger.warning(
                     "Saga %s: %s of step %s failed (attempt %d of %d: %s); retrying in %.3fs",
-                    self.saga_id, what, step_name, attempt, policy.attempts, error_text(error), delay,
+                    self.saga_id, "compensation" if what == "compensate" else what, step_name, attempt,
+                    policy.attempts, error_text(error), delay,
                 )
                 attempt += 1
                 await self.settings.sleep(delay)
+
+    async def _observed_attempt(
+        self,
+        step_name: str,
+        what: Action,
+        attempt: int,
+        func: typing.Callable[..., typing.Awaitable[T]],
+        args: tuple[typing.Any, ...],
+    ) -> T:
+        hooks = self.hooks
+        if hooks.attempt_started:
+            await call_hooks(hooks.attempt_started, self, step_name, what, attempt)
+        try:
+            outcome = await func(*args)
+        except BaseException as error:
+            if hooks.attempt_finished:
+                await call_hooks(hooks.attempt_finished, self, step_name, what, attempt, error)
+            raise
+        if hooks.attempt_finished:
+            await call_hooks(hooks.attempt_finished, self, step_name, what, attempt, None)
+        return outcome
 
     # -- failure and compensation ------------------------------------------------------
 
     async def _fail(self, done: list[_Done], error: BaseException, failed_step: str) -> None:
         self.error = error_text(error)
         logger.warning("Saga %s: step %s failed: %s", self.saga_id, failed_step, self.error)
-        self._emit("step_failed", failed_step, error=self.error)
+        hooks = self.hooks
+        if hooks.step_failed:
+            await call_hooks(hooks.step_failed, self, failed_step, error)
         entry = StepEntry(failed_step, "act", SagaStepStatus.FAILED, self.error)
         if not done:
             await self._checkpoint(entry, status=SagaStatus.FAILED, error=self.error, release=True)
             self.status = SagaStatus.FAILED
-            self._emit("failed", error=self.error)
+            if hooks.saga_finished:
+                await call_hooks(hooks.saga_finished, self, SagaStatus.FAILED, self.error)
             return
         await self._checkpoint(entry, status=SagaStatus.COMPENSATING, error=self.error)
         self.status = SagaStatus.COMPENSATING
-        self._emit("compensating", error=self.error)
+        if hooks.compensation_started:
+            await call_hooks(hooks.compensation_started, self, self.error)
         await self._compensate(list(reversed(done)))
 
     async def _compensate(self, pending: list[_Done]) -> None:
         """Compensate ``pending`` (newest first); one checkpoint each, the last one final."""
+        hooks = self.hooks
         if not pending:
             await self._checkpoint(None, status=SagaStatus.FAILED, release=True)
             self.status = SagaStatus.FAILED
-            self._emit("failed", error=self.error)
+            if hooks.saga_finished:
+                await call_hooks(hooks.saga_finished, self, SagaStatus.FAILED, self.error)
             return
         any_failed = False
         for position, item in enumerate(pending):
             self._check_still_ours()
             last = position == len(pending) - 1
             name = item.step_type.name
+            failure: BaseException | None = None
+            events: list[object] = []
             try:
                 instance = item.instance
                 if instance is None:  # completed in an earlier run: this run has no instance of it
                     instance = await self.container.resolve(item.step_type)
+                events_before = len(instance.events)
                 async with self._heartbeat:
-                    await self._retry(
-                        self.compensation_retry, name, "compensation", instance.compensate, self.context
-                    )
+                    await self._retry(self.compensation_retry, name, "compensate", instance.compensate, self.context)
+                events = instance.events[events_before:]
             except (asyncio.CancelledError, SagaOwnershipLostError):
                 raise
             except Exception as error:
                 any_failed = True
+                failure = error
                 logger.error("Saga %s: compensation of step %s failed: %s", self.saga_id, name, error_text(error))
                 entry = StepEntry(name, "compensate", SagaStepStatus.FAILED, error_text(error))
-                self._emit("compensation_failed", name, error=error_text(error))
             else:
                 entry = StepEntry(name, "compensate", SagaStepStatus.COMPENSATED)
-                self._emit("step_compensated", name)
             if self.lease_lost:
                 raise SagaOwnershipLostError(self.saga_id)
             final = (SagaStatus.COMPENSATION_FAILED if any_failed else SagaStatus.FAILED) if last else None
             await self._checkpoint(entry, status=final, release=last)
+            if failure is None:
+                if hooks.step_compensated:
+                    await call_hooks(hooks.step_compensated, self, name, events)
+            elif hooks.compensation_failed:
+                await call_hooks(hooks.compensation_failed, self, name, failure)
         self.status = SagaStatus.COMPENSATION_FAILED if any_failed else SagaStatus.FAILED
-        self._emit("failed", error=self.error)
+        if hooks.saga_finished:
+            await call_hooks(hooks.saga_finished, self, self.status, self.error)
 
     # -- storage --------------------------------------------------------------------
 
@@ -724,13 +602,18 @@ class SagaRun:
             raise SagaOwnershipLostError(self.saga_id)
         self._lease_fresh_until = asyncio.get_running_loop().time() + self.settings.lease_seconds / 2
 
+    async def release(self) -> None:
+        """Give the lease up (after an interruption), so another runner may take the saga at once."""
+        if self.lease is not None and not self.lease_lost:
+            await self.storage.release_lease(self.saga_id, self.lease)
+
     def _hold(self) -> None:
         """Mark this run as advancing its saga (this process claims it for no one else meanwhile)."""
-        if self.lease_lost or not _local_runs.hold_latest(self.saga_id, self._token):
+        if self.lease_lost or not local_runs.hold_latest(self.saga_id, self._token):
             raise SagaOwnershipLostError(self.saga_id)
 
     def _check_still_ours(self) -> None:
-        if self.lease_lost or not _local_runs.is_latest(self.saga_id, self._token):
+        if self.lease_lost or not local_runs.is_latest(self.saga_id, self._token):
             raise SagaOwnershipLostError(self.saga_id)
 
     # -- helpers -----------------------------------------------------------------------
@@ -762,37 +645,19 @@ class SagaRun:
 
     def _replayed_result(self, item: _Done) -> Result:
         response_type = item.step_type.response_type or Response
-        response = _serialization.load_response(response_type, item.response or {})
-        return SagaStepResult(
-            response=response, step_type=item.step_type, saga_id=self.saga_id, replayed=True
-        )
+        response = _serialization.load_response(response_type, item.response)
+        return SagaStepResult(response=response, step_type=item.step_type, saga_id=self.saga_id, replayed=True)
 
     def _deadline_remaining(self) -> float | None:
         deadline = self.saga_type.deadline
         if deadline is None or self.created_at is None:
             return None
-        elapsed = (datetime.datetime.now(datetime.timezone.utc) - self.created_at).total_seconds()
-        return deadline - elapsed
+        return deadline - (datetime.datetime.now(_UTC) - self.created_at).total_seconds()
 
     def _check_deadline(self) -> None:
         remaining = self._deadline_remaining()
         if remaining is not None and remaining <= 0:
-            raise SagaDeadlineExceededError(
-                f"Saga {self.saga_id} passed its deadline of {self.saga_type.deadline}s"
-            )
-
-    def _emit(
-        self,
-        kind: str,
-        step_name: str | None = None,
-        *,
-        response: Response | None = None,
-        error: str | None = None,
-    ) -> None:
-        if self.listener is not None:
-            self.listener(
-                SagaEvent(kind, self.saga_id, step_name, response, error, status=self.status)
-            )
+            raise SagaDeadlineExceededError(f"Saga {self.saga_id} passed its deadline of {self.saga_type.deadline}s")
 
 
 class correlation_scope:

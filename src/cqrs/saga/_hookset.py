@@ -1,0 +1,75 @@
+"""The hooks a run calls, sorted by method once, so a run calls only what a hook overrides."""
+
+from __future__ import annotations
+
+import typing
+
+from cqrs.saga.hooks import SagaHook
+
+__all__ = ["HOOK_METHODS", "HookSet", "call_hooks"]
+
+HOOK_METHODS = (
+    "saga_started",
+    "saga_resumed",
+    "step_started",
+    "attempt_started",
+    "attempt_finished",
+    "step_completed",
+    "step_failed",
+    "compensation_started",
+    "step_compensated",
+    "compensation_failed",
+    "saga_finished",
+    "lease_lost",
+)
+
+Method = typing.Callable[..., typing.Any]
+
+
+def _overrides(hook: object, name: str) -> bool:
+    if isinstance(hook, SagaHook):
+        return getattr(type(hook), name) is not getattr(SagaHook, name)
+    return callable(getattr(hook, name, None))  # a duck-typed hook: whatever it has
+
+
+class HookSet:
+    """The bound hook methods for each hook point; an empty tuple where no hook listens."""
+
+    __slots__ = ("hooks", *HOOK_METHODS)
+
+    def __init__(self, hooks: typing.Iterable[object] = ()) -> None:
+        self.hooks: tuple[object, ...] = tuple(hooks)
+        for name in HOOK_METHODS:
+            setattr(self, name, tuple(getattr(h, name) for h in self.hooks if _overrides(h, name)))
+
+    # Declared for the type checker; set in __init__.
+    saga_started: tuple[Method, ...]
+    saga_resumed: tuple[Method, ...]
+    step_started: tuple[Method, ...]
+    attempt_started: tuple[Method, ...]
+    attempt_finished: tuple[Method, ...]
+    step_completed: tuple[Method, ...]
+    step_failed: tuple[Method, ...]
+    compensation_started: tuple[Method, ...]
+    step_compensated: tuple[Method, ...]
+    compensation_failed: tuple[Method, ...]
+    saga_finished: tuple[Method, ...]
+    lease_lost: tuple[Method, ...]
+
+    def plus(self, *extra: object) -> HookSet:
+        """These hooks and ``extra`` after them."""
+        return HookSet((*self.hooks, *extra)) if extra else self
+
+    def __bool__(self) -> bool:
+        return bool(self.hooks)
+
+
+EMPTY = HookSet()
+
+
+async def call_hooks(methods: tuple[Method, ...], *args: typing.Any) -> None:
+    """Call each method with ``args``, awaiting what returns an awaitable."""
+    for method in methods:
+        outcome = method(*args)
+        if outcome is not None:
+            await outcome
