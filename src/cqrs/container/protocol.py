@@ -1,32 +1,43 @@
-"""The small protocol the engine uses to build step handlers and event handlers."""
+"""The container protocol: what the engine needs to build step and event handler instances."""
 
 from __future__ import annotations
 
 import typing
 
-__all__ = ["Container", "as_container"]
+__all__ = ["Container", "SupportsScope"]
 
 T = typing.TypeVar("T")
+C = typing.TypeVar("C")
 
 
-@typing.runtime_checkable
-class Container(typing.Protocol):
-    """Anything that can build an instance of a type, resolving its dependencies."""
+class Container(typing.Protocol[C]):
+    """Anything that can build an instance of a type, resolving its dependencies.
+
+    Only `resolve` is required by the engine. ``external_container`` and
+    `attach_external_container` are python-cqrs's way to wrap a third-party
+    container (``C``), kept so code written for it (``class MyContainer(Container[Any])``)
+    runs unchanged.
+    """
+
+    @property
+    def external_container(self) -> C:
+        """The wrapped third-party container."""
+        raise NotImplementedError
+
+    def attach_external_container(self, container: C) -> None:
+        """Wrap ``container``."""
+        raise NotImplementedError
 
     async def resolve(self, type_: type[T]) -> T:
         """Return an instance of ``type_``."""
+        raise NotImplementedError
 
 
-def as_container(container: typing.Any) -> Container:
-    """Accept a `Container`, or a plain ``di.Container`` (wrapped for you)."""
-    if isinstance(container, Container):
-        return container
-    import di
+@typing.runtime_checkable
+class SupportsScope(typing.Protocol):
+    """A container that can open a scope: a child container whose scoped instances end with it."""
 
-    if isinstance(container, di.Container):
-        from cqrs.adapters.di import DIContainer
-
-        return DIContainer(container)
-    raise TypeError(
-        f"Expected a di.Container or an object with an async resolve(type) method, got {container!r}"
-    )
+    def open_scope(
+        self, context: typing.Mapping[type[typing.Any], typing.Any] | None = None
+    ) -> typing.AsyncContextManager[typing.Any]:
+        """An async context manager yielding the scoped container."""

@@ -348,7 +348,7 @@ async def saga_event_stream(
     start = {
         "type": "start",
         "saga_id": str(recorded),
-        "saga": mediator.saga_map.get(type(context)).name,
+        "saga": mediator.saga_map.saga_for(type(context)).name,
         "correlation_id": correlation_id or correlation.get_correlation_id(),
     }
 

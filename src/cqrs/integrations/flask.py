@@ -412,7 +412,7 @@ class SagaExtension:
         if context_type is None:
             raise SagaDefinitionError(f"{saga_type.__qualname__} declares no context type")
         if context_type in saga_map:
-            bound = saga_map.get(context_type)
+            bound = saga_map.saga_for(context_type)
             if bound is not saga_type:
                 raise SagaDefinitionError(
                     f"{context_type.__qualname__} is bound to {bound.__qualname__}, not {saga_type.__qualname__}"

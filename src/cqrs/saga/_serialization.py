@@ -98,9 +98,16 @@ def restore_in_place(context: object, data: JsonDict) -> None:
         object.__setattr__(context, name, getattr(fresh, name))
 
 
-def dump_response(response: pydantic.BaseModel) -> JsonDict:
+def dump_response(response: object) -> JsonDict | None:
+    """A step's response as stored: JSON data, or None for a step that returned no response."""
+    if response is None:
+        return None
     try:
-        data = type(response).__pydantic_serializer__.to_python(response, mode="json", by_alias=False, warnings=False)
+        serializer = getattr(type(response), "__pydantic_serializer__", None)
+        if serializer is not None:
+            data = serializer.to_python(response, mode="json", by_alias=False, warnings=False)
+        else:  # a dataclass response (python-cqrs 5's default kind)
+            data = _adapter(type(response)).dump_python(response, mode="json", warnings=False)
         return typing.cast(JsonDict, data)
     except pydantic_core.PydanticSerializationError as exc:
         raise ContextSerializationError(
@@ -108,7 +115,10 @@ def dump_response(response: pydantic.BaseModel) -> JsonDict:
         ) from exc
 
 
-def load_response(tp: type[T], data: JsonDict) -> T:
+def load_response(tp: type[T], data: JsonDict | None) -> T | None:
+    """A stored response as its type again; None where none was stored."""
+    if data is None:
+        return None
     return typing.cast(T, _adapter(tp).validate_python(data, by_alias=False, by_name=True))
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from cqrs.dispatcher.exceptions import SagaConcurrencyError as _SagaConcurrencyError
+from cqrs.dispatcher.exceptions import SagaDoesNotExist
+
 __all__ = [
     "ContextDeserializationError",
     "ContextSerializationError",
@@ -32,7 +35,7 @@ class SagaDefinitionError(SagaError, TypeError):
     """A `Saga` or step class is declared wrongly (raised when the class is defined)."""
 
 
-class SagaNotBoundError(SagaError, LookupError):
+class SagaNotBoundError(SagaError, SagaDoesNotExist, KeyError):
     """No saga is bound to this context type in the `SagaMap`."""
 
     def __init__(self, context_type: type) -> None:
@@ -42,6 +45,9 @@ class SagaNotBoundError(SagaError, LookupError):
             f"call mapper.bind({context_type.__qualname__}, YourSaga) in the sagas_mapper "
             "passed to bootstrap()"
         )
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class UnknownSagaError(SagaError, LookupError):
@@ -97,14 +103,24 @@ class SagaOwnershipLostError(SagaError, RuntimeError):
 class SagaCompensatedError(SagaError, RuntimeError):
     """A recovered saga ended compensated rather than completed.
 
-    A `RuntimeError`, so code written for python-cqrs's `recover_saga` keeps working.
+    A `RuntimeError`, so code written for python-cqrs's `recover_saga` keeps
+    working; for a saga taken up while compensating (``resumed_from``) the
+    message is python-cqrs's ("... was recovered in compensating state ...").
     """
 
-    def __init__(self, saga_id: uuid.UUID, status: str, error: str | None) -> None:
+    def __init__(self, saga_id: uuid.UUID, status: str, error: str | None, *, resumed_from: str | None = None) -> None:
         self.saga_id = saga_id
         self.status = status
         self.error = error
-        super().__init__(f"Saga {saga_id} ended {status} after compensation: {error}")
+        self.resumed_from = resumed_from
+        if resumed_from is None:
+            message = f"Saga {saga_id} ended {status} after compensation: {error}"
+        else:
+            message = (
+                f"Saga {saga_id} was recovered in {resumed_from} state and compensation was completed. "
+                f"Forward execution is not allowed. (It ended {status}; the step error: {error})"
+            )
+        super().__init__(message)
 
 
 class SagaStepTimeoutError(SagaError, TimeoutError):
@@ -129,8 +145,11 @@ class SagaNotRunnableError(SagaError, RuntimeError):
         super().__init__(f"Saga {saga_id} is {status} and will not run ({error}); reset it to retry")
 
 
-class SagaConcurrencyError(SagaError, RuntimeError):
-    """A write expected the saga at one version and found it at another (python-cqrs's name)."""
+class SagaConcurrencyError(SagaError, _SagaConcurrencyError):
+    """A write expected the saga at one version and found it at another.
+
+    It is `cqrs.dispatcher.exceptions.SagaConcurrencyError` (python-cqrs's name) too.
+    """
 
 
 class SagaIdConflictError(SagaError, ValueError):

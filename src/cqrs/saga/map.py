@@ -12,18 +12,22 @@ __all__ = ["SagaMap"]
 SagaType = type[Saga[typing.Any]]
 
 
-class SagaMap:
+class SagaMap(dict[type[typing.Any], SagaType]):
     """Binds context types to saga classes; the mediator looks sagas up here.
 
-    Recovery looks sagas up by their stored name, so names must be unique.
+    A dict of context type to saga class (as python-cqrs's), that also knows
+    every saga by its stored name, for recovery: names must be unique.
     """
 
     def __init__(self) -> None:
-        self._by_context: dict[type[typing.Any], SagaType] = {}
+        super().__init__()
         self._by_name: dict[str, SagaType] = {}
 
     def bind(self, context_type: type[typing.Any], saga_type: SagaType) -> None:
-        """Run ``saga_type`` for contexts of ``context_type``."""
+        """Run ``saga_type`` for contexts of ``context_type``.
+
+        Binding a context type to a second, different saga is a ``KeyError``.
+        """
         if not (isinstance(saga_type, type) and issubclass(saga_type, Saga)):
             raise SagaDefinitionError(f"SagaMap.bind expects a Saga subclass, got {saga_type!r}")
         if saga_type.context_type is not None and not issubclass(context_type, saga_type.context_type):
@@ -31,33 +35,48 @@ class SagaMap:
                 f"{saga_type.__qualname__} runs on {saga_type.context_type.__qualname__}, "
                 f"not {context_type.__qualname__}"
             )
+        bound = dict.get(self, context_type)
+        if bound is not None and bound is not saga_type:
+            raise KeyError(
+                f"{context_type.__qualname__} already runs {bound.__qualname__}; "
+                f"it cannot also run {saga_type.__qualname__}"
+            )
+        self._name(saga_type)
+        dict.__setitem__(self, context_type, saga_type)
+
+    def register(self, saga_type: SagaType) -> None:
+        """Make a saga known by name (for recovery); its context type is bound to it unless already bound."""
+        if saga_type.context_type is None:
+            raise SagaDefinitionError(f"{saga_type.__qualname__} declares no context type")
+        self._name(saga_type)
+        self.setdefault(saga_type.context_type, saga_type)
+
+    def _name(self, saga_type: SagaType) -> None:
         existing = self._by_name.get(saga_type.name)
         if existing is not None and existing is not saga_type:
             raise SagaDefinitionError(
                 f"Sagas {existing.__qualname__} and {saga_type.__qualname__} share the name "
                 f"{saga_type.name!r}; give one a distinct `name`"
             )
-        self._by_context[context_type] = saga_type
         self._by_name[saga_type.name] = saga_type
 
-    def register(self, saga_type: SagaType) -> None:
-        """Make a saga known by name (for recovery) without binding a context type."""
-        if saga_type.context_type is None:
-            raise SagaDefinitionError(f"{saga_type.__qualname__} declares no context type")
-        self.bind(saga_type.context_type, saga_type)
+    def __setitem__(self, context_type: type[typing.Any], saga_type: SagaType) -> None:
+        self.bind(context_type, saga_type)
 
-    def get(self, context_type: type[typing.Any]) -> SagaType:
+    def __delitem__(self, context_type: type[typing.Any]) -> None:
+        raise TypeError("SagaMap has no delete method")
+
+    def __missing__(self, context_type: type[typing.Any]) -> SagaType:
+        raise SagaNotBoundError(context_type)
+
+    def saga_for(self, context_type: type[typing.Any]) -> SagaType:
         """The saga bound to ``context_type``; raises `SagaNotBoundError`."""
-        saga_type = self._by_context.get(context_type)
-        if saga_type is None:
-            raise SagaNotBoundError(context_type)
-        return saga_type
+        return self[context_type]
 
     def by_name(self, name: str) -> SagaType | None:
+        """The saga stored under ``name``, if any."""
         return self._by_name.get(name)
 
     def sagas(self) -> list[SagaType]:
+        """Every saga known by name."""
         return list(self._by_name.values())
-
-    def __contains__(self, context_type: object) -> bool:
-        return context_type in self._by_context

@@ -27,5 +27,26 @@ class SagaContext:
 
     @classmethod
     def from_dict(cls: type[_Self], data: dict[str, typing.Any]) -> _Self:
-        """Build a context from a dict made by `to_dict`."""
-        return _serialization.load_context(cls, data)
+        """Build a context from a dict made by `to_dict`.
+
+        Keys are matched to fields loosely, as python-cqrs does (its contexts
+        were stored with camelCase keys): case and ``_``/``-`` are ignored,
+        unknown keys are dropped, and of two keys naming one field the later wins.
+        """
+        return _serialization.load_context(cls, _loose_keys(cls, data))
+
+
+def _loose_keys(cls: type[typing.Any], data: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    fields = {_squash(field.name): field.name for field in dataclasses.fields(cls)}
+    if all(key in fields.values() for key in data):
+        return data
+    matched: dict[str, typing.Any] = {}
+    for key, value in data.items():
+        name = fields.get(_squash(key))
+        if name is not None:
+            matched[name] = value
+    return matched
+
+
+def _squash(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import typing
+import uuid
 
+from cqrs.container.scope import ScopeStrategy
 from cqrs.saga.exceptions import SagaDefinitionError
 from cqrs.saga.fallback import Fallback
 from cqrs.saga.retry import RetryPolicy
+from cqrs.saga.settings import DEFAULT_COMPENSATION_RETRY
 from cqrs.saga.step import SagaStepHandler
 
 __all__ = ["Saga"]
 
 ContextT = typing.TypeVar("ContextT")
+if typing.TYPE_CHECKING:
+    from cqrs.saga.storage.protocol import SagaStorage
+    from cqrs.saga.transaction import SagaTransaction
+
 StepType = type[SagaStepHandler[typing.Any, typing.Any]]
 SagaEntry = StepType | Fallback
 
@@ -57,6 +64,34 @@ class Saga(typing.Generic[ContextT]):
         if "steps" in cls.__dict__:
             cls.steps = tuple(cls.__dict__["steps"])
             _validate(cls)
+
+    @property
+    def steps_count(self) -> int:
+        """How many entries ``steps`` has (python-cqrs's name)."""
+        return len(self.steps)
+
+    def transaction(
+        self,
+        context: ContextT,
+        container: typing.Any,
+        storage: SagaStorage,
+        saga_id: uuid.UUID | None = None,
+        compensation_retry_count: int = DEFAULT_COMPENSATION_RETRY.attempts,
+        compensation_retry_delay: float = DEFAULT_COMPENSATION_RETRY.delay,
+        compensation_retry_backoff: float = DEFAULT_COMPENSATION_RETRY.backoff,
+        scope_strategy: ScopeStrategy = ScopeStrategy.NONE,
+    ) -> SagaTransaction[ContextT]:
+        """Run this saga step by step (python-cqrs's API): ``async with ... as tx: async for r in tx``.
+
+        See `cqrs.saga.transaction`; ``saga_id`` takes up a stored saga (or
+        starts one with that id).
+        """
+        from cqrs.saga.transaction import SagaTransaction
+
+        return SagaTransaction(
+            self, context, container, storage, saga_id,
+            compensation_retry_count, compensation_retry_delay, compensation_retry_backoff, scope_strategy,
+        )
 
     @classmethod
     def step_types(cls) -> tuple[StepType, ...]:

@@ -10,10 +10,13 @@ import uuid
 from cqrs.response import Response
 from cqrs.saga.retry import RetryPolicy
 
-__all__ = ["SagaStepHandler", "SagaStepResult"]
+__all__ = ["Resp", "SagaStepHandler", "SagaStepResult"]
 
 ContextT = typing.TypeVar("ContextT")
-ResponseT = typing.TypeVar("ResponseT", bound=Response)
+#: A step's response type: a `Response` (or any pydantic model or dataclass), or None.
+ResponseT = typing.TypeVar("ResponseT")
+#: python-cqrs's name for the response type variable.
+Resp = ResponseT
 
 
 @dataclasses.dataclass(slots=True)
@@ -22,12 +25,19 @@ class SagaStepResult(typing.Generic[ContextT, ResponseT]):
 
     ``step_type`` is the step handler class that completed (for a `Fallback`,
     the primary or the fallback, whichever ran to completion), ``response`` its
-    typed response, and ``saga_id`` the saga it belongs to. ``replayed`` is true
-    for results of steps completed in an earlier run of the same saga.
+    typed response (None for a step that returns none), and ``saga_id`` the
+    saga it belongs to. ``replayed`` is true for results of steps completed in
+    an earlier run of the same saga. ``with_error``, ``error_message``,
+    ``error_traceback`` and ``error_type`` are python-cqrs's fields, carried
+    as the step sets them; the engine reports failures by raising.
     """
 
     response: ResponseT
     step_type: type[SagaStepHandler[ContextT, ResponseT]]
+    with_error: bool = False
+    error_message: str | None = None
+    error_traceback: list[str] | None = None
+    error_type: type[Exception] | None = None
     saga_id: uuid.UUID | None = None
     replayed: bool = False
 
@@ -51,7 +61,7 @@ class SagaStepHandler(abc.ABC, typing.Generic[ContextT, ResponseT]):
     name: typing.ClassVar[str]
     retry: typing.ClassVar[RetryPolicy | None] = None
     timeout: typing.ClassVar[float | None] = None
-    response_type: typing.ClassVar[type[Response] | None] = None
+    response_type: typing.ClassVar[type[typing.Any] | None] = None
     context_type: typing.ClassVar[type[typing.Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: typing.Any) -> None:
@@ -78,21 +88,27 @@ class SagaStepHandler(abc.ABC, typing.Generic[ContextT, ResponseT]):
         """Domain events this step produced; handed to event handlers once the step is recorded."""
         return list(getattr(self, "_events", ()))
 
-    def _generate_step_result(self, response: ResponseT) -> SagaStepResult[ContextT, ResponseT]:
+    def _generate_step_result(
+        self,
+        response: ResponseT,
+        with_error: bool = False,
+        error_message: str | None = None,
+        error_traceback: list[str] | None = None,
+        error_type: type[Exception] | None = None,
+    ) -> SagaStepResult[ContextT, ResponseT]:
+        """The result `act` returns: ``return self._generate_step_result(response)``."""
+        if with_error:
+            return SagaStepResult(response, type(self), with_error, error_message, error_traceback, error_type)
         return SagaStepResult(response, type(self))
 
 
-def _generic_arguments(cls: type) -> tuple[type[typing.Any] | None, type[Response] | None]:
+def _generic_arguments(cls: type) -> tuple[type[typing.Any] | None, type[typing.Any] | None]:
     for base in getattr(cls, "__orig_bases__", ()):
         origin = typing.get_origin(base)
         if isinstance(origin, type) and issubclass(origin, SagaStepHandler):
             args = typing.get_args(base)
             if len(args) == 2:
                 context_type = args[0] if isinstance(args[0], type) else None
-                response_type = (
-                    args[1]
-                    if isinstance(args[1], type) and issubclass(args[1], Response)
-                    else None
-                )
+                response_type = args[1] if isinstance(args[1], type) and args[1] is not type(None) else None
                 return context_type, response_type
     return None, None

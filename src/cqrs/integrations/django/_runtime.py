@@ -86,7 +86,7 @@ class SagaRuntime:
                     f"{saga_type.__qualname__} is not in CQRS_SAGA['SAGAS']; list it there "
                     f"('{saga_type.__module__}.{saga_type.__qualname__}') so saga_worker can recover it"
                 )
-            bound = saga_map.get(type(context)) if type(context) in saga_map else None
+            bound = saga_map.get(type(context))
             if bound is not saga_type:
                 raise TypeError(
                     f"{saga_type.__qualname__} does not run on {type(context).__qualname__} contexts"
@@ -95,7 +95,7 @@ class SagaRuntime:
             return saga_type, context
         if context is not None:
             raise TypeError("Pass either (SagaClass, context) or (context,)")
-        return saga_map.get(type(saga_or_context)), saga_or_context
+        return saga_map.saga_for(type(saga_or_context)), saga_or_context
 
     # -- the saga loop --------------------------------------------------------------------
 

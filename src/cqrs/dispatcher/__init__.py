@@ -1,0 +1,1 @@
+"""python-cqrs's dispatcher package: its exceptions (`cqrs.dispatcher.exceptions`)."""

@@ -1,0 +1,5 @@
+"""`SagaMermaid` under python-cqrs 5's path."""
+
+from cqrs.saga.mermaid import SagaMermaid
+
+__all__ = ["SagaMermaid"]

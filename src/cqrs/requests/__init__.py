@@ -1,0 +1,1 @@
+"""python-cqrs 4's ``cqrs.requests`` package, for the saga names it holds (`cqrs.requests.map.SagaMap`)."""

@@ -1,0 +1,109 @@
+"""`Saga.transaction`: python-cqrs's lower-level way to run a saga, on the same engine.
+
+    async with OrderSaga().transaction(context=ctx, container=container, storage=storage) as tx:
+        async for result in tx:
+            ...
+
+Each iteration runs the next step and yields its result once its checkpoint
+committed, exactly as `SagaMediator.stream` does (the run is built by a
+mediator's run factory, so leases, fencing and recovery apply). Differences
+from the stream, kept from python-cqrs: steps completed in an earlier run are
+skipped rather than replayed, and an exception raised inside the ``async
+with`` block (after the loop, or from the loop's body) compensates the steps
+completed so far. Leaving the loop early (``break``) compensates nothing: the
+saga stays ``running`` and recovery (or another transaction with the same
+``saga_id``) takes it up.
+"""
+
+from __future__ import annotations
+
+import typing
+import uuid
+
+from cqrs.container.scope import ScopeStrategy
+from cqrs.saga.retry import RetryPolicy
+from cqrs.saga.settings import DEFAULT_COMPENSATION_RETRY, EngineSettings
+from cqrs.saga.step import SagaStepHandler, SagaStepResult
+
+if typing.TYPE_CHECKING:
+    from cqrs.saga._run import SagaRun
+    from cqrs.saga.saga import Saga
+    from cqrs.saga.storage.protocol import SagaStorage
+
+__all__ = ["SagaTransaction"]
+
+ContextT = typing.TypeVar("ContextT")
+Result = SagaStepResult[typing.Any, typing.Any]
+
+
+class SagaTransaction(typing.Generic[ContextT]):
+    """One run of one saga, driven step by step by its caller (see the module doc)."""
+
+    def __init__(
+        self,
+        saga: Saga[ContextT],
+        context: ContextT,
+        container: typing.Any,
+        storage: SagaStorage,
+        saga_id: uuid.UUID | None = None,
+        compensation_retry_count: int = DEFAULT_COMPENSATION_RETRY.attempts,
+        compensation_retry_delay: float = DEFAULT_COMPENSATION_RETRY.delay,
+        compensation_retry_backoff: float = DEFAULT_COMPENSATION_RETRY.backoff,
+        scope_strategy: ScopeStrategy = ScopeStrategy.NONE,
+        *,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        from cqrs.saga.map import SagaMap
+        from cqrs.saga.mediator import SagaMediator
+
+        saga_type = type(saga)
+        saga_map = SagaMap()
+        saga_map.register(saga_type)
+        retry = RetryPolicy(
+            attempts=compensation_retry_count, delay=compensation_retry_delay, backoff=compensation_retry_backoff
+        )
+        mediator = SagaMediator(
+            saga_map,
+            container,
+            storage=storage,
+            scope_strategy=scope_strategy,
+            settings=settings or EngineSettings(compensation_retry=retry),
+        )
+        self._context = context
+        self._run: SagaRun = mediator.build_run(saga_type, saga_id or uuid.uuid4(), context_builder=type(context))
+        self._steps: typing.AsyncGenerator[Result, None] | None = None
+        self._completed: list[type[SagaStepHandler[typing.Any, typing.Any]]] = []
+
+    @property
+    def saga_id(self) -> uuid.UUID:
+        return self._run.saga_id
+
+    @property
+    def completed_steps(self) -> list[type[SagaStepHandler[typing.Any, typing.Any]]]:
+        """The step classes completed so far, earlier runs' included, in order."""
+        return list(self._completed)
+
+    async def __aenter__(self) -> SagaTransaction[ContextT]:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            await steps.aclose()
+        if isinstance(exc, Exception):
+            await self._run.abort(exc)
+
+    def __aiter__(self) -> typing.AsyncIterator[Result]:
+        if self._steps is not None:
+            raise RuntimeError("A SagaTransaction is iterated once")
+        self._steps = self._advance()
+        return self._steps
+
+    async def _advance(self) -> typing.AsyncGenerator[Result, None]:
+        run = self._run
+        await run.open_new(self._context)
+        self._context = run.context  # a stored saga continues with its stored context
+        async for result in run.advance():
+            self._completed.append(result.step_type)
+            if not result.replayed:
+                yield result
