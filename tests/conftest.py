@@ -12,6 +12,9 @@ import pytest
 PG_HOST = os.environ.get("CQRS_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("CQRS_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("CQRS_TEST_PG_USER", "postgres")
+MARIADB_HOST = os.environ.get("CQRS_TEST_MARIADB_HOST", "127.0.0.1")
+MARIADB_PORT = int(os.environ.get("CQRS_TEST_MARIADB_PORT", "3306"))
+MARIADB_USER = os.environ.get("CQRS_TEST_MARIADB_USER", "root")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -58,17 +61,50 @@ def postgres_url() -> typing.Iterator[str]:
 
 
 @pytest.fixture
+def mariadb_url() -> typing.Iterator[str]:
+    """A fresh, empty MariaDB (or MySQL) database for this test (dropped afterwards), as an asyncmy URL."""
+    require_service("MariaDB", MARIADB_HOST, MARIADB_PORT)
+    import asyncio
+
+    import asyncmy
+
+    name = f"cqrs_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncmy.connect(host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER)
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute(sql)
+        finally:
+            await conn.ensure_closed()
+
+    asyncio.run(admin(f"CREATE DATABASE `{name}`"))
+    try:
+        yield f"mysql+asyncmy://{MARIADB_USER}@{MARIADB_HOST}:{MARIADB_PORT}/{name}"
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: typing.Any) -> str:
     """A fresh SQLite database file for this test, as an aiosqlite URL."""
     return f"sqlite+aiosqlite:///{tmp_path / 'sagas.sqlite3'}"
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
 def storage_url(request: pytest.FixtureRequest) -> str:
-    """Each storage's URL in turn: ``memory://``, a fresh SQLite file, a fresh PostgreSQL database.
+    """Each storage's URL in turn: ``memory://``, a fresh SQLite file, a fresh PostgreSQL database, a fresh
+    MariaDB database.
 
     A sync fixture, so the database fixtures (which run their own event loop) resolve
-    outside the test's. Parametrize it indirectly with a subset of the three names.
+    outside the test's. Parametrize it indirectly with a subset of the four names.
     """
     if request.param == "memory":
         return "memory://"

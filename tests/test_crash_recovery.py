@@ -1,5 +1,5 @@
 """A real runner process is SIGKILLed at an exact point; recovery in this process finishes its sagas
-(some with ``recover_saga`` by id, the rest with a ``RecoveryWorker``), on SQLite and on PostgreSQL.
+(some with ``recover_saga`` by id, the rest with a ``RecoveryWorker``), on SQLite, PostgreSQL and MariaDB.
 
 The runner announces on stdout that every armed saga is at the kill point and
 waits there; the test kills it when it reads that line, so the point is
@@ -76,7 +76,13 @@ CASES = {
 }
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
 def db_url(request: pytest.FixtureRequest) -> str:
     return typing.cast(str, request.getfixturevalue(f"{request.param}_url"))
 

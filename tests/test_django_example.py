@@ -245,7 +245,7 @@ def test_the_example_served_by_runserver(saga_db: Database) -> None:
 
 @pytest.mark.slow
 def test_a_bad_cqrs_saga_setting_fails_manage_py_check(saga_db: Database) -> None:
-    env = saga_db.env(CQRS_SAGA_STORAGE_URL="mysql://root@localhost/shop")
+    env = saga_db.env(CQRS_SAGA_STORAGE_URL="oracle://root@localhost/shop")
     checked = subprocess.run(
         [sys.executable, str(EXAMPLE / "manage.py"), "check"],
         cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=120,

@@ -24,6 +24,8 @@ def test_the_sqlalchemy_storage_without_sqlalchemy_names_the_extra(monkeypatch: 
     [
         ("postgresql+asyncpg://postgres@127.0.0.1/test", "asyncpg", "postgres"),
         ("sqlite+aiosqlite:///never-created.sqlite3", "aiosqlite", "sqlite"),
+        ("mysql+asyncmy://root@127.0.0.1/test", "asyncmy", "mysql"),
+        ("mariadb+asyncmy://root@127.0.0.1/test", "asyncmy", "mysql"),
     ],
 )
 def test_a_storage_url_without_its_driver_names_the_extra(

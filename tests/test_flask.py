@@ -593,7 +593,7 @@ def test_health_route_and_custom_paths(make_app: typing.Callable[..., Served]) -
 
 
 def test_health_is_503_when_the_storage_cannot_open(make_app: typing.Callable[..., Served]) -> None:
-    served = make_app(CQRS_SAGA_STORAGE_URL="mysql://nowhere/db")
+    served = make_app(CQRS_SAGA_STORAGE_URL="oracle://nowhere/db")
     response = served.client.get("/health")
     assert response.status_code == 503
     assert response.json is not None and "Unsupported saga storage URL" in response.json["error"]

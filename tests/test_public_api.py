@@ -45,7 +45,7 @@ MODULE_ALL = {
     "cqrs.saga.retry": {"RetryPolicy"},
     "cqrs.saga.exceptions": {
         "ContextDeserializationError", "ContextSerializationError", "SagaAlreadyRunningError",
-        "SagaCompensatedError", "SagaDeadlineExceededError", "SagaDefinitionError", "SagaError",
+        "SagaCompensatedError", "SagaConcurrencyError", "SagaDeadlineExceededError", "SagaDefinitionError", "SagaError",
         "SagaIdConflictError", "SagaNotBoundError", "SagaNotFoundError", "SagaNotRunnableError",
         "SagaOwnershipLostError", "SagaStepTimeoutError", "StepContractError", "UnknownSagaError",
     },
@@ -54,7 +54,8 @@ MODULE_ALL = {
     "cqrs.saga.storage.enums": {"SagaStatus", "SagaStepStatus"},
     "cqrs.saga.storage.memory": {"MemorySagaStorage"},
     "cqrs.saga.storage.models": {"Lease", "NewSaga", "SagaClaim", "SagaLogEntry", "SagaRecord", "StepEntry"},
-    "cqrs.saga.storage.protocol": {"ISagaStorage", "SagaStorage"},
+    "cqrs.saga.storage.protocol": {"ISagaStorage", "SagaEngineStorage", "SagaOperatorStorage", "SagaStorage"},
+    "cqrs.saga.storage.compat": {"PythonCqrsStorageMethods"},
     "cqrs.saga.storage.sqlalchemy": {"Base", "SqlAlchemySagaStorage", "saga_executions", "saga_log"},
     "cqrs.response": {"Response"},
     "cqrs.container": {"Container", "as_container"},

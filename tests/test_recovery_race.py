@@ -4,9 +4,10 @@ Race: 200 sagas are left as a dead runner would leave them (0, 1 or 2 of their
 3 steps recorded, lease expired), then 8 recoverers start together — as 8
 asyncio tasks with their own storage each, or as 8 processes; recovering with
 `RecoveryWorker` (claims with SKIP LOCKED) or by calling `recover_saga` on
-every saga in the same order (claims of one saga collide). The ledger table
-(written by the steps in their own transactions) must show every remaining
-step exactly once and no recorded step again, and every saga must end
+every saga in the same order (claims of one saga collide); on PostgreSQL and on
+MariaDB. The ledger (on PostgreSQL a table written by the steps in their own
+transactions, on MariaDB an fsynced file per recoverer) must show every
+remaining step exactly once and no recorded step again, and every saga must end
 completed. The same with 4 processes on SQLite (fsynced ledger files), where
 the single writer lock, not SKIP LOCKED, keeps claims apart.
 
@@ -63,20 +64,70 @@ BY_ID_PROCESSES = 4
 SQLITE_RECOVERERS = 4
 
 
-async def seeded_database(url: str, sagas: int = SAGAS) -> dict[uuid.UUID, int]:
-    """Create the storage and ledger tables, store the interrupted sagas, expire their leases."""
-    import asyncpg
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def race_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database the recoverers race on: PostgreSQL, then MariaDB."""
+    return typing.cast(str, request.getfixturevalue(f"{request.param}_url"))
 
+
+class Ledgers:
+    """Where the racing recoverers' steps record their runs: PostgreSQL's ledger table, or an fsynced file per
+    recoverer (MariaDB)."""
+
+    def __init__(self, url: str, directory: Path) -> None:
+        self.url = url
+        self.directory = directory
+        self.postgres = url.startswith("postgresql")
+        self.pool: typing.Any = None
+
+    async def open(self) -> Ledgers:
+        """Connect (PostgreSQL: a pool for the recoverer tasks' ledger writes)."""
+        if self.postgres:
+            import asyncpg
+
+            self.pool = await asyncpg.create_pool(pg_dsn(self.url), min_size=1, max_size=RECOVERERS)
+        return self
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    def ledger(self, tag: str) -> typing.Any:
+        if self.postgres:
+            return PgLedger(self.pool, tag)
+        return FileLedger(self.directory / f"ledger-{tag}.txt", tag=tag)
+
+    def args(self, tag: str) -> list[str]:
+        """The runner's arguments for recoverer ``tag``'s ledger."""
+        return ["--pg-ledger"] if self.postgres else ["--ledger", str(self.directory / f"ledger-{tag}.txt")]
+
+    def lines(self) -> list[LedgerLine] | None:
+        """Every run the files recorded (None on PostgreSQL: `judge_race` reads the table)."""
+        if self.postgres:
+            return None
+        return [line for path in sorted(self.directory.glob("ledger-*.txt")) for line in read_file_ledger(path)]
+
+
+async def seeded_database(url: str, sagas: int = SAGAS) -> dict[uuid.UUID, int]:
+    """Create the storage (and on PostgreSQL the ledger) tables, store the interrupted sagas, expire their leases."""
     storage = await open_storage(url)
     try:
         seeded = await seed_interrupted(storage, sagas)
     finally:
         await storage.close()
-    conn = await asyncpg.connect(pg_dsn(url))
-    try:
-        await PgLedger.create_tables(conn)
-    finally:
-        await conn.close()
+    if url.startswith("postgresql"):
+        import asyncpg
+
+        conn = await asyncpg.connect(pg_dsn(url))
+        try:
+            await PgLedger.create_tables(conn)
+        finally:
+            await conn.close()
     assert await expire_leases(url) == sagas
     return seeded
 
@@ -141,20 +192,17 @@ class StartLine:
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
-async def test_eight_recoverer_tasks_finish_each_saga_exactly_once(postgres_url: str) -> None:
-    import asyncpg
-
-    seeded = await seeded_database(postgres_url)
-    pool = await asyncpg.create_pool(pg_dsn(postgres_url), min_size=1, max_size=RECOVERERS)
+async def test_eight_recoverer_tasks_finish_each_saga_exactly_once(race_url: str, tmp_path: Path) -> None:
+    seeded = await seeded_database(race_url)
+    ledgers = await Ledgers(race_url, tmp_path).open()
     start = StartLine(RECOVERERS)
     workers: list[RecoveryWorker] = []
 
     async def recoverer(number: int) -> int:
-        storage = await open_storage(postgres_url, create=False)
+        storage = await open_storage(race_url, create=False)
         worker = RecoveryWorker(
             [OrderSaga],
-            StepEnv(PgLedger(pool, f"task{number}")),
+            StepEnv(ledgers.ledger(f"task{number}")),
             storage,
             settings=EngineSettings(lease_seconds=60.0),
             batch_size=BATCH,
@@ -177,14 +225,14 @@ async def test_eight_recoverer_tasks_finish_each_saga_exactly_once(postgres_url:
     try:
         claimed = await asyncio.wait_for(asyncio.gather(*(recoverer(n) for n in range(RECOVERERS))), 60)
     finally:
-        await pool.close()
+        await ledgers.close()
 
     assert sum(claimed) == SAGAS  # no saga claimed twice
     outcomes: collections.Counter[str] = collections.Counter()
     for worker in workers:
         outcomes.update(worker.recovered)
     assert outcomes == {"completed": SAGAS}
-    per_worker = await judge_race(postgres_url, seeded)
+    per_worker = await judge_race(race_url, seeded, ledgers.lines())
     assert len(per_worker) >= 2, per_worker  # they really raced
 
 
@@ -228,12 +276,12 @@ def assert_each_saga_claimed_once(summaries: list[typing.Any], sagas: int) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
-async def test_eight_recoverer_processes_finish_each_saga_exactly_once(postgres_url: str) -> None:
-    seeded = await seeded_database(postgres_url)
-    summaries = await race_processes(postgres_url, RECOVERERS, lambda n: ["--pg-ledger"])
+async def test_eight_recoverer_processes_finish_each_saga_exactly_once(race_url: str, tmp_path: Path) -> None:
+    seeded = await seeded_database(race_url)
+    ledgers = Ledgers(race_url, tmp_path)
+    summaries = await race_processes(race_url, RECOVERERS, lambda n: ledgers.args(f"proc{n}"))
     assert_each_saga_claimed_once(summaries, SAGAS)
-    per_worker = await judge_race(postgres_url, seeded)
+    per_worker = await judge_race(race_url, seeded, ledgers.lines())
     assert len(per_worker) >= 2, per_worker
 
 
@@ -247,8 +295,9 @@ def assert_only_refusals(outcomes: collections.Counter[str], sagas: int, *, coll
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
-async def test_eight_tasks_calling_recover_saga_on_every_saga_run_each_step_once(postgres_url: str) -> None:
+async def test_eight_tasks_calling_recover_saga_on_every_saga_run_each_step_once(
+    race_url: str, tmp_path: Path
+) -> None:
     """All 8 tasks go through the sagas in the same order, so they collide on each one.
 
     They share this process's lease owner, so the storage lease alone does not
@@ -256,17 +305,15 @@ async def test_eight_tasks_calling_recover_saga_on_every_saga_run_each_step_once
     earlier run). The engine must refuse the claim while another run of the
     process is inside the saga, or a step in flight is run again.
     """
-    import asyncpg
-
-    seeded = await seeded_database(postgres_url)
+    seeded = await seeded_database(race_url)
     order = list(seeded)  # oldest first, the same for every task
-    pool = await asyncpg.create_pool(pg_dsn(postgres_url), min_size=1, max_size=RECOVERERS)
+    ledgers = await Ledgers(race_url, tmp_path).open()
     start = StartLine(RECOVERERS)
     outcomes: collections.Counter[str] = collections.Counter()
 
     async def recoverer(number: int) -> None:
-        storage = await open_storage(postgres_url, create=False)
-        env = StepEnv(PgLedger(pool, f"task{number}"))
+        storage = await open_storage(race_url, create=False)
+        env = StepEnv(ledgers.ledger(f"task{number}"))
         try:
             await storage.get_saga(uuid.uuid4())
             await start.wait()
@@ -283,27 +330,27 @@ async def test_eight_tasks_calling_recover_saga_on_every_saga_run_each_step_once
     try:
         await asyncio.wait_for(asyncio.gather(*(recoverer(n) for n in range(RECOVERERS))), 60)
     finally:
-        await pool.close()
+        await ledgers.close()
     assert sum(outcomes.values()) == RECOVERERS * SAGAS
-    per_worker = await judge_race(postgres_url, seeded)
+    per_worker = await judge_race(race_url, seeded, ledgers.lines())
     assert_only_refusals(outcomes, SAGAS)
     assert len(per_worker) >= 2, per_worker
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
-async def test_processes_calling_recover_saga_on_every_saga_run_each_step_once(postgres_url: str) -> None:
+async def test_processes_calling_recover_saga_on_every_saga_run_each_step_once(race_url: str, tmp_path: Path) -> None:
     """The same across processes: each has its own lease owner, so the lease refuses the others.
 
     Fewer sagas and processes: colliding on every saga makes the processes take turns.
     """
-    seeded = await seeded_database(postgres_url, BY_ID_SAGAS)
-    summaries = await race_processes(postgres_url, BY_ID_PROCESSES, lambda n: ["--pg-ledger", "--by-id"])
+    seeded = await seeded_database(race_url, BY_ID_SAGAS)
+    ledgers = Ledgers(race_url, tmp_path)
+    summaries = await race_processes(race_url, BY_ID_PROCESSES, lambda n: [*ledgers.args(f"proc{n}"), "--by-id"])
     outcomes: collections.Counter[str] = collections.Counter()
     for summary in summaries:
         assert summary["sagas"] == BY_ID_SAGAS
         outcomes.update(summary["outcomes"])
-    per_worker = await judge_race(postgres_url, seeded)
+    per_worker = await judge_race(race_url, seeded, ledgers.lines())
     # Processes start a few milliseconds apart, so a collision is likely but not certain here.
     assert_only_refusals(outcomes, BY_ID_SAGAS, collided=False)
     assert len(per_worker) >= 2, per_worker
@@ -361,7 +408,7 @@ async def _recover_in_another_process(url: str, ledger: Path) -> dict[str, typin
 
 
 async def paused_past_its_lease(
-    postgres_url: str, storage: typing.Any, ledger: Path
+    race_url: str, storage: typing.Any, ledger: Path
 ) -> tuple[uuid.UUID, asyncio.Future[typing.Any], Gate]:
     """A runner inside charge's act, its effect done, that stalls there past its lease (until its gate opens)."""
     gates = Gates()
@@ -372,20 +419,19 @@ async def paused_past_its_lease(
     saga_id = uuid.uuid4()
     run = asyncio.ensure_future(mediator.run(OrderContext(order=1), saga_id=saga_id))
     await paused.entered.wait()
-    assert await expire_leases(postgres_url) == 1
+    assert await expire_leases(race_url) == 1
     return saga_id, run, paused
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
 async def test_a_runner_paused_past_its_lease_writes_nothing_after_a_takeover(
-    postgres_url: str, tmp_path: Path
+    race_url: str, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger.txt"
-    storage = await open_storage(postgres_url)
+    storage = await open_storage(race_url)
     try:
-        saga_id, run, paused = await paused_past_its_lease(postgres_url, storage, ledger)
-        summary = await _recover_in_another_process(postgres_url, ledger)  # another process takes over
+        saga_id, run, paused = await paused_past_its_lease(race_url, storage, ledger)
+        summary = await _recover_in_another_process(race_url, ledger)  # another process takes over
         assert summary["claimed"] == 1 and summary["outcomes"] == {"completed": 1}
         taken_over = await _row(storage, saga_id)
         history = await storage.get_step_history(saga_id)
@@ -409,16 +455,15 @@ async def test_a_runner_paused_past_its_lease_writes_nothing_after_a_takeover(
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
 async def test_a_paused_runner_is_fenced_even_when_the_claim_came_from_its_own_process(
-    postgres_url: str, tmp_path: Path
+    race_url: str, tmp_path: Path
 ) -> None:
     """In one process the engine refuses to run a saga twice; the claim alone still fences the paused run."""
     ledger = tmp_path / "ledger.txt"
-    storage = await open_storage(postgres_url)
-    other_storage = await open_storage(postgres_url, create=False)
+    storage = await open_storage(race_url)
+    other_storage = await open_storage(race_url, create=False)
     try:
-        saga_id, run, paused = await paused_past_its_lease(postgres_url, storage, ledger)
+        saga_id, run, paused = await paused_past_its_lease(race_url, storage, ledger)
 
         same_process = RecoveryWorker([OrderSaga], StepEnv(FileLedger(ledger, tag="local")), other_storage,
                                       settings=EngineSettings(lease_seconds=60.0))

@@ -1,4 +1,5 @@
-"""The storage contract: one suite, run on the memory, SQLite (aiosqlite) and PostgreSQL (asyncpg) storages.
+"""The storage contract: one suite, run on the memory, SQLite (aiosqlite), PostgreSQL (asyncpg) and MariaDB
+(asyncmy) storages.
 
 Every method of `SagaStorage` is exercised here with its edge cases; a test
 that holds only for the SQL storages (schema, indexes, commits, connections)
@@ -11,6 +12,7 @@ races start together on an `asyncio.Event`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import typing
@@ -22,16 +24,19 @@ import sqlalchemy as sa
 
 import cqrs
 from cqrs.saga.bootstrap import bootstrap
-from cqrs.saga.exceptions import SagaNotFoundError
+from cqrs.saga.exceptions import SagaConcurrencyError, SagaNotFoundError
 from cqrs.saga.mediator import SagaOutcome
 from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus, purge_filter
 from cqrs.saga.storage.memory import MemorySagaStorage
-from cqrs.saga.storage.models import Lease, NewSaga, SagaLogEntry, SagaRecord, StepEntry
+from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
 from cqrs.saga.storage.protocol import SagaStorage
-from cqrs.saga.storage.sqlalchemy import Base, SqlAlchemySagaStorage, _Statements, saga_log
+from cqrs.saga.storage.sqlalchemy import Base, SqlAlchemySagaStorage, saga_log
+from cqrs.saga.storage.sqlalchemy._executors._asyncpg import Prepared
+from cqrs.saga.storage.sqlalchemy._schema import family
+from cqrs.saga.storage.sqlalchemy._statements import Statements
 from engine_helpers import FakeClock
 
 LEASE = 30.0
@@ -45,7 +50,7 @@ JsonDict = dict[str, typing.Any]
 
 @pytest.fixture
 async def storage(storage_url: str) -> typing.AsyncIterator[SagaStorage]:
-    """A fresh, empty storage of each kind: memory (with a fake clock), SQLite, PostgreSQL."""
+    """A fresh, empty storage of each kind: memory (with a fake clock), SQLite, PostgreSQL, MariaDB."""
     if storage_url == "memory://":
         store: SagaStorage = MemorySagaStorage(clock=FakeClock())
     else:
@@ -57,10 +62,11 @@ async def storage(storage_url: str) -> typing.AsyncIterator[SagaStorage]:
 
 
 def kind(storage: SagaStorage) -> str:
+    """``memory``, ``sqlite``, ``postgresql`` or ``mysql`` (MariaDB and MySQL)."""
     if isinstance(storage, MemorySagaStorage):
         return "memory"
     assert isinstance(storage, SqlAlchemySagaStorage)
-    return storage.engine.dialect.name
+    return family(storage.engine.dialect.name)
 
 
 def sql_only(storage: SagaStorage) -> SqlAlchemySagaStorage:
@@ -77,10 +83,14 @@ async def advance(storage: SagaStorage, seconds: float) -> None:
         clock.advance(seconds)
         return
     assert isinstance(storage, SqlAlchemySagaStorage)
-    if storage.engine.dialect.name == "postgresql":
+    if kind(storage) == "postgresql":
 
         def shift(column: str) -> str:
             return f"{column} - make_interval(secs => {seconds!r})"
+    elif kind(storage) == "mysql":
+
+        def shift(column: str) -> str:
+            return f"TIMESTAMPADD(MICROSECOND, {-round(seconds * 1_000_000)}, {column})"
     else:
 
         def shift(column: str) -> str:
@@ -335,11 +345,11 @@ async def test_a_released_lease_can_be_claimed_at_once(storage: SagaStorage) -> 
 
 async def test_claiming_a_pending_saga_makes_it_running(storage: SagaStorage) -> None:
     saga_id = uuid.uuid4()
-    await storage.create_saga(saga_id, "order", {"a": 1})
+    await storage.create_saga(saga_id, "order", {"a": 1})  # stored at epoch 1, unleased
 
     claim = await storage.claim_saga(saga_id, "runner-a", LEASE)
 
-    assert claim is not None and claim.lease == Lease("runner-a", 1)
+    assert claim is not None and claim.lease == Lease("runner-a", 2)
     assert claim.record.status == SagaStatus.RUNNING
     assert (await record_of(storage, saga_id)).status == SagaStatus.RUNNING
 
@@ -585,11 +595,17 @@ async def test_log_step_appends_to_the_same_ordered_history(storage: SagaStorage
         await storage.log_step(uuid.uuid4(), "x", "act", SagaStepStatus.COMPLETED)
 
 
-async def test_the_history_of_an_unknown_saga_is_not_found(storage: SagaStorage) -> None:
-    unknown = uuid.uuid4()
-    with pytest.raises(SagaNotFoundError) as raised:
-        await storage.get_step_history(unknown)
-    assert raised.value.saga_id == unknown
+async def test_get_history_tells_an_unknown_saga_from_an_empty_history(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage)
+    assert await storage.get_history(saga_id) == []
+    assert await storage.get_history(uuid.uuid4()) is None
+    # python-cqrs's get_step_history has no "unknown": it is an empty history there.
+    assert await storage.get_step_history(uuid.uuid4()) == []
+
+    assert await storage.checkpoint(saga_id, lease, entry=act("one", {"r": 1}, "ok"), lease_seconds=LEASE)
+    [entry] = await storage.get_history(saga_id) or []
+    assert (entry.saga_id, entry.step_name, entry.details, entry.response) == (saga_id, "one", "ok", {"r": 1})
+    assert await storage.get_step_history(saga_id) == [entry]
 
 
 # -- claim_recoverable ---------------------------------------------------------------------------------
@@ -620,14 +636,16 @@ async def test_claim_recoverable_takes_only_resumable_sagas_without_a_live_lease
 
     claimed = await storage.claim_recoverable("recoverer", 60, limit=100)
 
-    by_id = {r.saga_id: r for r in claimed}
+    by_id = {c.record.saga_id: c.record for c in claimed}
     assert set(by_id) == {expired, released, compensating, compensation_failed, pending}
+    for claim in claimed:
+        assert claim.lease == Lease("recoverer", claim.record.lease_epoch) and not claim.busy
     for saga_id, record in by_id.items():
         assert record.owner == "recoverer"
         assert record.recovery_attempts == 1
         assert aware(record.lease_expires_at) - aware(record.updated_at) >= datetime.timedelta(seconds=59)
         assert record == await record_of(storage, saga_id)
-    assert by_id[pending].status == SagaStatus.RUNNING and by_id[pending].lease_epoch == 1
+    assert by_id[pending].status == SagaStatus.RUNNING and by_id[pending].lease_epoch == 2  # created at 1
     assert by_id[expired].lease_epoch == 2 and by_id[released].lease_epoch == 2
     assert by_id[compensating].status == SagaStatus.COMPENSATING
     assert by_id[compensation_failed].status == SagaStatus.COMPENSATION_FAILED
@@ -649,21 +667,21 @@ async def test_claim_recoverable_respects_limit_names_and_max_attempts(storage: 
         await advance(storage, 1)
     assert await storage.claim_recoverable("r", LEASE, limit=0) == []
 
-    first = await storage.claim_recoverable("r", 0, limit=2, names=["order"])
+    first = records(await storage.claim_recoverable("r", 0, limit=2, names=["order"]))
     assert len(first) == 2 and all(r.name == "order" for r in first)
     assert [r.saga_id for r in first] == ids[:2]  # free leases, oldest first
 
     await advance(storage, 1)  # the zero-second leases above have lapsed
     await storage.set_recovery_attempts(ids[2], 3)
-    second = await storage.claim_recoverable("r", LEASE, limit=10, names={"order"}, max_attempts=3)
+    second = records(await storage.claim_recoverable("r", LEASE, limit=10, names={"order"}, max_attempts=3))
     assert {r.saga_id for r in second} == {ids[0], ids[1], ids[3]}
     assert {r.saga_id: r.recovery_attempts for r in second} == {ids[0]: 2, ids[1]: 2, ids[3]: 1}
 
-    third = await storage.claim_recoverable("r", LEASE, limit=10, names=["refund", "nothing"])
+    third = records(await storage.claim_recoverable("r", LEASE, limit=10, names=["refund", "nothing"]))
     assert [r.saga_id for r in third] == [ids[4]]
     assert await storage.claim_recoverable("r", LEASE, limit=10, names=[]) == []
     # Without max_attempts, the saga skipped above is claimed as well.
-    fourth = await storage.claim_recoverable("r", LEASE, limit=10)
+    fourth = records(await storage.claim_recoverable("r", LEASE, limit=10))
     assert [(r.saga_id, r.recovery_attempts) for r in fourth] == [(ids[2], 4)]
 
 
@@ -674,9 +692,38 @@ async def test_claim_recoverable_takes_the_longest_expired_first(storage: SagaSt
         ids.append(saga_id)
     await advance(storage, 31)
 
-    claimed = [r.saga_id for r in await storage.claim_recoverable("r", LEASE, limit=2)]
+    claimed = [c.record.saga_id for c in await storage.claim_recoverable("r", LEASE, limit=2)]
 
     assert set(claimed) == {ids[1], ids[2]}
+
+
+def records(claims: list[SagaClaim]) -> list[SagaRecord]:
+    return [claim.record for claim in claims]
+
+
+async def test_claim_recoverable_hands_out_each_saga_with_its_history(storage: SagaStorage) -> None:
+    """A recoverer needs the history of every saga it claims: it comes with the claim, as with `claim_saga`."""
+    histories: dict[uuid.UUID, list[tuple[str, str, str]]] = {}
+    for steps_done in (0, 1, 3):
+        saga_id, lease = await started(storage)
+        for step in range(steps_done):
+            entry = StepEntry(f"s{step}", "act", SagaStepStatus.COMPLETED, f"d{step}", {"step": step, "n": [1.5]})
+            assert await storage.checkpoint(saga_id, lease, entry=entry, context={"at": step}, lease_seconds=LEASE)
+        assert await storage.release_lease(saga_id, lease)
+        histories[saga_id] = [(f"s{step}", "act", "completed") for step in range(steps_done)]
+    other, lease = await started(storage)  # leased: neither claimed nor mixed into the others' histories
+    assert await storage.checkpoint(other, lease, entry=act("other"), lease_seconds=LEASE)
+
+    claimed = await storage.claim_recoverable("r", LEASE, limit=10)
+
+    assert {c.record.saga_id: steps(c.history) for c in claimed} == histories
+    for claim in claimed:
+        assert claim.history == await storage.get_history(claim.record.saga_id)
+        assert all(entry.saga_id == claim.record.saga_id for entry in claim.history)
+        assert [e.response for e in claim.history] == [{"step": i, "n": [1.5]} for i in range(len(claim.history))]
+        assert [e.details for e in claim.history] == [f"d{i}" for i in range(len(claim.history))]
+        assert all(aware(e.timestamp) <= aware(claim.record.updated_at) for e in claim.history)
+        assert [type(e.status) for e in claim.history] == [SagaStepStatus] * len(claim.history)
 
 
 async def test_concurrent_recoverers_never_claim_the_same_saga(storage: SagaStorage) -> None:
@@ -690,7 +737,7 @@ async def test_concurrent_recoverers_never_claim_the_same_saga(storage: SagaStor
     def recoverer(store: SagaStorage, owner: str) -> typing.Callable[[], typing.Awaitable[list[uuid.UUID]]]:
         async def call() -> list[uuid.UUID]:
             mine: list[uuid.UUID] = []
-            while batch := await store.claim_recoverable(owner, LEASE, limit=3):
+            while batch := records(await store.claim_recoverable(owner, LEASE, limit=3)):
                 assert all(r.owner == owner for r in batch)
                 mine.extend(r.saga_id for r in batch)
                 await asyncio.sleep(0)  # a yield, not a wait: the memory storage's calls never suspend
@@ -724,12 +771,14 @@ async def test_create_saga_stores_a_pending_unleased_saga(storage: SagaStorage) 
     assert (record.name, record.status, record.context, record.version, record.correlation_id) == (
         "order", SagaStatus.PENDING, {"a": [1, 2]}, 1, "c-9",
     )
-    assert (record.owner, record.lease_epoch, record.lease_expires_at, record.recovery_attempts) == (None, 0, None, 0)
+    # Written as a start and a release (epoch 1), so no owner holds it: recovery may take it up at once.
+    assert (record.owner, record.lease_epoch, record.lease_expires_at, record.recovery_attempts) == (None, 1, None, 0)
     assert record.definition_version == 1
     assert await storage.load_saga_state(saga_id) == (SagaStatus.PENDING, {"a": [1, 2]}, 1)
     with pytest.raises(ValueError, match="already stored"):
         await storage.create_saga(saga_id, "order", {})
     assert (await record_of(storage, saga_id)).context == {"a": [1, 2]}
+    assert [c.record.saga_id for c in await storage.claim_recoverable("r", LEASE, limit=10)] == [saga_id]
 
 
 async def test_update_context_and_status_bump_the_version(storage: SagaStorage) -> None:
@@ -741,7 +790,7 @@ async def test_update_context_and_status_bump_the_version(storage: SagaStorage) 
     await storage.update_status(saga_id, SagaStatus.RUNNING)
 
     assert await storage.load_saga_state(saga_id) == (SagaStatus.RUNNING, {"v": 2}, 4)
-    with pytest.raises(RuntimeError, match="version 4"):
+    with pytest.raises(SagaConcurrencyError, match="version 4"):
         await storage.update_context(saga_id, {"v": 3}, current_version=3)
     assert await storage.load_saga_state(saga_id) == (SagaStatus.RUNNING, {"v": 2}, 4)
     status, _, _ = await storage.load_saga_state(saga_id, read_for_update=True)
@@ -754,6 +803,7 @@ async def test_load_saga_state_of_an_unknown_saga_raises_saga_not_found(storage:
         await storage.load_saga_state(unknown)
     assert raised.value.saga_id == unknown
     assert isinstance(raised.value, LookupError)
+    assert isinstance(raised.value, ValueError)  # what python-cqrs raises
 
 
 @pytest.mark.parametrize(
@@ -767,36 +817,41 @@ async def test_load_saga_state_of_an_unknown_saga_raises_saga_not_found(storage:
         lambda s, i: s.park_saga(i, "why"),
         lambda s, i: s.reset_saga(i),
         lambda s, i: s.log_step(i, "x", "act", SagaStepStatus.COMPLETED),
-        lambda s, i: s.get_step_history(i),
         lambda s, i: s.load_saga_state(i, read_for_update=True),
     ],
     ids=[
         "update_context", "update_context_versioned", "update_status", "increment_recovery_attempts",
-        "set_recovery_attempts", "park_saga", "reset_saga", "log_step", "get_step_history", "load_saga_state",
+        "set_recovery_attempts", "park_saga", "reset_saga", "log_step", "load_saga_state",
     ],
 )
 async def test_writes_to_an_unknown_saga_raise_saga_not_found(
     storage: SagaStorage, call: typing.Callable[[SagaStorage, uuid.UUID], typing.Awaitable[object]]
 ) -> None:
     unknown = uuid.uuid4()
-    with pytest.raises(SagaNotFoundError):
+    with pytest.raises(SagaNotFoundError) as raised:
         await call(storage, unknown)
+    assert isinstance(raised.value, ValueError)
     assert await storage.get_saga(unknown) is None
     assert await storage.list_sagas() == []
 
 
 async def test_get_sagas_for_recovery_lists_resumable_unleased_sagas(storage: SagaStorage) -> None:
+    """Oldest first (by creation, as `list_sagas`); each saga below is created a second after the one before."""
     stale, lease = await started(storage, name="order")
     assert await storage.release_lease(stale, lease)
     await advance(storage, 100)
     other_name, lease = await started(storage, name="refund")
     assert await storage.release_lease(other_name, lease)
+    await advance(storage, 1)
     await started(storage, name="order")  # leased: not listed
+    await advance(storage, 1)
     worn_out, lease = await started(storage, name="order")
     assert await storage.release_lease(worn_out, lease)
     await storage.set_recovery_attempts(worn_out, 5)
+    await advance(storage, 1)
     done, lease = await started(storage, name="order")
     assert await storage.checkpoint(done, lease, entry=None, status=SagaStatus.COMPLETED, lease_seconds=0, release=True)
+    await advance(storage, 1)
     fresh, lease = await started(storage, name="order")
     assert await storage.release_lease(fresh, lease)
     await advance(storage, 10)
@@ -815,7 +870,7 @@ async def test_recovery_attempts_are_counted_and_set(storage: SagaStorage) -> No
     saga_id, lease = await started(storage)
     assert await storage.release_lease(saga_id, lease)
 
-    assert [r.recovery_attempts for r in await storage.claim_recoverable("r", 0, limit=1)] == [1]
+    assert [c.record.recovery_attempts for c in await storage.claim_recoverable("r", 0, limit=1)] == [1]
     await advance(storage, 1)
     await storage.increment_recovery_attempts(saga_id)
     assert (await record_of(storage, saga_id)).recovery_attempts == 2
@@ -842,6 +897,7 @@ async def test_list_sagas_filters_by_status_name_age_and_correlation_id(storage:
     old_refund, _ = await started(storage, name="refund", correlation_id="req-1")
     await advance(storage, 600)
     new_order, _ = await started(storage, name="order", correlation_id="req-2")
+    await advance(storage, 1)
     no_correlation, _ = await started(storage, name="order")
 
     def ids(records: list[SagaRecord]) -> list[uuid.UUID]:
@@ -867,6 +923,93 @@ async def test_list_sagas_filters_by_status_name_age_and_correlation_id(storage:
     assert ids(await storage.list_sagas(name="order", correlation_id="req-1", status=SagaStatus.RUNNING)) == []
     [record] = await storage.list_sagas(correlation_id="req-2")
     assert record == await record_of(storage, new_order)
+
+
+def ids(records: list[SagaRecord]) -> list[uuid.UUID]:
+    return [r.saga_id for r in records]
+
+
+async def test_list_sagas_filters_by_status_sets_recoverability_attempts_and_idleness(storage: SagaStorage) -> None:
+    async def one(status: SagaStatus | None = None, *, release: bool = True) -> uuid.UUID:
+        saga_id, lease = await started(storage)
+        if status is not None or release:
+            assert await storage.checkpoint(saga_id, lease, entry=None, status=status, lease_seconds=0, release=release)
+        await advance(storage, 1)
+        return saga_id
+
+    idle = await one()
+    await advance(storage, 600)
+    leased = await one(release=False)
+    compensating = await one(SagaStatus.COMPENSATING)
+    done = await one(SagaStatus.COMPLETED)
+    worn_out = await one()
+    await storage.set_recovery_attempts(worn_out, 3)
+    parked = await one()
+    await storage.park_saga(parked, "by hand")
+    pending = uuid.uuid4()
+    await storage.create_saga(pending, "order", {})
+    await advance(storage, 1)
+
+    everything = [idle, leased, compensating, done, worn_out, parked, pending]
+    assert ids(await storage.list_sagas()) == everything
+    assert ids(await storage.list_sagas(status=[SagaStatus.COMPLETED, SagaStatus.PARKED])) == [done, parked]
+    assert ids(await storage.list_sagas(status={SagaStatus.PENDING})) == [pending]
+    assert ids(await storage.list_sagas(status=frozenset())) == []
+    assert ids(await storage.list_sagas(recoverable=True)) == [idle, compensating, worn_out, pending]
+    assert ids(await storage.list_sagas(recoverable=True, max_recovery_attempts=3)) == [idle, compensating, pending]
+    assert ids(await storage.list_sagas(max_recovery_attempts=1)) == [i for i in everything if i != worn_out]
+    assert ids(await storage.list_sagas(idle_for=datetime.timedelta(minutes=5))) == [idle]
+    assert ids(await storage.list_sagas(idle_for=datetime.timedelta(0))) == everything
+    assert ids(
+        await storage.list_sagas(status=[SagaStatus.RUNNING, SagaStatus.COMPENSATING], recoverable=True, limit=1)
+    ) == [idle]
+    # The saga whose lease lapses becomes recoverable.
+    await advance(storage, LEASE)
+    assert ids(await storage.list_sagas(recoverable=True, status=SagaStatus.RUNNING)) == [idle, leased, worn_out]
+
+
+async def test_list_sagas_pages_with_a_cursor_exactly(storage: SagaStorage) -> None:
+    """``after=<the last record of a page>`` gives the next page: every saga once, in order, even when many
+    were created in the same instant (ties are broken by id) and while new ones are added."""
+    created: list[uuid.UUID] = []
+    for batch in range(4):
+        for _ in range(5):  # no clock move between these: equal (or nearly equal) creation times
+            created.append((await started(storage, name="order" if batch % 2 else "refund"))[0])
+        await advance(storage, 1)
+    if kind(storage) != "memory":
+        # Make the ties certain on SQL too: each batch of five shares one creation time.
+        table = Base.metadata.tables["saga_executions"]
+        assert isinstance(storage, SqlAlchemySagaStorage)
+        async with storage.engine.begin() as conn:
+            for batch in range(4):
+                members = created[batch * 5: batch * 5 + 5]
+                first = await conn.scalar(sa.select(table.c.created_at).where(table.c.id == members[0]))
+                await conn.execute(sa.update(table).where(table.c.id.in_(members)).values(created_at=first))
+
+    async def pages(**filters: typing.Any) -> list[list[uuid.UUID]]:
+        found: list[list[uuid.UUID]] = []
+        after: SagaRecord | None = None
+        while page := await storage.list_sagas(after=after, limit=3, **filters):
+            found.append(ids(page))
+            after = page[-1]
+        return found
+
+    listed = await pages()
+    assert [len(page) for page in listed] == [3, 3, 3, 3, 3, 3, 2]
+    flat = [saga_id for page in listed for saga_id in page]
+    assert flat == ids(await storage.list_sagas(limit=100))
+    assert sorted(flat) == sorted(created)
+    # Oldest first, and by id within one creation time.
+    for batch in range(4):
+        assert flat[batch * 5: batch * 5 + 5] == sorted(created[batch * 5: batch * 5 + 5], key=lambda i: i.int)
+    orders = [saga_id for page in await pages(name="order") for saga_id in page]
+    assert orders == [saga_id for saga_id in flat if saga_id in created[5:10] + created[15:20]]
+
+    # A saga added between two pages is listed in its place (after the cursor, since it is newer).
+    first = await storage.list_sagas(limit=3)
+    late, _ = await started(storage)
+    rest = [r.saga_id for r in await storage.list_sagas(after=first[-1], limit=100)]
+    assert ids(first) + rest == [*flat, late]
 
 
 async def test_park_saga_takes_a_saga_out_of_every_path(storage: SagaStorage) -> None:
@@ -909,8 +1052,11 @@ async def log_rows(storage: SagaStorage, saga_ids: list[uuid.UUID]) -> int | Non
 
 async def test_purge_sagas_deletes_old_finished_sagas_with_their_history(storage: SagaStorage) -> None:
     old_completed = await finished(storage, SagaStatus.COMPLETED)
+    await advance(storage, 1)  # sagas are purged (and listed) oldest first
     old_failed = await finished(storage, SagaStatus.FAILED)
+    await advance(storage, 1)
     old_running, _ = await started(storage)
+    await advance(storage, 1)
     old_parked, _ = await started(storage)
     await storage.park_saga(old_parked, "ticket 42")
     await advance(storage, 3600)
@@ -936,29 +1082,105 @@ async def test_purge_sagas_deletes_old_finished_sagas_with_their_history(storage
     history = await storage.get_step_history(new_completed)
     assert steps(history) == [("one", "act", "completed"), ("two", "act", "completed")]
     for gone in (old_completed, old_failed, old_parked):
-        with pytest.raises(SagaNotFoundError):
-            await storage.get_step_history(gone)
+        assert await storage.get_history(gone) is None
     if isinstance(storage, SqlAlchemySagaStorage):
         assert await log_rows(storage, [old_completed, old_failed, old_parked]) == 0
         assert await log_rows(storage, [new_completed]) == 2
 
 
 async def test_purge_sagas_skips_a_saga_another_transaction_holds(storage: SagaStorage) -> None:
-    """On PostgreSQL a purge neither waits for nor deletes a saga row another transaction has locked."""
+    """On PostgreSQL and MariaDB a purge neither waits for nor deletes a saga row another transaction has locked."""
     sql = sql_only(storage)
-    if kind(sql) != "postgresql":
-        pytest.skip("row locks are PostgreSQL's")
+    if kind(sql) == "sqlite":
+        pytest.skip("SQLite has no row locks")
     held = await finished(sql, SagaStatus.COMPLETED)
     free = await finished(sql, SagaStatus.COMPLETED)
     await advance(sql, 3600)
     async with sql.engine.connect() as other:
-        await other.exec_driver_sql("SELECT 1 FROM saga_executions WHERE id = $1 FOR UPDATE", (held,))
+        await lock_row(other, held)
         deleted = await asyncio.wait_for(sql.purge_sagas(older_than=datetime.timedelta(minutes=30)), 30)
         await other.rollback()
     assert deleted == 1
     assert await sql.get_saga(free) is None
     assert await sql.get_saga(held) is not None
     assert await log_rows(sql, [held]) == 2
+
+
+async def until_waiting_for_a_lock(storage: SqlAlchemySagaStorage, call: asyncio.Future[typing.Any]) -> None:
+    """Return once the server says a statement of ``storage``'s database waits for a row lock (``call`` is
+    running it; on MariaDB: is updating a saga, the only row of which another transaction holds): asked over and
+    over, on a connection of its own outside any transaction, never timed."""
+    url = storage.engine.url
+    if kind(storage) == "postgresql":
+        import asyncpg
+
+        conn = await asyncpg.connect(host=url.host, port=url.port, user=url.username, database="postgres")
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = $1"
+        try:
+            while not await conn.fetchval(query, url.database):
+                assert not call.done()
+        finally:
+            await conn.close()
+        return
+    import asyncmy
+
+    # (Not information_schema.innodb_trx: MariaDB refreshes it only when it was not read for 0.1 s.)
+    query = (
+        "SELECT count(*) FROM information_schema.processlist WHERE db = %s AND state = 'Updating'"
+        " AND info LIKE 'UPDATE saga_executions%%'"
+    )
+    conn = await asyncmy.connect(host=url.host, port=url.port or 3306, user=url.username, autocommit=True)
+    try:
+        async with conn.cursor() as cursor:
+            while True:
+                await cursor.execute(query, (url.database,))
+                if (await cursor.fetchone())[0]:
+                    return
+                assert not call.done()
+    finally:
+        await conn.ensure_closed()
+
+
+async def test_a_claim_reads_the_history_its_former_holder_committed_while_the_claim_waited(
+    storage: SagaStorage,
+) -> None:
+    """The former holder (its lease expired) is writing a checkpoint that releases the saga when a claim comes:
+    the claim waits for the saga's row and is granted once that checkpoint committed, and the history it hands
+    out has the checkpoint's entry (read after the claim took the row, not in a snapshot from before)."""
+    sql = sql_only(storage)
+    if kind(sql) == "sqlite":
+        pytest.skip("SQLite has one writer at a time: the claim cannot start while the checkpoint is in flight")
+    saga_id, lease = await started(sql)
+    assert await sql.checkpoint(saga_id, lease, entry=act("one"), lease_seconds=LEASE)
+    await advance(sql, LEASE + 1)
+    table = Base.metadata.tables["saga_executions"]
+    async with sql.engine.connect() as holder:
+        # The holder's last checkpoint (a failed compensation, compensation_failed, lease released), in flight.
+        await holder.execute(
+            sa.update(table).where(table.c.id == saga_id).values(
+                status=SagaStatus.COMPENSATION_FAILED.value, owner=None, lease_expires_at=None,
+                version=table.c.version + 1,
+            )
+        )
+        await holder.execute(saga_log.insert().values(
+            saga_id=saga_id, step_name="one", action="compensate", status="failed",
+            created_at=datetime.datetime.now(UTC),
+        ))
+        claim = asyncio.ensure_future(sql.claim_saga(saga_id, "runner-b", LEASE))
+        await until_waiting_for_a_lock(sql, claim)
+        await holder.commit()
+    claimed = await claim
+    assert claimed is not None and claimed.lease == Lease("runner-b", 2)
+    assert claimed.record.status == SagaStatus.COMPENSATION_FAILED
+    assert steps(claimed.history) == [("one", "act", "completed"), ("one", "compensate", "failed")]
+
+
+async def lock_row(conn: typing.Any, saga_id: uuid.UUID) -> None:
+    """Lock a saga's row in ``conn``'s transaction (until it ends)."""
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql("SELECT 1 FROM saga_executions WHERE id = $1 FOR UPDATE", (saga_id,))
+    else:
+        await conn.exec_driver_sql("SELECT 1 FROM saga_executions WHERE id = %s FOR UPDATE", (saga_id.hex,))
 
 
 async def test_reset_saga_resumes_forward_or_compensation_with_fresh_attempts(storage: SagaStorage) -> None:
@@ -991,7 +1213,98 @@ async def test_reset_saga_resumes_forward_or_compensation_with_fresh_attempts(st
         assert (record.recovery_attempts, record.owner, record.lease_expires_at) == (0, None, None)
     # Reset sagas are claimable at once.
     claimed = await storage.claim_recoverable("r", LEASE, limit=10)
-    assert {r.saga_id for r in claimed} == {forward, backward, compensated}
+    assert {c.record.saga_id for c in claimed} == {forward, backward, compensated}
+
+
+async def test_amend_saga_writes_what_it_is_given_in_one_commit(storage: SagaStorage) -> None:
+    saga_id, lease = await started(storage, context={"n": 0})
+    before = await record_of(storage, saga_id)
+    await advance(storage, 5)
+
+    fix = StepEntry("reserve", "compensate", SagaStepStatus.COMPENSATED, "by an operator", {"ticket": 7})
+    assert await storage.amend_saga(
+        saga_id, context={"n": 1}, status=SagaStatus.COMPENSATING, error="by hand", entry=fix,
+        recovery_attempts=2, add_recovery_attempts=1,
+    )
+
+    record = await record_of(storage, saga_id)
+    assert (record.status, record.context, record.error, record.version, record.recovery_attempts) == (
+        SagaStatus.COMPENSATING, {"n": 1}, "by hand", 2, 3,
+    )
+    # Not a lease write: the lease is the holder's still.
+    assert (record.owner, record.lease_epoch) == (before.owner, before.lease_epoch)
+    assert record.lease_expires_at == moved(storage, before, 5).lease_expires_at
+    assert aware(record.updated_at) > aware(before.updated_at) - datetime.timedelta(seconds=5)
+    [entry] = await storage.get_history(saga_id) or []
+    assert (entry.step_name, entry.action, entry.status, entry.details, entry.response) == (
+        "reserve", "compensate", SagaStepStatus.COMPENSATED, "by an operator", {"ticket": 7},
+    )
+    assert await storage.renew_lease(saga_id, lease, LEASE)
+
+    # Without a context or status the version stays; attempts add up; an entry alone is appended.
+    assert await storage.amend_saga(saga_id, add_recovery_attempts=2)
+    assert await storage.amend_saga(saga_id, entry=act("noted"))
+    record = await record_of(storage, saga_id)
+    assert (record.version, record.recovery_attempts, record.context) == (2, 5, {"n": 1})
+    assert steps(await storage.get_history(saga_id) or []) == [
+        ("reserve", "compensate", "compensated"), ("noted", "act", "completed"),
+    ]
+    assert await storage.amend_saga(saga_id, recovery_attempts=0)
+    assert (await record_of(storage, saga_id)).recovery_attempts == 0
+
+    unknown = uuid.uuid4()
+    assert not await storage.amend_saga(unknown, context={"x": 1}, entry=act("lost"))
+    assert not await storage.amend_saga(unknown)
+    assert await storage.get_history(unknown) is None
+    assert await log_rows(storage, [unknown]) in (None, 0)
+
+
+async def test_amend_saga_with_a_condition_changes_only_a_saga_that_meets_it(storage: SagaStorage) -> None:
+    saga_id, _ = await started(storage)  # version 1, leased
+    before = await record_of(storage, saga_id)
+
+    # Nothing is written, the entry included, when the condition does not hold.
+    assert not await storage.amend_saga(saga_id, context={"a": 1}, expected_version=2, entry=act("no"))
+    assert not await storage.amend_saga(saga_id, status=SagaStatus.PARKED, unleased=True, entry=act("no"))
+    assert await record_of(storage, saga_id) == before
+    assert await storage.get_history(saga_id) == []
+
+    assert await storage.amend_saga(saga_id, context={"a": 1}, expected_version=1)
+    assert not await storage.amend_saga(saga_id, context={"a": 2}, expected_version=1)
+    assert (await record_of(storage, saga_id)).context == {"a": 1}
+
+    await advance(storage, LEASE + 1)  # the lease has lapsed: the saga is unleased now
+    assert await storage.amend_saga(
+        saga_id, status=SagaStatus.PARKED, error="stuck", unleased=True, expected_version=2, entry=act("parked")
+    )
+    record = await record_of(storage, saga_id)
+    assert (record.status, record.error, record.version) == (SagaStatus.PARKED, "stuck", 3)
+    assert steps(await storage.get_history(saga_id) or []) == [("parked", "act", "completed")]
+    # A released lease is no lease either.
+    other, other_lease = await started(storage)
+    assert not await storage.amend_saga(other, error="x", unleased=True)
+    assert await storage.release_lease(other, other_lease)
+    assert await storage.amend_saga(other, error="x", unleased=True)
+
+
+async def test_concurrent_amendments_at_one_version_let_exactly_one_through(storage: SagaStorage) -> None:
+    saga_id, _ = await started(storage, context={"writer": None})
+    others = [another(storage) for _ in range(5)]
+
+    def amend(store: SagaStorage, writer: int) -> typing.Callable[[], typing.Awaitable[bool]]:
+        return lambda: store.amend_saga(
+            saga_id, context={"writer": writer}, expected_version=1, entry=act(f"writer-{writer}")
+        )
+
+    try:
+        results = await all_at_once([amend(s, i) for i, s in enumerate([storage, *others])])
+    finally:
+        await close_others(storage, others)
+    assert results.count(True) == 1
+    winner = results.index(True)
+    record = await record_of(storage, saga_id)
+    assert (record.context, record.version) == ({"writer": winner}, 2)
+    assert steps(await storage.get_history(saga_id) or []) == [(f"writer-{winner}", "act", "completed")]
 
 
 # -- copies and JSON ------------------------------------------------------------------------------------------
@@ -1102,8 +1415,8 @@ async def test_close_is_idempotent_and_leaves_no_connection(storage: SagaStorage
     saga_id, lease = await started(storage)
     # Several connections in the pool at once.
     await asyncio.gather(*(storage.get_saga(saga_id) for _ in range(4)), storage.renew_lease(saga_id, lease, LEASE))
-    if kind(storage) == "postgresql":
-        assert await pg_backends(storage) >= 1
+    if kind(storage) in ("postgresql", "mysql"):
+        assert await server_connections(storage) >= 1
 
     await storage.close()
     await storage.close()
@@ -1111,8 +1424,26 @@ async def test_close_is_idempotent_and_leaves_no_connection(storage: SagaStorage
     if isinstance(storage, SqlAlchemySagaStorage):
         pool = storage.engine.pool
         assert (pool.checkedout(), pool.checkedin()) == (0, 0)
+    if kind(storage) in ("postgresql", "mysql"):
+        assert await server_connections(storage) == 0
+
+
+async def server_connections(storage: SagaStorage) -> int:
+    """How many connections the server has to the storage's database (PostgreSQL, MariaDB)."""
     if kind(storage) == "postgresql":
-        assert await pg_backends(storage) == 0
+        return await pg_backends(storage)
+    import asyncmy
+
+    assert isinstance(storage, SqlAlchemySagaStorage)
+    url = storage.engine.url
+    conn = await asyncmy.connect(host=url.host, port=url.port or 3306, user=url.username)
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute("SELECT count(*) FROM information_schema.processlist WHERE db = %s", (url.database,))
+            (count,) = await cursor.fetchone()
+    finally:
+        await conn.ensure_closed()
+    return int(count)
 
 
 async def pg_backends(storage: SagaStorage) -> int:
@@ -1167,6 +1498,8 @@ async def test_sqlite_connections_wait_30_seconds_for_the_lock_and_use_wal_and_f
 
 
 async def test_the_schema_uses_jsonb_on_postgresql_and_plain_strings_for_statuses(storage: SagaStorage) -> None:
+    """JSONB on PostgreSQL; JSON elsewhere (MariaDB keeps it as LONGTEXT checked by JSON_VALID); timestamps with
+    a time zone on PostgreSQL, microseconds on MariaDB."""
     sql = sql_only(storage)
 
     def columns(conn: sa.Connection) -> dict[str, dict[str, str]]:
@@ -1181,9 +1514,21 @@ async def test_the_schema_uses_jsonb_on_postgresql_and_plain_strings_for_statuse
         if kind(sql) == "postgresql":
             enums = await conn.scalar(sa.text("SELECT count(*) FROM pg_type WHERE typtype = 'e'"))
             assert enums == 0
+        if kind(sql) == "mysql":
+            precisions = set((await conn.exec_driver_sql(
+                "SELECT DATETIME_PRECISION FROM information_schema.columns WHERE table_schema = DATABASE()"
+                " AND column_name IN ('created_at', 'updated_at', 'lease_expires_at')"
+            )).scalars())
+            assert precisions == {6}  # microseconds
     if kind(sql) == "postgresql":
         assert types["saga_executions"]["context"] == "JSONB"
         assert types["saga_log"]["response"] == "JSONB"
+    elif kind(sql) == "mysql":
+        json_type = "LONGTEXT" if sql.engine.dialect.is_mariadb else "JSON"  # type: ignore[attr-defined]
+        assert types["saga_executions"]["context"] == json_type
+        assert types["saga_log"]["response"] == json_type
+        assert types["saga_executions"]["created_at"] == "DATETIME"
+        assert types["saga_executions"]["id"] == "CHAR(32)"
     else:
         assert types["saga_executions"]["context"] == "JSON"
         assert types["saga_log"]["response"] == "JSON"
@@ -1241,7 +1586,7 @@ async def test_every_lookup_has_an_index(storage: SagaStorage) -> None:
 
 def test_a_step_checkpoint_writes_no_indexed_column() -> None:
     """A checkpoint that keeps the status must stay a HOT update on PostgreSQL: no index may hold what it sets."""
-    update = _Statements("postgresql").checkpoint_update(context=True, status=False, error=False, release=False)
+    update = Statements("postgresql").checkpoint_update(context=True, status=False, error=False, release=False)
     written = {str(getattr(key, "name", key)) for key in update._values}
     assert {"context", "version", "lease_expires_at", "updated_at"} <= written
     indexed = {column.name for index in Base.metadata.tables["saga_executions"].indexes for column in index.columns}
@@ -1312,10 +1657,13 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await auto.exec_driver_sql("ANALYZE")
     statements = sql._sql
+    running = frozenset({SagaStatus.RUNNING})
+    listing = {"name": False, "older": False, "correlation": False, "recoverable": False, "max_attempts": False,
+               "idle": False, "after": False}
     cases: list[tuple[str, typing.Any, dict[str, typing.Any]]] = [
         (
             "ix_saga_executions_status_created",
-            statements.for_recovery(False, False),
+            statements.list_sagas(None, **{**listing, "recoverable": True, "max_attempts": True}),
             {"b_max_attempts": 5, "b_limit": 10},
         ),
         (
@@ -1325,17 +1673,22 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         ),
         (
             "ix_saga_executions_status_created",
-            statements.list_sagas(True, False, False, False),
-            {"b_status": "running", "b_limit": 10},
+            statements.list_sagas(running, **listing),
+            {"b_limit": 10},
+        ),
+        (
+            "ix_saga_executions_status_created",
+            statements.list_sagas(running, **{**listing, "after": True}),
+            {"b_limit": 10, "b_after_created": datetime.datetime.now(UTC), "b_after_id": saga_id},
         ),
         (
             "ix_saga_executions_name_created",
-            statements.list_sagas(False, True, False, False),
+            statements.list_sagas(None, **{**listing, "name": True}),
             {"b_name": "order", "b_limit": 10},
         ),
         (
             "ix_saga_executions_correlation_id",
-            statements.list_sagas(False, False, False, True),
+            statements.list_sagas(None, **{**listing, "correlation": True}),
             {"b_correlation_id": "c-1", "b_limit": 10},
         ),
         (
@@ -1345,22 +1698,17 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         ),
         ("ix_saga_log_saga_id_seq", statements.history, {"b_id": saga_id}),
         ("saga_executions_pkey", statements.get, {"b_id": saga_id}),
+        ("saga_executions_pkey", statements.claim, {"b_id": saga_id, "b_owner": "r", "b_lease_seconds": 1.0}),
     ]
     async with sql.engine.connect() as conn:
         await conn.exec_driver_sql("SET enable_seqscan = off")
         for index, statement, params in cases:
-            # EXPLAIN (not ANALYZE) plans the statement without running it.
-            compiled = statement.compile(dialect=sql.engine.dialect)
-            positional = [compiled.construct_params(params)[name] for name in compiled.positiontup or ()]
-            processors = compiled._bind_processors
-            values = [
-                processors[name](value) if name in processors else value
-                for name, value in zip(compiled.positiontup or (), positional, strict=True)
-            ]
-            plan = "\n".join(
-                row[0] for row in await conn.exec_driver_sql(f"EXPLAIN {compiled.string}", tuple(values))
-            )
-            assert index in plan, f"{index} not used:\n{compiled.string}\n{plan}"
+            # EXPLAIN (not ANALYZE) plans the statement without running it; the SQL and its parameters
+            # as the fast path sends them.
+            prepared = Prepared.compile(statement, sql.engine.dialect, statements.json_params)
+            rows = await conn.exec_driver_sql(f"EXPLAIN {prepared.sql}", tuple(prepared.arguments(params)))
+            plan = "\n".join(row[0] for row in rows)
+            assert index in plan, f"{index} not used:\n{prepared.sql}\n{plan}"
         await conn.rollback()
 
 
@@ -1512,8 +1860,17 @@ async def assert_shipped(sql: SqlAlchemySagaStorage, saga_id: uuid.UUID) -> None
     assert history[-1].response == {"tracking": "T-o-1"}
 
 
-async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> None:
+def sqlalchemy_path(storage: SagaStorage) -> SqlAlchemySagaStorage:
+    """The SQL storage with every write through SQLAlchemy, so that its events (which `Tally` counts) see each one.
+
+    (On asyncpg the fast path's writes are counted by PostgreSQL and asyncpg's query logger instead, below.)
+    """
     sql = sql_only(storage)
+    return SqlAlchemySagaStorage(sql.engine, fast_path=False) if sql.fast_path else sql
+
+
+async def test_a_three_step_saga_costs_four_commits(storage: SagaStorage) -> None:
+    sql = sqlalchemy_path(storage)
     outcome, tally, server_commits = await counted_run(sql, ShipSaga, "o-1")
 
     assert outcome.status == SagaStatus.COMPLETED
@@ -1537,7 +1894,7 @@ async def test_a_saga_of_n_steps_costs_n_plus_one_commits(
     storage: SagaStorage, saga: type[Saga[ShipContext]], names: list[str]
 ) -> None:
     """docs/performance.md: a completed saga of n steps is n + 1 commits (start, then one per step), n = 1 and 5."""
-    sql = sql_only(storage)
+    sql = sqlalchemy_path(storage)
     n = len(names)
     outcome, tally, server_commits = await counted_run(sql, saga, "o-n")
 
@@ -1558,7 +1915,7 @@ async def test_a_saga_of_n_steps_costs_n_plus_one_commits(
 async def test_a_failing_saga_costs_one_commit_for_the_failure_and_one_per_compensation(
     storage: SagaStorage,
 ) -> None:
-    sql = sql_only(storage)
+    sql = sqlalchemy_path(storage)
     mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
     warm = await mediator.run(ShipContext(order_id="warm-up"))  # connections and statements made
     assert warm.status == SagaStatus.COMPLETED
@@ -1580,7 +1937,7 @@ async def test_a_failing_saga_costs_one_commit_for_the_failure_and_one_per_compe
 
 
 async def test_each_engine_write_is_one_commit(storage: SagaStorage) -> None:
-    sql = sql_only(storage)
+    sql = sqlalchemy_path(storage)
     tally = Tally(sql.engine.sync_engine)
     try:
         saga_id, lease = await started(sql)
@@ -1606,14 +1963,20 @@ async def test_each_engine_write_is_one_commit(storage: SagaStorage) -> None:
     assert steps(await sql.get_step_history(saga_id)) == [("one", "act", "completed")]
 
 
-# -- the asyncpg write path ---------------------------------------------------------------------------------------
+# -- the asyncpg fast path -----------------------------------------------------------------------------------------
 
 
 def asyncpg_only(storage: SagaStorage) -> SqlAlchemySagaStorage:
     sql = sql_only(storage)
     if sql.engine.dialect.driver != "asyncpg":
-        pytest.skip("the asyncpg write path")
+        pytest.skip("the asyncpg fast path")
     return sql
+
+
+def driver_sql(sql: SqlAlchemySagaStorage, statement: typing.Any) -> str:
+    """The SQL the fast path sends for ``statement``."""
+    prepared = typing.cast(typing.Any, sql._executor).prepared(statement)
+    return typing.cast(str, prepared.sql)
 
 
 def hot_statements(sql: SqlAlchemySagaStorage) -> list[typing.Any]:
@@ -1629,46 +1992,117 @@ def hot_statements(sql: SqlAlchemySagaStorage) -> list[typing.Any]:
 
 
 def other_writes(sql: SqlAlchemySagaStorage) -> list[typing.Any]:
-    """The other single-statement writes (python-cqrs-shaped and operator API), also run on the driver."""
+    """The other single-statement writes (operator and python-cqrs-shaped API), also on the fast path."""
     statements = sql._sql
     return [
         statements.checkpoint(False, False, False, False, True),
         statements.checkpoint(True, False, True, True, False),
-        statements.create,
-        statements.update_context(True),
-        statements.update_context(False),
-        statements.update_status,
-        statements.log_step,
-        statements.increment_attempts(True),
-        statements.increment_attempts(False),
-        statements.set_attempts,
+        statements.amend(False, True, False, False, False, False, True, False),  # update_context, versioned
+        statements.amend(False, True, False, False, False, False, False, False),  # update_context
+        statements.amend(False, False, True, False, False, False, False, False),  # update_status
+        statements.amend(True, False, False, False, False, False, False, False),  # log_step
+        statements.amend(False, False, False, False, False, True, False, False),  # increment_recovery_attempts
+        statements.amend(False, False, False, False, True, False, False, False),  # set_recovery_attempts
         statements.park,
         statements.reset,
+        statements.purge(purge_filter(datetime.timedelta(0), None))[0],
     ]
 
 
-async def test_on_asyncpg_the_engine_writes_run_on_the_driver_one_commit_each(storage: SagaStorage) -> None:
-    """A 3-step saga sends 4 statements on the asyncpg connections (start, one checkpoint per step), each
-    committing on its own (PostgreSQL counts 4 transactions), and no BEGIN, COMMIT or anything else.
+async def every_single_statement_write(sql: SqlAlchemySagaStorage) -> None:
+    """Each of `hot_statements` and `other_writes`, at least once."""
+    saga_id, lease = await started(sql)
+    assert await sql.checkpoint(saga_id, lease, entry=act("one", {"r": 1}), context={"a": 1}, lease_seconds=LEASE)
+    assert await sql.renew_lease(saga_id, lease, LEASE)
+    assert await sql.checkpoint(
+        saga_id, lease, entry=act("two"), context={"a": 2}, status=SagaStatus.COMPLETED,
+        lease_seconds=LEASE, release=True,
+    )
+    other, lease = await started(sql)
+    assert await sql.checkpoint(
+        other, lease, entry=StepEntry("one", "act", SagaStepStatus.FAILED, "boom", None),
+        status=SagaStatus.COMPENSATING, error="boom", lease_seconds=LEASE,
+    )
+    assert await sql.checkpoint(other, lease, entry=None, lease_seconds=LEASE, release=True)
+    cqrs_id = uuid.uuid4()
+    await sql.create_saga(cqrs_id, "order", {"a": 1})  # a start and a release
+    await sql.update_context(cqrs_id, {"a": 2}, current_version=1)
+    await sql.update_context(cqrs_id, {"a": 3})
+    await sql.update_status(cqrs_id, SagaStatus.RUNNING)
+    await sql.log_step(cqrs_id, "one", "act", SagaStepStatus.COMPLETED)
+    await sql.increment_recovery_attempts(cqrs_id)
+    await sql.set_recovery_attempts(cqrs_id, 0)
+    await sql.park_saga(cqrs_id, "parked")
+    await sql.reset_saga(cqrs_id)
+    await sql.purge_sagas(older_than=datetime.timedelta(hours=1))
 
-    Observed with asyncpg's own query logger on every connection the pool opens (a pool event, which leaves the
-    write path on: statement listeners on the engine would send the writes through SQLAlchemy instead).
-    """
-    sql = asyncpg_only(storage)
+
+@contextlib.contextmanager
+def driver_queries(sql: SqlAlchemySagaStorage) -> typing.Iterator[list[str]]:
+    """Every query asyncpg's own query logger sees on the connections the pool opens from here on (the pool's
+    earlier connections must be gone: dispose the engine first). SQLAlchemy's path sends its statements as
+    prepared statements, which the logger does not see; the fast path's `execute` calls it does."""
     sent: list[str] = []
 
     def on_connect(dbapi_connection: typing.Any, record: object) -> None:
         dbapi_connection.driver_connection.add_query_logger(lambda query: sent.append(query.query))
 
-    await sql.engine.dispose()  # every connection from now on is opened, so logged, by the listener
     pool = sql.engine.sync_engine.pool
     sa.event.listen(pool, "connect", on_connect)
     try:
+        yield sent
+    finally:
+        sa.event.remove(pool, "connect", on_connect)
+
+
+@contextlib.contextmanager
+def sqlalchemy_statements(sql: SqlAlchemySagaStorage) -> typing.Iterator[list[str]]:
+    """Every statement SQLAlchemy executes on the storage's engine (a ``before_cursor_execute`` listener)."""
+    sent: list[str] = []
+
+    def record(conn: sa.Connection, cursor: object, statement: str, *args: object) -> None:
+        sent.append(statement)
+
+    sa.event.listen(sql.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(sql.engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_on_asyncpg_the_fast_path_is_on_with_the_default_options(storage: SagaStorage) -> None:
+    """On the SQLAlchemy version installed, the fast path must not be off by default: if this fails, a SQLAlchemy
+    or asyncpg upgrade (or a change here) switched it off, and every saga write costs several times the CPU."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    sql = asyncpg_only(storage)
+    assert sql.fast_path
+    engine = create_async_engine(sql.engine.url)
+    try:
+        assert SqlAlchemySagaStorage(async_sessionmaker(engine)).fast_path
+        assert SqlAlchemySagaStorage(engine).fast_path
+        assert not SqlAlchemySagaStorage(engine, fast_path=False).fast_path
+    finally:
+        await engine.dispose()
+    await sql.engine.dispose()
+    with driver_queries(sql) as sent, sqlalchemy_statements(sql) as seen:
+        saga_id, lease = await started(sql)
+        assert await sql.renew_lease(saga_id, lease, LEASE)
+        await asyncio.sleep(0)  # asyncpg hands records to its loggers on the loop's next iteration
+    assert sent == [driver_sql(sql, sql._sql.start), driver_sql(sql, sql._sql.renew)]
+    assert seen == []
+
+
+async def test_on_asyncpg_the_engine_writes_run_on_the_driver_one_commit_each(storage: SagaStorage) -> None:
+    """A 3-step saga sends 4 statements on the asyncpg connections (start, one checkpoint per step), each
+    committing on its own (PostgreSQL counts 4 transactions), and no BEGIN, COMMIT or anything else."""
+    sql = asyncpg_only(storage)
+    await sql.engine.dispose()  # every connection from now on is opened, so logged, by the listener
+    pool = sql.engine.sync_engine.pool
+    with driver_queries(sql) as sent:
         mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
         warm = await mediator.run(ShipContext(order_id="warm-up"))  # each statement prepared once
         assert warm.status == SagaStatus.COMPLETED
-        # Nothing listens to the engine's statements, so the writes skip SQLAlchemy's execution.
-        assert all(sql._prepared_for(statement) is not None for statement in hot_statements(sql))
         before = await pg_commits(sql)
         await asyncio.sleep(0)  # asyncpg hands records to its loggers on the loop's next iteration
         sent.clear()
@@ -1677,10 +2111,8 @@ async def test_on_asyncpg_the_engine_writes_run_on_the_driver_one_commit_each(st
         run = list(sent)
         assert outcome.status == SagaStatus.COMPLETED
         assert await pg_commits(sql) - before == 4 + 1  # start + one per step (+ the statistics flush's own)
-    finally:
-        sa.event.remove(pool, "connect", on_connect)
 
-    start, step, last = (typing.cast(typing.Any, sql._prepared_for(s)).sql for s in hot_statements(sql)[:3])
+    start, step, last = (driver_sql(sql, s) for s in hot_statements(sql)[:3])
     assert run == [start, step, step, last]
     start, step = " ".join(start.split()), " ".join(step.split())
     assert start.startswith("INSERT INTO saga_executions") and start.endswith("ON CONFLICT (id) DO NOTHING")
@@ -1691,54 +2123,48 @@ async def test_on_asyncpg_the_engine_writes_run_on_the_driver_one_commit_each(st
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-async def test_the_asyncpg_path_sends_the_sql_sqlalchemy_sends(storage: SagaStorage) -> None:
+async def test_a_statement_listener_on_the_engine_does_not_turn_the_fast_path_off(storage: SagaStorage) -> None:
+    """A listener that stays (a statement counter) or one added and removed again: the writes stay on the driver,
+    where the listener does not see them (the INFO log says so); reads still go through SQLAlchemy."""
     sql = asyncpg_only(storage)
-    sent: list[str] = []
-    writes = hot_statements(sql) + other_writes(sql)
-    expected = [typing.cast(typing.Any, sql._prepared_for(statement)).sql for statement in writes]
-
-    def record(conn: sa.Connection, cursor: object, statement: str, *args: object) -> None:
-        sent.append(statement)
-
-    # (SQLAlchemy keeps an engine marked as listened to once a listener was added.)
-    sa.event.listen(sql.engine.sync_engine, "before_cursor_execute", record)
-    try:
-        # With a listener, every write goes through SQLAlchemy (so the listener sees it).
-        assert all(sql._prepared_for(statement) is None for statement in hot_statements(sql))
-        saga_id, lease = await started(sql)
-        assert await sql.checkpoint(saga_id, lease, entry=act("one", {"r": 1}), context={"a": 1}, lease_seconds=LEASE)
+    await sql.engine.dispose()
+    with driver_queries(sql) as sent:
+        with sqlalchemy_statements(sql) as seen:
+            saga_id, lease = await started(sql)
+            assert await sql.checkpoint(saga_id, lease, entry=act("one"), context={"a": 1}, lease_seconds=LEASE)
+            assert sql.fast_path
+            assert seen == []
+            assert (await record_of(sql, saga_id)).version == 2
+            assert len(seen) == 1 and seen[0].lstrip().upper().startswith("SELECT")
+        # Removed again: nothing changes either.
         assert await sql.renew_lease(saga_id, lease, LEASE)
-        assert await sql.release_lease(saga_id, lease)
-        claim = await sql.claim_saga(saga_id, "runner-a", LEASE)
-        assert claim is not None and claim.lease is not None
-        assert await sql.checkpoint(
-            saga_id, claim.lease, entry=act("two"), context={"a": 2}, status=SagaStatus.COMPLETED,
-            lease_seconds=LEASE, release=True,
-        )
-        other, lease = await started(sql)
-        assert await sql.checkpoint(
-            other, lease, entry=StepEntry("one", "act", SagaStepStatus.FAILED, "boom", None),
-            status=SagaStatus.COMPENSATING, error="boom", lease_seconds=LEASE,
-        )
-        assert await sql.checkpoint(other, lease, entry=None, lease_seconds=LEASE, release=True)
-        cqrs_id = uuid.uuid4()
-        await sql.create_saga(cqrs_id, "order", {"a": 1})
-        await sql.update_context(cqrs_id, {"a": 2}, current_version=1)
-        await sql.update_context(cqrs_id, {"a": 3})
-        await sql.update_status(cqrs_id, SagaStatus.RUNNING)
-        await sql.log_step(cqrs_id, "one", "act", SagaStepStatus.COMPLETED)
-        await sql.increment_recovery_attempts(cqrs_id, SagaStatus.COMPENSATING)
-        await sql.increment_recovery_attempts(cqrs_id)
-        await sql.set_recovery_attempts(cqrs_id, 0)
-        await sql.park_saga(cqrs_id, "parked")
-        await sql.reset_saga(cqrs_id)
-    finally:
-        sa.event.remove(sql.engine.sync_engine, "before_cursor_execute", record)
-    for text in expected:
-        assert text in sent, text
+        await asyncio.sleep(0)
+    checkpoint = sql._sql.checkpoint(True, True, False, False, False)
+    assert sent == [driver_sql(sql, sql._sql.start), driver_sql(sql, checkpoint), driver_sql(sql, sql._sql.renew)]
 
 
-async def test_the_asyncpg_path_writes_json_as_sqlalchemy_does(storage: SagaStorage) -> None:
+async def test_the_fast_path_sends_the_sql_sqlalchemy_sends_and_fast_path_false_routes_writes_through_it(
+    storage: SagaStorage,
+) -> None:
+    sql = asyncpg_only(storage)
+    writes = hot_statements(sql) + other_writes(sql)
+    await sql.engine.dispose()
+    with driver_queries(sql) as fast_sent, sqlalchemy_statements(sql) as fast_seen:
+        await every_single_statement_write(sql)
+        await asyncio.sleep(0)
+    slow = SqlAlchemySagaStorage(sql.engine, fast_path=False)
+    assert not slow.fast_path
+    with driver_queries(slow) as slow_sent, sqlalchemy_statements(slow) as slow_seen:
+        await every_single_statement_write(slow)
+        await asyncio.sleep(0)
+    for statement in writes:
+        text = driver_sql(sql, statement)
+        assert text in fast_sent, text  # sent by the fast path, on the driver
+        assert text in slow_seen, text  # the very same SQL, sent by SQLAlchemy
+        assert text not in fast_seen and text not in slow_sent
+
+
+async def test_the_fast_path_writes_json_as_sqlalchemy_does(storage: SagaStorage) -> None:
     sql = asyncpg_only(storage)
     context = {"text": "naïve \u2603 \"quoted\"", "n": [1, 2.5, None, True], "nested": {"empty": {}}}
     saga_id, lease = await started(sql, context=context)
@@ -1754,7 +2180,164 @@ async def test_the_asyncpg_path_writes_json_as_sqlalchemy_does(storage: SagaStor
     assert nulls == [True, False]  # no response is SQL NULL, not the JSON null
 
 
-async def test_the_asyncpg_path_on_a_user_engine_without_a_queue_pool(storage: SagaStorage) -> None:
+class PoolEvents:
+    """Counts a pool's invalidations (and keeps the exceptions given)."""
+
+    def __init__(self, pool: sa.Pool) -> None:
+        self.pool = pool
+        self.invalidated: list[BaseException | None] = []
+        sa.event.listen(pool, "invalidate", self._invalidate)
+
+    def _invalidate(self, dbapi_connection: object, record: object, exception: BaseException | None) -> None:
+        self.invalidated.append(exception)
+
+    def remove(self) -> None:
+        sa.event.remove(self.pool, "invalidate", self._invalidate)
+
+
+async def test_on_the_fast_path_a_violated_constraint_is_an_integrity_error_and_the_connection_stays(
+    storage: SagaStorage,
+) -> None:
+    import asyncpg
+
+    sql = asyncpg_only(storage)
+    saga_id, lease = await started(sql)
+    events = PoolEvents(sql.engine.sync_engine.pool)
+    try:
+        with pytest.raises(sa.exc.IntegrityError) as raised:
+            # saga_log.step_name is NOT NULL: the whole one-statement checkpoint fails.
+            await sql.checkpoint(saga_id, lease, entry=act(None), context={"a": 1}, lease_seconds=LEASE)  # type: ignore[arg-type]
+        assert isinstance(raised.value.orig, asyncpg.NotNullViolationError)
+        assert not raised.value.connection_invalidated
+        with pytest.raises(sa.exc.DBAPIError) as other:
+            await sql.checkpoint(saga_id, lease, entry=None, error="x", context={"nul": "\x00"}, lease_seconds=LEASE)
+        assert not isinstance(other.value, sa.exc.IntegrityError) and not other.value.connection_invalidated
+        assert isinstance(other.value.orig, asyncpg.PostgresError)  # JSONB cannot hold \u0000
+        assert events.invalidated == []
+    finally:
+        events.remove()
+    assert (await record_of(sql, saga_id)).version == 1
+    assert await sql.get_history(saga_id) == []
+    assert await sql.checkpoint(saga_id, lease, entry=act("one"), lease_seconds=LEASE)
+    await asyncio.sleep(0)
+    assert sql.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def kill_connections(storage: SqlAlchemySagaStorage) -> int:
+    """``pg_terminate_backend`` every connection to the storage's database, waiting until each is gone."""
+    import asyncpg
+
+    url = storage.engine.url
+    admin = await asyncpg.connect(host=url.host, port=url.port, user=url.username, database="postgres")
+    try:
+        return int(await admin.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            url.database,
+        ))
+    finally:
+        await admin.close()
+
+
+async def test_on_the_fast_path_a_lost_connection_is_discarded_with_the_rest_of_the_pool(
+    storage: SagaStorage,
+) -> None:
+    """The server dropped every connection (a restart, a failover): the write that meets one fails with SQLAlchemy's
+    error for a lost connection, that connection is invalidated and the pool replaced, so the next write works at
+    once (it would meet another dead connection otherwise; the pool does not pre-ping)."""
+    import asyncpg
+
+    sql = asyncpg_only(storage)
+    saga_id, lease = await started(sql)
+    await asyncio.gather(*(sql.get_saga(saga_id) for _ in range(3)))  # several connections in the pool
+    await asyncio.sleep(0)  # the connection lent to the write is back in the pool
+    old_pool = sql.engine.sync_engine.pool
+    assert old_pool.checkedin() >= 2  # type: ignore[attr-defined]
+    events = PoolEvents(old_pool)
+    try:
+        assert await kill_connections(sql) >= 2
+        with pytest.raises(sa.exc.OperationalError) as raised:
+            await sql.renew_lease(saga_id, lease, LEASE)
+    finally:
+        events.remove()
+    assert raised.value.connection_invalidated
+    assert isinstance(raised.value.orig, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError))
+    assert len(events.invalidated) == 1
+    assert sql.engine.sync_engine.pool is not old_pool
+    assert await sql.renew_lease(saga_id, lease, LEASE)
+    assert await sql.checkpoint(saga_id, lease, entry=act("one"), lease_seconds=LEASE)
+    assert await pg_backends(sql) >= 1
+
+
+async def test_a_cancelled_fast_write_invalidates_its_connection(storage: SagaStorage) -> None:
+    """Cancelled while its statement waits on the server, a write's connection is discarded (a statement may be in
+    flight) and the cancellation goes on; the other side's lock is not disturbed and the next write works."""
+    sql = asyncpg_only(storage)
+    saga_id, lease = await started(sql)
+    events = PoolEvents(sql.engine.sync_engine.pool)
+    try:
+        async with sql.engine.connect() as blocker:
+            await blocker.exec_driver_sql("SELECT 1 FROM saga_executions WHERE id = $1 FOR UPDATE", (saga_id,))
+            write = asyncio.ensure_future(sql.renew_lease(saga_id, lease, LEASE))
+            await until_waiting_for_a_lock(sql, write)
+            write.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await write
+            await blocker.rollback()
+    finally:
+        events.remove()
+    assert len(events.invalidated) == 1
+    assert await sql.renew_lease(saga_id, lease, LEASE)
+
+
+async def test_the_fast_path_decision_is_logged_once_per_engine(storage: SagaStorage) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from log_capture import capturing
+
+    sql = asyncpg_only(storage)
+    engine = create_async_engine(sql.engine.url)
+    mapped = create_async_engine(sql.engine.url, execution_options={"schema_translate_map": {None: "public"}})
+    try:
+        with capturing("cqrs.saga.storage") as logged:
+            SqlAlchemySagaStorage(engine)
+            SqlAlchemySagaStorage(engine)
+            SqlAlchemySagaStorage(engine, fast_path=False)
+            by_default = SqlAlchemySagaStorage(mapped)
+            asked = SqlAlchemySagaStorage(mapped, fast_path=True)
+        on, off, refused = logged.records
+        assert on.levelname == "INFO" and "fast path is on" in on.getMessage()
+        assert "statement events" in on.getMessage() and "fast_path=False" in on.getMessage()
+        assert off.levelname == "INFO" and "schema_translate_map" in off.getMessage()
+        assert refused.levelname == "WARNING" and "schema_translate_map" in refused.getMessage()
+        assert not by_default.fast_path and not asked.fast_path
+        # Through SQLAlchemy, the map applies.
+        await asked.create_tables()
+        saga_id, _ = await started(asked)
+        assert await sql.get_saga(saga_id) is not None
+    finally:
+        await engine.dispose()
+        await mapped.dispose()
+
+
+async def test_asking_for_the_fast_path_off_postgresql_says_why_and_writes_through_sqlalchemy(
+    tmp_path: typing.Any,
+) -> None:
+    from log_capture import capturing
+
+    with capturing("cqrs.saga.storage") as logged:
+        store = SqlAlchemySagaStorage.from_url(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", fast_path=True)
+    try:
+        [warning] = logged.records
+        assert warning.levelname == "WARNING" and "not postgresql+asyncpg" in warning.getMessage()
+        assert not store.fast_path
+        await store.create_tables()
+        assert await store.start_saga(new_saga(), "runner-a", LEASE) is not None
+    finally:
+        await store.close()
+
+
+async def test_the_fast_path_on_a_user_engine_without_a_queue_pool(storage: SagaStorage) -> None:
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
     from sqlalchemy.pool import NullPool
 
@@ -1773,7 +2356,7 @@ async def test_the_asyncpg_path_on_a_user_engine_without_a_queue_pool(storage: S
         await engine.dispose()
 
 
-async def test_the_asyncpg_path_after_the_engine_was_disposed_mid_run(storage: SagaStorage) -> None:
+async def test_the_fast_path_after_the_engine_was_disposed_mid_run(storage: SagaStorage) -> None:
     sql = asyncpg_only(storage)
     saga_id, lease = await started(sql)
     # The connection just written on is still the storage's: dispose the pool under it.
@@ -1882,3 +2465,80 @@ async def test_on_asyncpg_a_stream_of_writes_cannot_keep_a_connection_lent_past_
     assert log.count("checkin") >= 2  # given back at least once mid-stream (+ once after it)
     assert log.count("checkout") == log.count("checkin")
     assert pool.checkedout() == 0
+
+
+# -- MySQL and MariaDB -------------------------------------------------------------------------------------------
+
+
+def mysql_only(storage: SagaStorage) -> SqlAlchemySagaStorage:
+    sql = sql_only(storage)
+    if kind(sql) != "mysql":
+        pytest.skip("a property of the MySQL/MariaDB storage")
+    return sql
+
+
+async def test_on_mysql_an_update_that_changes_nothing_still_counts_its_row(storage: SagaStorage) -> None:
+    """The fenced writes read "matched no row" as "the lease was lost": MySQL reports changed rows unless the
+    client asks for matched ones (CLIENT.FOUND_ROWS), which SQLAlchemy's MySQL dialects do."""
+    sql = mysql_only(storage)
+    saga_id, _ = await started(sql)
+    table = Base.metadata.tables["saga_executions"]
+    async with sql.engine.begin() as conn:
+        result = await conn.execute(sa.update(table).where(table.c.id == saga_id).values(name=table.c.name))
+    assert result.rowcount == 1
+    assert sql.engine.dialect.supports_sane_rowcount
+
+
+async def test_a_mysql_dialect_that_cannot_count_matched_rows_is_refused(mariadb_url: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(mariadb_url)
+    try:
+        engine.dialect.supports_sane_rowcount = False  # as the dialect says when it could not set the flag
+        with pytest.raises(ValueError, match="matched rows"):
+            SqlAlchemySagaStorage(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_on_mysql_concurrent_claims_take_successive_sagas(storage: SagaStorage) -> None:
+    """While one claim's transaction is open, another one claims the next sagas instead of finding all of them
+    locked (a locking read sorted by expiry would lock every candidate it read, not just those it took)."""
+    from cqrs.saga.storage.sqlalchemy._transactions import claim_recoverable_mysql
+
+    sql = mysql_only(storage)
+    ids = []
+    for _ in range(9):
+        saga_id, lease = await started(sql)
+        assert await sql.release_lease(saga_id, lease)
+        ids.append(saga_id)
+        await advance(sql, 1)
+
+    def claim(owner: str) -> typing.Callable[[sa.Connection], list[SagaClaim]]:
+        params = {"b_owner": owner, "b_lease_seconds": LEASE}
+        return lambda conn: claim_recoverable_mysql(conn, sql._sql, params, limit=3, names=False, max_attempts=False)
+
+    async with sql.engine.connect() as first, sql.engine.connect() as second:
+        mine = await first.run_sync(claim("first"))  # its transaction stays open, its rows locked
+        theirs = await second.run_sync(claim("second"))
+        await first.commit()
+        await second.commit()
+    assert [c.record.saga_id for c in mine] == ids[:3]
+    assert [c.record.saga_id for c in theirs] == ids[3:6]
+    assert [c.record.saga_id for c in await sql.claim_recoverable("third", LEASE, limit=10)] == ids[6:]
+
+
+async def test_the_storage_works_on_aiomysql_too(mariadb_url: str) -> None:
+    pytest.importorskip("aiomysql")
+    store = SqlAlchemySagaStorage.from_url(mariadb_url.replace("+asyncmy", "+aiomysql"))
+    try:
+        await store.create_tables()
+        saga_id, lease = await started(store)
+        assert await store.start_saga(new_saga(saga_id=saga_id), "runner-b", LEASE) is None
+        assert await store.checkpoint(saga_id, lease, entry=act("one", {"r": 1}), context={"a": 1}, lease_seconds=LEASE)
+        assert not await store.renew_lease(saga_id, Lease("runner-a", 2), LEASE)
+        assert await store.release_lease(saga_id, lease)
+        [claim] = await store.claim_recoverable("r", LEASE, limit=5)
+        assert (claim.record.context, steps(claim.history)) == ({"a": 1}, [("one", "act", "completed")])
+    finally:
+        await store.close()

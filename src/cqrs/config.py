@@ -26,8 +26,9 @@ class SagaConfig:
     """Everything the web integrations need, framework-agnostic.
 
     ``storage_url`` picks the storage: ``memory://``,
-    ``sqlite+aiosqlite:///path.db`` or ``postgresql+asyncpg://user@host/db``
-    (``sqlite:///`` and ``postgresql://`` get the async driver added).
+    ``sqlite+aiosqlite:///path.db``, ``postgresql+asyncpg://user@host/db`` or
+    ``mysql+asyncmy://user@host/db`` (``sqlite:///``, ``postgresql://``,
+    ``mysql://`` and ``mariadb://`` get the async driver added).
     ``sagas`` are registered by name (for recovery) and by context type;
     ``container`` is a ``di.Container`` or any `cqrs.Container`.
 
@@ -191,7 +192,8 @@ def parse_bool(value: typing.Any) -> bool:
 
 
 def storage_url(url: str) -> str:
-    """``url`` with the async driver the storage uses (``sqlite://`` and ``postgresql://`` get it).
+    """``url`` with the async driver the storage uses (``sqlite://``, ``postgresql://``, ``mysql://``
+    and ``mariadb://`` get it).
 
     `ValueError` for a URL no storage takes.
     """
@@ -199,16 +201,22 @@ def storage_url(url: str) -> str:
         url = "postgresql+asyncpg://" + url.split("://", 1)[1]
     elif url.startswith("sqlite://"):
         url = "sqlite+aiosqlite://" + url.split("://", 1)[1]
-    if not url.startswith(("memory://", "postgresql+asyncpg://", "sqlite+aiosqlite://")):
+    elif url.startswith(("mysql://", "mariadb://")):
+        scheme, rest = url.split("://", 1)
+        url = f"{scheme}+asyncmy://{rest}"
+    if not url.startswith(("memory://", "postgresql+asyncpg://", "sqlite+aiosqlite://", *_MYSQL_SCHEMES)):
         raise ValueError(
-            f"Unsupported saga storage URL {url!r}: use memory://, sqlite+aiosqlite:///file.db "
-            "or postgresql+asyncpg://user@host/db"
+            f"Unsupported saga storage URL {url!r}: use memory://, sqlite+aiosqlite:///file.db, "
+            "postgresql+asyncpg://user@host/db or mysql+asyncmy://user@host/db"
         )
     return url
 
 
+_MYSQL_SCHEMES = tuple(f"{db}+{driver}://" for db in ("mysql", "mariadb") for driver in ("asyncmy", "aiomysql"))
+
+
 async def open_storage(url: str, *, create_tables: bool = True) -> SagaStorage:
-    """A storage for a URL: ``memory://``, SQLite (aiosqlite) or PostgreSQL (asyncpg)."""
+    """A storage for a URL: ``memory://``, SQLite (aiosqlite), PostgreSQL (asyncpg) or MySQL/MariaDB (asyncmy)."""
     url = storage_url(url)
     if url.startswith("memory://"):
         from cqrs.saga.storage.memory import MemorySagaStorage

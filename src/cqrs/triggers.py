@@ -427,7 +427,7 @@ class TriggerDispatcher:
         ]
         if not records:
             raise BadRequest(404, f"No saga of source {source!r} was started by event {correlation_id!r}")
-        sagas = [status_body(r, await storage.get_step_history(r.saga_id)) for r in records]
+        sagas = [status_body(r, await storage.get_history(r.saga_id) or []) for r in records]
         statuses = {r.status for r in records}
         if statuses == {SagaStatus.COMPLETED}:
             overall = "completed"

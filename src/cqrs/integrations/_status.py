@@ -17,7 +17,7 @@ async def saga_status(storage: SagaStorage, saga_id: uuid.UUID) -> dict[str, typ
     record = await storage.get_saga(saga_id)
     if record is None:
         raise BadRequest(404, f"No saga with id {saga_id}")
-    history = await storage.get_step_history(saga_id)
+    history = await storage.get_history(saga_id) or []
     return status_body(record, history)
 
 
@@ -73,4 +73,4 @@ async def _run_diagram(storage: SagaStorage, saga_map: SagaMap, saga_id: uuid.UU
     saga_type = saga_map.by_name(record.name)
     if saga_type is None:
         raise BadRequest(404, f"Saga {saga_id} is a {record.name!r}, which this application does not define")
-    return record, SagaMermaid(saga_type).run_diagram(await storage.get_step_history(saga_id))
+    return record, SagaMermaid(saga_type).run_diagram(await storage.get_history(saga_id) or [])

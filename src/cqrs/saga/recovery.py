@@ -23,7 +23,7 @@ from cqrs.saga.map import SagaMap
 from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.saga import Saga
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.saga.storage.models import Lease, SagaClaim
+from cqrs.saga.storage.models import Lease, SagaClaim, SagaRecord
 from cqrs.saga.storage.protocol import SagaStorage
 
 if typing.TYPE_CHECKING:

@@ -30,7 +30,7 @@ __all__ = ["ISagaStorage", "SagaEngineStorage", "SagaOperatorStorage", "SagaStor
 
 JsonDict = dict[str, typing.Any]
 #: One status or several: `list_sagas` filters on any of them.
-StatusFilter = typing.Union[SagaStatus, typing.Collection[SagaStatus], None]
+StatusFilter = SagaStatus | typing.Collection[SagaStatus] | None
 
 
 @typing.runtime_checkable

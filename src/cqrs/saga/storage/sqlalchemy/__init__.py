@@ -1,0 +1,46 @@
+"""The durable saga storage: SQLAlchemy Core on PostgreSQL (asyncpg), SQLite (aiosqlite) or MySQL/MariaDB (asyncmy).
+
+    pip install 'cqrs-saga[postgres]'   # or 'cqrs-saga[sqlite]', 'cqrs-saga[mysql]'
+
+    storage = SqlAlchemySagaStorage.from_url("postgresql+asyncpg://user@host/db")
+    await storage.create_tables()       # or Alembic: target_metadata = Base.metadata
+
+`SqlAlchemySagaStorage` also takes an ``async_sessionmaker`` (or an
+``AsyncSession``, or an ``AsyncEngine``) and does its work on that session's
+engine: SQLAlchemy Core statements on connections of its own from the
+engine's pool, never the ORM unit of work, so the saga's writes commit on
+their own, whatever the session is doing. The statements are built once per
+storage and reused, so SQLAlchemy's compiled cache is hit without rebuilding
+a statement per call.
+
+On PostgreSQL through asyncpg the single-statement writes take a fast path by
+default: the SQL SQLAlchemy compiles, run on the pooled asyncpg connection
+itself (SQLAlchemy's statement events and ``echo`` do not see those writes;
+``fast_path=False`` routes them through SQLAlchemy). Everything else, and
+every other database, goes through SQLAlchemy.
+
+Inside:
+
+- `_schema`: the tables, their indexes and column types, the database clock,
+  rows turned into records;
+- `_statements`: every statement, per dialect family;
+- `_executors`: how statements run (SQLAlchemy, or the asyncpg fast path);
+- `_transactions`: the multi-statement transactions of SQLite and MySQL;
+- `_storage`: `SqlAlchemySagaStorage` itself; `_engines`: the engines it works on, or makes.
+"""
+
+from __future__ import annotations
+
+try:
+    import sqlalchemy as _sqlalchemy  # noqa: F401
+except ImportError as _error:  # pragma: no cover - exercised by a test that hides sqlalchemy
+    raise ImportError(
+        "cqrs.saga.storage.sqlalchemy needs SQLAlchemy: pip install 'cqrs-saga[sqlalchemy]' "
+        "(or 'cqrs-saga[postgres]' / 'cqrs-saga[sqlite]' / 'cqrs-saga[mysql]' for the database drivers too)"
+    ) from _error
+
+from cqrs.saga.storage.sqlalchemy._schema import Base, saga_executions, saga_log
+from cqrs.saga.storage.sqlalchemy._schema import database_now as database_now  # for the Django integration
+from cqrs.saga.storage.sqlalchemy._storage import SqlAlchemySagaStorage
+
+__all__ = ["Base", "SqlAlchemySagaStorage", "saga_executions", "saga_log"]

@@ -1,0 +1,84 @@
+"""The engine a storage works on: taken from what it is given, or made by `SqlAlchemySagaStorage.from_url`.
+
+Engines made here are set up for sagas: on SQLite a 30 s busy timeout, WAL
+journal mode and foreign keys on every connection (and a single-connection
+pool for an in-memory database); on MySQL and MariaDB connections recycled
+before the server's idle timeout. A missing driver's ``ImportError`` names the
+extra that installs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import typing
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from cqrs.saga.storage.sqlalchemy._schema import family
+
+__all__ = ["SessionOrFactory", "create_engine", "engine_of"]
+
+SessionOrFactory = typing.Union["async_sessionmaker[AsyncSession]", AsyncSession, AsyncEngine]
+_DRIVER_EXTRAS = {"postgresql": "postgres", "sqlite": "sqlite", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def engine_of(source: SessionOrFactory) -> AsyncEngine:
+    if isinstance(source, AsyncEngine):
+        return source
+    bind = source.bind if isinstance(source, AsyncSession) else source.kw.get("bind")
+    if isinstance(bind, AsyncConnection):
+        return bind.engine
+    if isinstance(bind, AsyncEngine):
+        return bind
+    raise TypeError(
+        "SqlAlchemySagaStorage needs an async_sessionmaker (or AsyncSession) bound to an AsyncEngine, "
+        f"got one bound to {bind!r}"
+    )
+
+
+def create_engine(url: str | sa.URL, **engine_kwargs: typing.Any) -> AsyncEngine:
+    """An async engine for ``url``, set up for sagas (SQLite: busy timeout, WAL, in-memory pool)."""
+    parsed = sa.make_url(url)
+    backend = parsed.get_backend_name()
+    in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+    if backend == "sqlite":
+        if in_memory and "poolclass" not in engine_kwargs:
+            # One connection, or each checkout would see its own empty database.
+            engine_kwargs["poolclass"] = StaticPool
+            for option in ("pool_size", "max_overflow", "pool_timeout"):
+                engine_kwargs.pop(option, None)
+        connect_args = dict(engine_kwargs.pop("connect_args", {}))
+        connect_args.setdefault("timeout", 30.0)  # sqlite3's busy timeout, seconds
+        engine_kwargs["connect_args"] = connect_args
+        # Every storage call ends its transaction itself (commit, or rollback on error), so the
+        # pool's extra ROLLBACK on check-in (one more aiosqlite thread hop per call) is skipped.
+        engine_kwargs.setdefault("pool_reset_on_return", None)
+    elif family(backend) == "mysql":
+        # The server closes connections idle for wait_timeout (8 hours by default): replace them sooner.
+        engine_kwargs.setdefault("pool_recycle", 3600)
+    try:
+        engine = create_async_engine(parsed, **engine_kwargs)
+    except ImportError as error:
+        extra = _DRIVER_EXTRAS.get(backend)
+        install = f"pip install 'cqrs-saga[{extra}]'" if extra else f"install the {parsed.get_driver_name()} driver"
+        raise ImportError(f"The database driver for {parsed.drivername!r} is not installed: {install}") from error
+    if backend == "sqlite":
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas(file_database=not in_memory))
+    return engine
+
+
+def _sqlite_pragmas(file_database: bool) -> typing.Callable[[typing.Any, typing.Any], None]:
+    def on_connect(dbapi_connection: typing.Any, connection_record: typing.Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if file_database:
+                # WAL: readers do not block the writer. Persistent, so usually already set.
+                with contextlib.suppress(Exception):
+                    cursor.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cursor.close()
+
+    return on_connect

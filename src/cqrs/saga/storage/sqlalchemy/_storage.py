@@ -1,0 +1,448 @@
+"""`SqlAlchemySagaStorage`: the storage protocols on SQLAlchemy Core.
+
+Round trips per engine write (after a pooled connection has prepared the
+statement once; asyncpg keeps prepared statements per connection):
+
+- PostgreSQL: every write is one statement on a connection outside any
+  transaction (``AUTOCOMMIT``, or the asyncpg fast path), so no
+  ``BEGIN``/``COMMIT`` is sent: `start_saga` is one round trip (``INSERT ...
+  ON CONFLICT DO NOTHING``), a `checkpoint` is one round trip (``WITH u AS
+  (UPDATE ... RETURNING id) INSERT INTO saga_log ... SELECT ... FROM u``, or
+  just the ``UPDATE`` without a log entry), and so are `renew_lease`,
+  `release_lease` and `amend_saga`. `claim_recoverable` is two statements a
+  pass (the claim, then every claimed saga's history), `claim_saga` two (the
+  claim, then the history), three when the lease is not granted.
+- SQLite: `start_saga` is the ``INSERT`` and a ``COMMIT``; a `checkpoint` is
+  ``UPDATE``, ``INSERT`` (only if the update matched) and ``COMMIT`` in one
+  transaction (SQLite has no data-modifying CTEs). The ``BEGIN`` is issued by
+  the sqlite3 module with the first write, in the same call.
+- MySQL/MariaDB: `start_saga` is the ``INSERT`` and a ``COMMIT``; a
+  `checkpoint` is ``UPDATE``, ``INSERT`` (only if it matched) and ``COMMIT``.
+  Claims are a transaction of a few statements (`_transactions`). The MySQL
+  dialects count matched rows, not changed ones (``CLIENT.FOUND_ROWS``), which
+  the fenced writes rely on: the storage refuses a dialect that cannot.
+
+SQLite concurrency: every write transaction starts with its write statement,
+so it takes the database's write lock at once, and `claim_recoverable` is one
+``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``: two processes can
+never both claim a saga, without ``BEGIN IMMEDIATE``. Engines made by
+`from_url` set a busy timeout (30 s), WAL journal mode and foreign keys on
+every connection; for an engine you make yourself, set a busy timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import typing
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from cqrs.saga.exceptions import SagaNotFoundError
+from cqrs.saga.storage.compat import PythonCqrsStorageMethods
+from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purge_filter, status_set
+from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
+from cqrs.saga.storage.sqlalchemy import _transactions
+from cqrs.saga.storage.sqlalchemy._engines import SessionOrFactory, create_engine, engine_of
+from cqrs.saga.storage.sqlalchemy._executors import Executor, make_executor
+from cqrs.saga.storage.sqlalchemy._schema import TABLES, Base, claims, family, log_entry, record
+from cqrs.saga.storage.sqlalchemy._statements import Statements
+
+if typing.TYPE_CHECKING:
+    from cqrs.saga.storage.protocol import SagaStorage, StatusFilter
+
+__all__ = ["SqlAlchemySagaStorage"]
+
+JsonDict = dict[str, typing.Any]
+_UTC = datetime.timezone.utc
+_MYSQL_DUPLICATE_KEY = 1062
+_EARLIEST = datetime.datetime.min.replace(tzinfo=_UTC)
+
+
+class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
+    """Sagas in ``saga_executions`` and ``saga_log``, through SQLAlchemy Core.
+
+    ``SqlAlchemySagaStorage(async_sessionmaker(engine))`` (preferred), or an
+    ``AsyncSession`` (its engine is used; the storage never adds to the
+    session's own transaction, so committing that session is harmless), or
+    an ``AsyncEngine``. `from_url` makes the engine itself, and `close`
+    disposes only an engine the storage made. PostgreSQL (asyncpg), SQLite
+    (aiosqlite) and MySQL/MariaDB (asyncmy or aiomysql).
+
+    ``fast_path``: on PostgreSQL through asyncpg, single-statement writes run
+    on the asyncpg connection itself, skipping SQLAlchemy's statement
+    execution (SQLAlchemy's statement events and ``echo`` do not see them).
+    None (the default) uses it wherever it can (asyncpg without a
+    ``schema_translate_map``), True asks for it (a warning says why when it
+    cannot be used), False sends every write through SQLAlchemy. Whether it
+    is on is decided here, logged once per engine, and shown by `fast_path`.
+    """
+
+    def __init__(self, session_or_factory: SessionOrFactory, *, fast_path: bool | None = None) -> None:
+        self._source = session_or_factory
+        self._session: AsyncSession | None = (
+            session_or_factory if isinstance(session_or_factory, AsyncSession) else None
+        )
+        self._made_session = False
+        self._owns_engine = False
+        self.engine: AsyncEngine = engine_of(session_or_factory)
+        dialect = self.engine.dialect
+        if family(dialect.name) not in ("postgresql", "sqlite", "mysql"):
+            raise ValueError(
+                f"SqlAlchemySagaStorage supports PostgreSQL, SQLite, MySQL and MariaDB, not {dialect.name}"
+            )
+        if family(dialect.name) == "mysql" and not dialect.supports_sane_rowcount:
+            raise ValueError(
+                f"The {dialect.name}+{dialect.driver} dialect does not count matched rows (CLIENT.FOUND_ROWS), "
+                "which the storage's fenced writes rely on; use asyncmy or aiomysql"
+            )
+        self._sql = Statements(dialect.name)
+        self._executor: Executor = make_executor(self.engine, self._sql.json_params, fast_path)
+
+    @classmethod
+    def from_url(
+        cls, url: str | sa.URL, *, fast_path: bool | None = None, **engine_kwargs: typing.Any
+    ) -> SqlAlchemySagaStorage:
+        """A storage on a new engine for ``url`` (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``,
+        ``mysql+asyncmy://...``).
+
+        ``engine_kwargs`` go to ``create_async_engine`` (``pool_size``, ``echo``, ...).
+        """
+        engine = create_engine(url, **engine_kwargs)
+        storage = cls(async_sessionmaker(engine, expire_on_commit=False), fast_path=fast_path)
+        storage._owns_engine = True
+        return storage
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether single-statement writes run on the asyncpg connection itself (see the class doc)."""
+        return self._executor.fast_path
+
+    @property
+    def session(self) -> AsyncSession:
+        """The session given, or one made (once) from the factory given; the storage does not use it."""
+        if self._session is None:
+            if isinstance(self._source, async_sessionmaker):
+                self._session = self._source()
+            else:
+                self._session = AsyncSession(self.engine, expire_on_commit=False)
+            self._made_session = True
+        return self._session
+
+    async def create_tables(self) -> None:
+        """Create the saga tables and indexes that do not exist yet (``Base.metadata.create_all``)."""
+        kind = self._sql.family
+
+        def create(conn: sa.Connection) -> None:
+            # Several processes may start at once: one creates the tables, the others wait and find them.
+            if kind == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x5A6A_7AB1E5)))
+            elif kind == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.execute(sa.text("SELECT GET_LOCK('cqrs_saga_tables', 60)"))
+            try:
+                Base.metadata.create_all(conn, tables=TABLES)
+            finally:
+                if kind == "mysql":  # a session lock: it would outlive the transaction
+                    conn.execute(sa.text("SELECT RELEASE_LOCK('cqrs_saga_tables')"))
+
+        await self._executor.transaction(create)
+
+    async def close(self) -> None:
+        """Close the session the storage made and dispose the engine if `from_url` made it."""
+        await self._executor.close()
+        if self._made_session and self._session is not None:
+            session, self._session, self._made_session = self._session, None, False
+            await session.close()
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> SqlAlchemySagaStorage:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- engine --------------------------------------------------------------------------------------
+
+    async def start_saga(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
+        """Insert ``saga`` leased to ``owner`` (epoch 1), in one commit; None if its id is taken."""
+        params = {
+            "b_id": saga.saga_id,
+            "b_name": saga.name,
+            "b_definition_version": saga.definition_version,
+            "b_status": SagaStatus(saga.status).value,
+            "b_context": saga.context,
+            "b_correlation_id": saga.correlation_id,
+            "b_owner": owner,
+            "b_lease_seconds": lease_seconds,
+        }
+        try:
+            # INSERT ... ON CONFLICT (id) DO NOTHING: its rowcount tells whether the id was free.
+            inserted = await self._executor.write(self._sql.start, params)
+        except sa.exc.IntegrityError as error:
+            # MySQL: a plain INSERT, whose duplicate key says the same.
+            if self._sql.mysql and getattr(error.orig, "args", ())[:1] == (_MYSQL_DUPLICATE_KEY,):
+                return None
+            raise
+        return Lease(owner=owner, epoch=1) if inserted == 1 else None
+
+    async def claim_saga(self, saga_id: uuid.UUID, owner: str, lease_seconds: float) -> SagaClaim | None:
+        """Take the lease of a resumable saga whose lease is free, expired or ``owner``'s; the claim carries
+        the record and history either way (None for an unknown saga)."""
+        params = {"b_id": saga_id, "b_owner": owner, "b_lease_seconds": lease_seconds}
+        sql = self._sql
+        if not sql.postgres:
+            return await self._executor.transaction(lambda conn: _transactions.claim_saga(conn, sql, params))
+        # The claim commits before the history is read, so the history holds every entry committed
+        # before the claim (see `Statements.histories`).
+        rows = await self._executor.write_returning(sql.claim, params)
+        granted = bool(rows)
+        if not granted:
+            rows = await self._executor.read(sql.get, params)
+            if not rows:
+                return None
+        claimed = record(rows[0])
+        history = [log_entry(row) for row in await self._executor.read(sql.history, params)]
+        if granted:
+            return SagaClaim(record=claimed, history=history, lease=Lease(owner=owner, epoch=claimed.lease_epoch))
+        # Resumable but not granted: another runner's lease has not expired.
+        return SagaClaim(record=claimed, history=history, lease=None, busy=claimed.status in RESUMABLE)
+
+    async def checkpoint(
+        self,
+        saga_id: uuid.UUID,
+        lease: Lease,
+        *,
+        entry: StepEntry | None,
+        context: JsonDict | None = None,
+        status: SagaStatus | None = None,
+        error: str | None = None,
+        lease_seconds: float,
+        release: bool = False,
+    ) -> bool:
+        """Append ``entry``, store ``context``, ``status`` and ``error``, renew (or release) the lease, in one
+        commit; False, and nothing written, if ``lease`` is no longer the saga's."""
+        # PostgreSQL: one autocommitted statement; the log row exists only if the fenced update matched.
+        # SQLite and MySQL: UPDATE, then INSERT only if it matched, then COMMIT.
+        params: dict[str, typing.Any] = {"b_id": saga_id, "b_owner": lease.owner, "b_epoch": lease.epoch}
+        if not release:
+            params["b_lease_seconds"] = lease_seconds
+        if context is not None:
+            params["b_context"] = context
+        if status is not None:
+            params["b_status"] = SagaStatus(status).value
+        if error is not None:
+            params["b_error"] = error
+        statement = self._sql.checkpoint(
+            entry is not None, context is not None, status is not None, error is not None, release
+        )
+        return await self._write_with_entry(statement, params, saga_id, entry)
+
+    async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
+        """Push the lease expiry ``lease_seconds`` past the database's now; False if the lease was lost."""
+        params = {"b_id": saga_id, "b_owner": lease.owner, "b_epoch": lease.epoch, "b_lease_seconds": lease_seconds}
+        return await self._executor.write(self._sql.renew, params) == 1
+
+    async def release_lease(self, saga_id: uuid.UUID, lease: Lease) -> bool:
+        """Give the lease up, so another runner may claim the saga at once; False if it was lost already."""
+        params = {"b_id": saga_id, "b_owner": lease.owner, "b_epoch": lease.epoch}
+        return await self._executor.write(self._sql.release, params) == 1
+
+    async def claim_recoverable(
+        self,
+        owner: str,
+        lease_seconds: float,
+        *,
+        limit: int,
+        names: typing.Collection[str] | None = None,
+        max_attempts: int | None = None,
+    ) -> list[SagaClaim]:
+        """Claim up to ``limit`` resumable sagas whose lease is free or expired (oldest expiry first), each
+        with its history; their epoch and recovery attempts grow by one."""
+        if limit <= 0:
+            return []
+        params: dict[str, typing.Any] = {"b_owner": owner, "b_lease_seconds": lease_seconds, "b_limit": limit}
+        if names is not None:
+            params["b_names"] = list(names)
+        if max_attempts is not None:
+            params["b_max_attempts"] = max_attempts
+        sql = self._sql
+        by_name, by_attempts = names is not None, max_attempts is not None
+        if sql.mysql:
+            return await self._executor.transaction(
+                lambda conn: _transactions.claim_recoverable_mysql(
+                    conn, sql, params, limit=limit, names=by_name, max_attempts=by_attempts
+                )
+            )
+        statement = sql.claim_recoverable(by_name, by_attempts)
+        if sql.postgres:
+            # Two statements a pass, whatever the number of sagas: the claim (candidates locked with
+            # SKIP LOCKED, taken over, returned), then their histories (see `Statements.histories`).
+            claimed = [record(row) for row in await self._executor.write_returning(statement, params)]
+            if not claimed:
+                return []
+            rows = await self._executor.read(sql.histories, {"b_ids": [r.saga_id for r in claimed]})
+            return claims(claimed, (log_entry(row) for row in rows), owner)
+        return await self._executor.transaction(
+            lambda conn: _transactions.claim_recoverable_sqlite(conn, sql, statement, params)
+        )
+
+    # -- operators --------------------------------------------------------------------------------------
+
+    async def get_saga(self, saga_id: uuid.UUID) -> SagaRecord | None:
+        """The stored saga, or None."""
+        rows = await self._executor.read(self._sql.get, {"b_id": saga_id})
+        return record(rows[0]) if rows else None
+
+    async def get_history(self, saga_id: uuid.UUID) -> list[SagaLogEntry] | None:
+        """The saga's step history in write order (``seq``); None for an unknown saga."""
+        # One read: no row for an unknown saga, one row of NULLs for an empty history.
+        rows = await self._executor.read(self._sql.history_or_missing, {"b_id": saga_id})
+        if not rows:
+            return None
+        return [log_entry(row) for row in rows if row[-1] is not None]
+
+    async def list_sagas(
+        self,
+        *,
+        status: StatusFilter = None,
+        name: str | None = None,
+        older_than: datetime.timedelta | None = None,
+        correlation_id: str | None = None,
+        recoverable: bool = False,
+        max_recovery_attempts: int | None = None,
+        idle_for: datetime.timedelta | None = None,
+        after: SagaRecord | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        """Sagas oldest first (by ``created_at``, then id), filtered; see `SagaOperatorStorage.list_sagas`."""
+        params: dict[str, typing.Any] = {"b_limit": max(limit, 0)}
+        if name is not None:
+            params["b_name"] = name
+        if older_than is not None:
+            params["b_older"] = older_than.total_seconds()
+        if correlation_id is not None:
+            params["b_correlation_id"] = correlation_id
+        if max_recovery_attempts is not None:
+            params["b_max_attempts"] = max_recovery_attempts
+        if idle_for is not None:
+            params["b_idle"] = idle_for.total_seconds()
+        if after is not None:
+            params["b_after_created"] = after.created_at or _EARLIEST
+            params["b_after_id"] = after.saga_id
+        statement = self._sql.list_sagas(
+            status_set(status),
+            name is not None,
+            older_than is not None,
+            correlation_id is not None,
+            recoverable,
+            max_recovery_attempts is not None,
+            idle_for is not None,
+            after is not None,
+        )
+        return [record(row) for row in await self._executor.read(statement, params)]
+
+    async def amend_saga(
+        self,
+        saga_id: uuid.UUID,
+        *,
+        context: JsonDict | None = None,
+        status: SagaStatus | None = None,
+        error: str | None = None,
+        entry: StepEntry | None = None,
+        recovery_attempts: int | None = None,
+        add_recovery_attempts: int = 0,
+        expected_version: int | None = None,
+        unleased: bool = False,
+    ) -> bool:
+        """An operator's write in one commit, not fenced by a lease; see `SagaOperatorStorage.amend_saga`."""
+        params: dict[str, typing.Any] = {"b_id": saga_id}
+        if context is not None:
+            params["b_context"] = context
+        if status is not None:
+            params["b_status"] = SagaStatus(status).value
+        if error is not None:
+            params["b_error"] = error
+        if recovery_attempts is not None:
+            params["b_attempts"] = recovery_attempts
+        if add_recovery_attempts:
+            params["b_add_attempts"] = add_recovery_attempts
+        if expected_version is not None:
+            params["b_expected_version"] = expected_version
+        statement = self._sql.amend(
+            entry is not None,
+            context is not None,
+            status is not None,
+            error is not None,
+            recovery_attempts is not None,
+            bool(add_recovery_attempts),
+            expected_version is not None,
+            unleased,
+        )
+        return await self._write_with_entry(statement, params, saga_id, entry)
+
+    async def park_saga(self, saga_id: uuid.UUID, reason: str) -> None:
+        """Take the saga out of every path (``parked``, ``reason`` as its error, lease freed)."""
+        if await self._executor.write(self._sql.park, {"b_id": saga_id, "b_error": reason}) != 1:
+            raise SagaNotFoundError(saga_id)
+
+    async def reset_saga(self, saga_id: uuid.UUID) -> None:
+        """Make a parked or stuck saga recoverable: ``compensating`` if its log shows a failure or a
+        compensation, else ``running``; attempts at zero, no lease."""
+        # One UPDATE: the status comes from an EXISTS over the saga's log (compensation started?).
+        if await self._executor.write(self._sql.reset, {"b_id": saga_id}) != 1:
+            raise SagaNotFoundError(saga_id)
+
+    async def purge_sagas(
+        self,
+        *,
+        older_than: datetime.timedelta,
+        status: SagaStatus | None = None,
+        limit: int = 1000,
+    ) -> int:
+        """Delete up to ``limit`` finished sagas created more than ``older_than`` ago, oldest first,
+        with their step logs; returns how many sagas were deleted.
+
+        Without ``status``: ``completed`` and ``failed`` sagas. ``status=SagaStatus.PARKED``
+        deletes parked ones; an unfinished status or a negative age raises ``ValueError``. A saga
+        with an owner is never deleted. Call it in a loop until it returns less than ``limit`` to
+        purge a large backlog in short transactions.
+        """
+        sql = self._sql
+        statements = sql.purge(purge_filter(older_than, status))
+        params = {"b_older": older_than.total_seconds(), "b_limit": max(limit, 0)}
+        if sql.postgres:
+            return await self._executor.write(statements[0], params)
+        return await self._executor.transaction(lambda conn: _transactions.purge(conn, sql, statements, params))
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    async def _write_with_entry(
+        self, statement: typing.Any, params: dict[str, typing.Any], saga_id: uuid.UUID, entry: StepEntry | None
+    ) -> bool:
+        """A conditional write with an optional log entry: one statement on PostgreSQL (``statement``
+        holds the entry), else ``statement`` then the entry only if it matched, in one transaction."""
+        if entry is not None:
+            entry_params = {
+                "b_step_name": entry.step_name,
+                "b_action": entry.action,
+                "b_step_status": SagaStepStatus(entry.status).value,
+                "b_details": entry.details,
+                "b_response": entry.response,
+            }
+            if not self._sql.postgres:
+                append, log_params = self._sql.append, {"b_id": saga_id, **entry_params}
+                return await self._executor.transaction(
+                    lambda conn: _transactions.update_then_append(conn, statement, params, append, log_params)
+                )
+            params.update(entry_params)
+        return await self._executor.write(statement, params) == 1
+
+
+if typing.TYPE_CHECKING:
+
+    def _implements_the_protocol(storage: SqlAlchemySagaStorage) -> SagaStorage:
+        return storage
