@@ -282,7 +282,11 @@ class Postgres:
     async def engine_run(self, concurrency: int, sagas: int | None, seconds: float,
                          profiler: cProfile.Profile | None = None, *, storage_only: bool = False) -> Run:
         storage = self.storage()
-        one_saga = _storage_saga(storage) if storage_only else _engine_saga(bootstrap(Steps(), sagas_mapper=_saga_map(), saga_storage=storage))
+        one_saga = (
+            _storage_saga(storage)
+            if storage_only
+            else _engine_saga(bootstrap(Steps(), sagas_mapper=_saga_map(), saga_storage=storage))
+        )
         try:
             await _warm(concurrency, lambda: storage.get_saga(uuid.uuid4()))
             before = await self.commits()
@@ -376,7 +380,11 @@ class Sqlite:
     async def engine_run(self, concurrency: int, sagas: int | None, seconds: float,
                          profiler: cProfile.Profile | None = None, *, storage_only: bool = False) -> Run:
         storage = self.storage()
-        one_saga = _storage_saga(storage) if storage_only else _engine_saga(bootstrap(Steps(), sagas_mapper=_saga_map(), saga_storage=storage))
+        one_saga = (
+            _storage_saga(storage)
+            if storage_only
+            else _engine_saga(bootstrap(Steps(), sagas_mapper=_saga_map(), saga_storage=storage))
+        )
         commits = _count_commits(storage)
         try:
             await _warm(concurrency, lambda: storage.get_saga(uuid.uuid4()))

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from cqrs.saga.settings import EngineSettings
 from cqrs.saga.recovery import RecoveryWorker
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.storage.enums import SagaStatus
 from durability.db import (
     DEAD_OWNER,

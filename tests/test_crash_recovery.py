@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from cqrs.saga.settings import EngineSettings
 from cqrs.saga.exceptions import SagaAlreadyRunningError, SagaCompensatedError
 from cqrs.saga.recovery import RecoveryWorker, recover_saga
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.storage.enums import SagaStatus
 from durability.db import expire_leases, open_storage
 from durability.judge import Snapshot, count_runs, promise_problems, take_snapshot

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import pytest
 
-from cqrs.saga.settings import EngineSettings
 from cqrs.saga.bootstrap import bootstrap
 from cqrs.saga.exceptions import SagaOwnershipLostError
 from cqrs.saga.map import SagaMap
 from cqrs.saga.recovery import RecoveryWorker, recover_saga
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.storage.enums import SagaStatus
 from durability.db import expire_leases, open_storage, pg_dsn, seed_interrupted
 from durability.judge import count_runs, promise_problems, take_snapshot
@@ -414,7 +414,10 @@ async def paused_past_its_lease(
     gates = Gates()
     paused = gates.gate("after_act", "charge")
     mediator = bootstrap(
-        StepEnv(FileLedger(ledger, tag="paused"), gates), sagas_mapper=_saga_map(), saga_storage=storage, lease_seconds=60.0
+        StepEnv(FileLedger(ledger, tag="paused"), gates),
+        sagas_mapper=_saga_map(),
+        saga_storage=storage,
+        lease_seconds=60.0,
     )
     saga_id = uuid.uuid4()
     run = asyncio.ensure_future(mediator.run(OrderContext(order=1), saga_id=saga_id))

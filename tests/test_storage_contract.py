@@ -1829,7 +1829,7 @@ async def counted_run(sql: SqlAlchemySagaStorage, saga: type[Saga[ShipContext]],
 
     Connections and prepared statements are made by a first run, so the counted one counts only its writes.
     """
-    mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, saga), sql)
+    mediator = bootstrap(di.Container(), sagas_mapper=lambda m: m.bind(ShipContext, saga), saga_storage=sql)
     await sql.engine.dispose()
     warm = await mediator.run(ShipContext(order_id="warm-up"))
     assert warm.status == SagaStatus.COMPLETED
@@ -1916,7 +1916,7 @@ async def test_a_failing_saga_costs_one_commit_for_the_failure_and_one_per_compe
     storage: SagaStorage,
 ) -> None:
     sql = sqlalchemy_path(storage)
-    mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
+    mediator = bootstrap(di.Container(), sagas_mapper=lambda m: m.bind(ShipContext, ShipSaga), saga_storage=sql)
     warm = await mediator.run(ShipContext(order_id="warm-up"))  # connections and statements made
     assert warm.status == SagaStatus.COMPLETED
     tally = Tally(sql.engine.sync_engine)
@@ -2100,7 +2100,7 @@ async def test_on_asyncpg_the_engine_writes_run_on_the_driver_one_commit_each(st
     await sql.engine.dispose()  # every connection from now on is opened, so logged, by the listener
     pool = sql.engine.sync_engine.pool
     with driver_queries(sql) as sent:
-        mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), sql)
+        mediator = bootstrap(di.Container(), sagas_mapper=lambda m: m.bind(ShipContext, ShipSaga), saga_storage=sql)
         warm = await mediator.run(ShipContext(order_id="warm-up"))  # each statement prepared once
         assert warm.status == SagaStatus.COMPLETED
         before = await pg_commits(sql)
@@ -2346,7 +2346,7 @@ async def test_the_fast_path_on_a_user_engine_without_a_queue_pool(storage: Saga
     engine = create_async_engine(sql.engine.url, poolclass=NullPool)
     try:
         store = SqlAlchemySagaStorage(async_sessionmaker(engine))
-        mediator = bootstrap(di.Container(), lambda m: m.bind(ShipContext, ShipSaga), store)
+        mediator = bootstrap(di.Container(), sagas_mapper=lambda m: m.bind(ShipContext, ShipSaga), saga_storage=store)
         outcome = await mediator.run(ShipContext(order_id="o-2"))
         assert outcome.status == SagaStatus.COMPLETED
         assert (await record_of(store, outcome.saga_id)).version == 4

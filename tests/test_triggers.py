@@ -16,15 +16,10 @@ import pytest
 
 from cqrs.config import SagaConfig
 from cqrs.integrations._requests import BadRequest
+from cqrs.integrations.webhooks import SignatureVerifier, TriggerDispatcher
 from cqrs.saga.mediator import SagaMediator
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.triggers import (
-    SignatureVerifier,
-    TriggerDispatcher,
-    derive_saga_id,
-    trigger,
-    triggers_of,
-)
+from cqrs.triggers import derive_saga_id, trigger, triggers_of
 from django_project import webhook_sagas
 from django_project.webhook_sagas import SAGAS, WebhookAuditSaga, WebhookOrderSaga, WebhookPaymentSaga
 
@@ -80,7 +75,7 @@ def test_triggers_are_found_on_the_saga_and_its_subclasses() -> None:
     assert triggers_of(Silenced) == []
     dispatcher = TriggerDispatcher(SAGAS)
     assert dispatcher.sources == ["order_created", "payment_due"]
-    assert [b.saga_type for b in dispatcher.bindings("order_created")] == [WebhookOrderSaga, WebhookAuditSaga]
+    assert [b.saga_type for b in dispatcher.router.bindings("order_created")] == [WebhookOrderSaga, WebhookAuditSaga]
 
 
 @pytest.mark.parametrize(

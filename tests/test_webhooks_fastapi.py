@@ -21,9 +21,10 @@ from fastapi import FastAPI
 
 from cqrs.config import SagaConfig
 from cqrs.integrations import fastapi as saga_api
+from cqrs.integrations.webhooks import SignatureVerifier
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.protocol import SagaStorage
-from cqrs.triggers import SignatureVerifier, derive_saga_id
+from cqrs.triggers import derive_saga_id
 from django_project import webhook_sagas
 from django_project.webhook_sagas import SAGAS
 

@@ -6,11 +6,11 @@ import dataclasses
 import os
 import typing
 
-from cqrs.saga.settings import EngineSettings
 from cqrs.saga.map import SagaMap
 from cqrs.saga.mediator import SagaMediator
 from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.saga import Saga
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.storage.protocol import SagaStorage
 
 if typing.TYPE_CHECKING:

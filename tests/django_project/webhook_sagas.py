@@ -15,10 +15,11 @@ import threading
 import typing
 
 import cqrs
+from cqrs.integrations.webhooks import SignatureVerifier
 from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
-from cqrs.triggers import SignatureVerifier, trigger
+from cqrs.triggers import trigger
 
 _lock = threading.Lock()
 RUNS: collections.Counter[tuple[str, str]] = collections.Counter()

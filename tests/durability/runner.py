@@ -123,8 +123,8 @@ async def crash(args: argparse.Namespace) -> int:
 
 
 async def recover(args: argparse.Namespace) -> int:
-    from cqrs.saga.settings import EngineSettings
     from cqrs.saga.recovery import RecoveryWorker
+    from cqrs.saga.settings import EngineSettings
 
     storage = await open_storage(args.url, create=False)
     pool = None

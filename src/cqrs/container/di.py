@@ -26,7 +26,8 @@ class DIContainer:
 
     ``DIContainer(container)``, or python-cqrs's ``DIContainer()`` followed by
     `attach_external_container`. Bindings may use any scope: every resolve
-    runs in one-shot scopes, ``scope`` (``"request"``, python-cqrs's) innermost;
+    runs in one-shot scopes, ``scope`` (``"request"``, python-cqrs's) innermost
+    and di's unnamed scope (``None``, a binding's default) outermost;
     scopes named by bindings (``Dependent(..., scope="app")``) are found on
     the first solve and entered around it, outermost first, or can be listed
     up front in ``scopes``. So a ``"request"``-scoped service is built fresh
@@ -44,10 +45,11 @@ class DIContainer:
         scopes: typing.Sequence[typing.Hashable] = (),
     ) -> None:
         if isinstance(container, str):  # python-cqrs's DIContainer(scope) spelling
-            container, scope = None, container
-        self._container = container
+            scope, container = container, None
+        self._container: di.Container | None = container
         self.scope = scope
-        self._scopes: list[typing.Hashable] = [s for s in scopes if s != scope] + [scope]
+        # None is di's scope of bindings that name none (Dependent's default), kept outermost.
+        self._scopes: list[typing.Hashable] = [None, *(s for s in scopes if s not in (None, scope)), scope]
         self._solved: dict[type[typing.Any], typing.Any] = {}
         self._factories: dict[type[typing.Any], typing.Callable[[], typing.Any]] = {}
         self._executor = AsyncExecutor()
@@ -80,7 +82,7 @@ class DIContainer:
                         f"{error}\nName the scopes your bindings use: DIContainer(container, scopes=[...]) "
                         "(outermost first)"
                     ) from error
-                self._scopes.insert(0, found["scope"])
+                self._scopes.insert(1, found["scope"])
         raise UnknownScopeError(f"Resolving {type_!r} needs more than {_MAX_DISCOVERED_SCOPES} unnamed scopes")
 
     async def resolve(self, type_: type[T]) -> T:

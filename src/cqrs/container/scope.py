@@ -23,7 +23,7 @@ import typing
 
 from cqrs.container.protocol import SupportsScope
 
-__all__ = ["RunScope", "ScopeStrategy"]
+__all__ = ["ScopeStrategy"]
 
 T = typing.TypeVar("T")
 

@@ -84,12 +84,7 @@ class EventDispatcher:
         while queue:
             if self.concurrent and len(queue) > 1:
                 limit = asyncio.Semaphore(self.max_concurrent)
-
-                async def one(event: object) -> typing.Sequence[object]:
-                    async with limit:
-                        return await self._emit(event, container)
-
-                batches = await asyncio.gather(*(one(event) for event in queue))
+                batches = await asyncio.gather(*(self._emit_limited(limit, event, container) for event in queue))
                 follow_ups = [event for batch in batches for event in batch]
             else:
                 follow_ups = []
@@ -97,12 +92,20 @@ class EventDispatcher:
                     follow_ups.extend(await self._emit(event, container))
             queue = [event for event in follow_ups if self._wanted(event)]
 
+    async def _emit_limited(
+        self, limit: asyncio.Semaphore, event: object, container: typing.Any
+    ) -> typing.Sequence[object]:
+        async with limit:
+            return await self._emit(event, container)
+
     def hook(self) -> EventDispatchHook:
         """The run hook that dispatches each recorded step's (and compensation's) events."""
         return EventDispatchHook(self)
 
 
-async def _emit_logged(emitter: EventEmitter, event: object, container: typing.Any, *, sends: bool) -> typing.Sequence[object]:
+async def _emit_logged(
+    emitter: EventEmitter, event: object, container: typing.Any, *, sends: bool
+) -> typing.Sequence[object]:
     try:
         return await emitter.emit(event, container=container)
     except Exception:

@@ -4,8 +4,7 @@ python-cqrs's types under its names. `Event`, `DomainEvent` and
 `NotificationEvent` are frozen pydantic models (python-cqrs 4's defaults);
 `DCEvent`, `DCDomainEvent` and `DCNotificationEvent` are the frozen dataclass
 flavours (python-cqrs 5's defaults): a subclass of one of those becomes a
-frozen dataclass by itself (``class Shipped(DCEvent): order_id: str``; pass
-``frozen=False`` to opt out).
+frozen dataclass by itself (``class Shipped(DCEvent): order_id: str``).
 
 How events travel: a step's `events` are handed on once its step is recorded.
 A domain event (or any event a handler is bound to) goes to the handlers
@@ -99,14 +98,14 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-class PydanticNotificationEvent(PydanticEvent, INotificationEvent[PayloadT], typing.Generic[PayloadT], frozen=True):
+class PydanticNotificationEvent(PydanticEvent, INotificationEvent[PayloadT], typing.Generic[PayloadT]):
     """A frozen pydantic notification event: ``event_name`` and ``payload`` are required.
 
     ``event_id`` (a stable message id for consumers to drop duplicates),
     ``event_timestamp`` (UTC) and ``topic`` have defaults.
     """
 
-    model_config = pydantic.ConfigDict(from_attributes=True)
+    model_config = pydantic.ConfigDict(from_attributes=True, frozen=True)
 
     payload: PayloadT
     event_id: uuid.UUID = pydantic.Field(default_factory=uuid.uuid4)

@@ -18,7 +18,10 @@ class EventMap(dict[type[typing.Any], list[HandlerType]]):
     """
 
     def bind(self, event_type: type[typing.Any], handler_type: HandlerType) -> None:
-        """Hand events of ``event_type`` (and its subtypes) to ``handler_type``; a second bind of the pair is a ``KeyError``."""
+        """Hand events of ``event_type`` (and its subtypes) to ``handler_type``.
+
+        Binding the same pair twice is a ``KeyError``.
+        """
         handlers = self.setdefault(event_type, [])
         if handler_type in handlers:
             raise KeyError(f"{handler_type} already bound to {event_type}")

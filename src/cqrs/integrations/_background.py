@@ -13,8 +13,8 @@ import typing
 import uuid
 
 from cqrs.saga import _serialization
-from cqrs.saga.hooks import Listener, SagaEvent
 from cqrs.saga.exceptions import SagaAlreadyRunningError
+from cqrs.saga.hooks import Listener, SagaEvent
 from cqrs.saga.mediator import SagaMediator, SagaOutcome
 
 logger = logging.getLogger("cqrs.integrations")

@@ -6,9 +6,8 @@ import json
 import typing
 import uuid
 
-import pydantic
-
 from cqrs.saga import _serialization
+from cqrs.saga.exceptions import ContextValidationError
 
 
 class BadRequest(Exception):
@@ -61,14 +60,9 @@ def parse_json_object(raw: bytes, *, max_bytes: int) -> dict[str, typing.Any]:
 def build_context(context_type: type[typing.Any], data: typing.Mapping[str, typing.Any]) -> typing.Any:
     """Validate ``data`` into a context; 400 naming each bad field."""
     try:
-        return _serialization._adapter(context_type).validate_python(dict(data), by_alias=False, by_name=True)
-    except pydantic.ValidationError as exc:
-        problems = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "<body>", "message": err["msg"]}
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        raise BadRequest(400, f"Invalid {context_type.__name__}: {summary}", problems) from None
+        return _serialization.validate_context(context_type, data)
+    except ContextValidationError as error:
+        raise BadRequest(400, str(error), error.problems) from None
 
 
 def parse_saga_id(raw: uuid.UUID | str) -> uuid.UUID:

@@ -7,9 +7,9 @@ import uuid
 
 from cqrs.integrations._requests import BadRequest
 from cqrs.saga.map import SagaMap
-from cqrs.saga.storage.enums import SagaStepStatus
-from cqrs.saga.storage.models import SagaLogEntry, SagaRecord
+from cqrs.saga.storage.models import SagaRecord
 from cqrs.saga.storage.protocol import SagaStorage
+from cqrs.saga.views import saga_view
 
 
 async def saga_status(storage: SagaStorage, saga_id: uuid.UUID) -> dict[str, typing.Any]:
@@ -18,32 +18,7 @@ async def saga_status(storage: SagaStorage, saga_id: uuid.UUID) -> dict[str, typ
     if record is None:
         raise BadRequest(404, f"No saga with id {saga_id}")
     history = await storage.get_history(saga_id) or []
-    return status_body(record, history)
-
-
-def status_body(record: SagaRecord, history: list[SagaLogEntry]) -> dict[str, typing.Any]:
-    completed = [
-        {"step": e.step_name, "response": e.response, "at": e.timestamp.isoformat()}
-        for e in history
-        if e.action == "act" and e.status == SagaStepStatus.COMPLETED
-    ]
-    compensated = [
-        e.step_name for e in history if e.action == "compensate" and e.status == SagaStepStatus.COMPENSATED
-    ]
-    failed = [e.step_name for e in history if e.action == "act" and e.status == SagaStepStatus.FAILED]
-    return {
-        "saga_id": str(record.saga_id),
-        "saga": record.name,
-        "status": record.status.value,
-        "correlation_id": record.correlation_id,
-        "completed_steps": completed,
-        "compensated_steps": compensated,
-        "failed_step": failed[-1] if failed else None,
-        "error": record.error,
-        "context": record.context,
-        "created_at": record.created_at.isoformat() if record.created_at else None,
-        "updated_at": record.updated_at.isoformat() if record.updated_at else None,
-    }
+    return saga_view(record, history)
 
 
 def wants_json_diagram(fmt: str) -> bool:

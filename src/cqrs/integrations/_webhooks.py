@@ -2,7 +2,7 @@
 
 Each framework adapter reads the raw body (refusing one over the limit with
 413 before reading it all), then hands it with the headers to the
-`cqrs.triggers.TriggerDispatcher` this module builds for the app's config,
+`cqrs.integrations.webhooks.TriggerDispatcher` this module builds for the app's config,
 answers ``202`` with `cqrs.triggers.AcceptedEvent.as_json` and runs the
 recorded sagas in the background (`cqrs.integrations._background.resume_quietly`). Every
 refusal is a `BadRequest`, answered ``{"error": ...}`` with its status by all
@@ -15,8 +15,8 @@ import threading
 import typing
 
 from cqrs.config import SagaConfig
+from cqrs.integrations.webhooks import SignatureVerifier, TriggerDispatcher
 from cqrs.saga.saga import Saga
-from cqrs.triggers import SignatureVerifier, TriggerDispatcher
 
 
 class WebhookEndpoint:
@@ -36,7 +36,7 @@ class WebhookEndpoint:
         max_body_bytes: int | None = None,
     ) -> None:
         if verifier is not None and not isinstance(verifier, SignatureVerifier):
-            raise TypeError(f"verifier must be a cqrs.triggers.SignatureVerifier, got {verifier!r}")
+            raise TypeError(f"verifier must be a cqrs.integrations.webhooks.SignatureVerifier, got {verifier!r}")
         self.sagas = tuple(sagas) if sagas is not None else None
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes

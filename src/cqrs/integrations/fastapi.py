@@ -65,12 +65,12 @@ from cqrs.integrations._requests import (
 )
 from cqrs.integrations._status import saga_diagram, saga_diagram_document, saga_status, wants_json_diagram
 from cqrs.integrations._webhooks import WebhookEndpoint
+from cqrs.integrations.webhooks import SignatureVerifier
 from cqrs.saga.exceptions import SagaAlreadyRunningError, SagaIdConflictError
 from cqrs.saga.mediator import SagaMediator
 from cqrs.saga.recovery import RecoveryWorker
 from cqrs.saga.saga import Saga
 from cqrs.saga.storage.protocol import SagaStorage
-from cqrs.triggers import SignatureVerifier
 
 __all__ = [
     "SagaContextMiddleware",

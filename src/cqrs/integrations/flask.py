@@ -60,6 +60,7 @@ from cqrs.integrations._requests import (
 )
 from cqrs.integrations._status import saga_diagram, saga_diagram_document, saga_status, wants_json_diagram
 from cqrs.integrations._webhooks import WebhookEndpoint
+from cqrs.integrations.webhooks import SignatureVerifier, TriggerDispatcher
 from cqrs.saga import _serialization
 from cqrs.saga.exceptions import (
     SagaAlreadyRunningError,
@@ -71,7 +72,7 @@ from cqrs.saga.mediator import SagaMediator
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.triggers import AcceptedEvent, SignatureVerifier, TriggerDispatcher
+from cqrs.triggers import AcceptedEvent
 
 if typing.TYPE_CHECKING:
     from cqrs.saga.recovery import RecoveryWorker

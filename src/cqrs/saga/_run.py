@@ -148,15 +148,34 @@ class SagaRun:
         )
 
     async def record(self, context: typing.Any, status: SagaStatus = SagaStatus.RUNNING) -> bool:
-        """Insert this saga with this process's lease, in one commit; False if its id is taken."""
-        new = self.new_saga(_serialization.dump_context(context), status)
+        """Insert this saga with this process's lease, in one commit; False if its id is taken.
+
+        Nothing else is claimed: a taken id means another run has (or had) the saga.
+        """
+        lease = await self.storage.start_saga(
+            self.new_saga(_serialization.dump_context(context), status), self.owner, self.settings.lease_seconds
+        )
+        if lease is None:
+            return False
+        await self._started(lease, context, status)
+        return True
+
+    async def open_new(self, context: typing.Any) -> None:
+        """Record a new saga, or take up the stored one if this id exists."""
+        new = self.new_saga(_serialization.dump_context(context))
+        # Reserved across the insert: if the id is taken, this run claims it next, which must not
+        # fence a run of this process that is mid-step.
         local_runs.reserve(self.saga_id, self._token)
         try:
             lease = await self.storage.start_saga(new, self.owner, self.settings.lease_seconds)
         finally:
             local_runs.pause(self.saga_id, self._token)
         if lease is None:
-            return False
+            await self.open_existing()
+        else:
+            await self._started(lease, context, SagaStatus.RUNNING)
+
+    async def _started(self, lease: Lease, context: typing.Any, status: SagaStatus) -> None:
         self._granted(lease)
         self.context = context
         self.status = status
@@ -164,12 +183,6 @@ class SagaRun:
             self.created_at = datetime.datetime.now(_UTC)
         if self.hooks.saga_started:
             await call_hooks(self.hooks.saga_started, self)
-        return True
-
-    async def open_new(self, context: typing.Any) -> None:
-        """Record a new saga, or take up the stored one if this id exists."""
-        if not await self.record(context):
-            await self.open_existing()
 
     async def open_existing(self, *, as_named: bool = False) -> None:
         """Claim a stored saga so it can be advanced (or replayed, if final).
@@ -446,7 +459,9 @@ class SagaRun:
                 raise SagaDeadlineExceededError(
                     f"Saga {self.saga_id} passed its deadline during step {step_type.name}"
                 ) from exc
-            raise SagaStepTimeoutError(f"Step {step_type.name} of saga {self.saga_id} took longer than {timeout}s") from exc
+            raise SagaStepTimeoutError(
+                f"Step {step_type.name} of saga {self.saga_id} took longer than {timeout}s"
+            ) from exc
 
     async def _retry(
         self,

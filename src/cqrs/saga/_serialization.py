@@ -17,7 +17,7 @@ import uuid
 import pydantic
 import pydantic_core
 
-from cqrs.saga.exceptions import ContextDeserializationError, ContextSerializationError
+from cqrs.saga.exceptions import ContextDeserializationError, ContextSerializationError, ContextValidationError
 
 JsonDict = dict[str, typing.Any]
 T = typing.TypeVar("T")
@@ -150,3 +150,19 @@ def _find_unserialisable(value: object, path: str = "") -> tuple[str, object] | 
         if found is not None:
             return found
     return None
+
+
+def validate_context(context_type: type[T], data: typing.Mapping[str, typing.Any]) -> T:
+    """Validate outside input (a request body, an event) into a context.
+
+    `ContextValidationError` names each bad field.
+    """
+    try:
+        return typing.cast(T, _adapter(context_type).validate_python(dict(data), by_alias=False, by_name=True))
+    except pydantic.ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "<body>", "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise ContextValidationError(f"Invalid {context_type.__name__}: {summary}", problems) from None

@@ -10,6 +10,7 @@ from cqrs.dispatcher.exceptions import SagaDoesNotExist
 __all__ = [
     "ContextDeserializationError",
     "ContextSerializationError",
+    "ContextValidationError",
     "SagaAlreadyRunningError",
     "SagaCompensatedError",
     "SagaConcurrencyError",
@@ -67,6 +68,17 @@ class ContextSerializationError(SagaError, TypeError):
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
+        super().__init__(message)
+
+
+class ContextValidationError(SagaError, ValueError):
+    """Outside input (a request body, an event) does not make a valid context.
+
+    ``problems`` lists ``{"field", "message"}`` for each bad field.
+    """
+
+    def __init__(self, message: str, problems: list[dict[str, str]]) -> None:
+        self.problems = problems
         super().__init__(message)
 
 
@@ -145,7 +157,7 @@ class SagaNotRunnableError(SagaError, RuntimeError):
         super().__init__(f"Saga {saga_id} is {status} and will not run ({error}); reset it to retry")
 
 
-class SagaConcurrencyError(SagaError, _SagaConcurrencyError):
+class SagaConcurrencyError(SagaError, _SagaConcurrencyError, RuntimeError):
     """A write expected the saga at one version and found it at another.
 
     It is `cqrs.dispatcher.exceptions.SagaConcurrencyError` (python-cqrs's name) too.

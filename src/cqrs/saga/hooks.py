@@ -36,7 +36,7 @@ if typing.TYPE_CHECKING:
 __all__ = ["Listener", "ListenerHook", "RunInfo", "SagaEvent", "SagaHook"]
 
 Action = typing.Literal["act", "compensate"]
-MaybeAwaitable = typing.Optional[typing.Awaitable[None]]
+MaybeAwaitable = typing.Awaitable[None] | None
 
 
 class RunInfo(typing.Protocol):

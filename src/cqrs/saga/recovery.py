@@ -11,17 +11,17 @@ import uuid
 
 from cqrs.saga._ownership import process_owner
 from cqrs.saga._run import SagaRun
-from cqrs.saga.hooks import Listener, error_text
-from cqrs.saga.mediator import SagaMediator
-from cqrs.saga.settings import EngineSettings
 from cqrs.saga.exceptions import (
     ContextDeserializationError,
     SagaCompensatedError,
     SagaOwnershipLostError,
 )
+from cqrs.saga.hooks import Listener, error_text
 from cqrs.saga.map import SagaMap
+from cqrs.saga.mediator import SagaMediator
 from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.saga import Saga
+from cqrs.saga.settings import EngineSettings
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.models import Lease, SagaClaim, SagaRecord
 from cqrs.saga.storage.protocol import SagaStorage

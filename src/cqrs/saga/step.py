@@ -7,7 +7,6 @@ import dataclasses
 import typing
 import uuid
 
-from cqrs.response import Response
 from cqrs.saga.retry import RetryPolicy
 
 __all__ = ["Resp", "SagaStepHandler", "SagaStepResult"]
@@ -16,7 +15,7 @@ ContextT = typing.TypeVar("ContextT")
 #: A step's response type: a `Response` (or any pydantic model or dataclass), or None.
 ResponseT = typing.TypeVar("ResponseT")
 #: python-cqrs's name for the response type variable.
-Resp = ResponseT
+Resp = typing.TypeVar("Resp")
 
 
 @dataclasses.dataclass(slots=True)

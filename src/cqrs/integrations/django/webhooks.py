@@ -51,8 +51,9 @@ from cqrs.integrations._requests import BadRequest, check_content_length
 from cqrs.integrations._webhooks import WebhookEndpoint
 from cqrs.integrations.django import _runtime, error_response
 from cqrs.integrations.django._settings import setting_values
+from cqrs.integrations.webhooks import SignatureVerifier, TriggerDispatcher
 from cqrs.saga.saga import Saga
-from cqrs.triggers import AcceptedEvent, SignatureVerifier, TriggerDispatcher
+from cqrs.triggers import AcceptedEvent
 
 __all__ = ["SETTING", "urlpatterns", "webhook_urlpatterns"]
 
