@@ -9,6 +9,7 @@ from cqrs.saga.hooks import SagaHook
 __all__ = ["HOOK_METHODS", "HookSet", "call_hooks"]
 
 HOOK_METHODS = (
+    "saga_starting",
     "saga_started",
     "saga_resumed",
     "step_started",
@@ -43,6 +44,7 @@ class HookSet:
             setattr(self, name, tuple(getattr(h, name) for h in self.hooks if _overrides(h, name)))
 
     # Declared for the type checker; set in __init__.
+    saga_starting: tuple[Method, ...]
     saga_started: tuple[Method, ...]
     saga_resumed: tuple[Method, ...]
     step_started: tuple[Method, ...]

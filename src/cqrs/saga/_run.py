@@ -138,6 +138,11 @@ class SagaRun:
 
     def new_saga(self, context_json: JsonDict, status: SagaStatus = SagaStatus.RUNNING) -> NewSaga:
         """The row that records this saga's start (every start path inserts one of these)."""
+        if self.hooks.saga_starting:
+            for starting in self.hooks.saga_starting:
+                fields = starting(self)
+                if fields:
+                    self.trace_context = {**(self.trace_context or {}), **fields}
         return NewSaga(
             saga_id=self.saga_id,
             name=self.saga_type.name,
@@ -145,6 +150,7 @@ class SagaRun:
             definition_version=self.saga_type.version,
             correlation_id=self.correlation_id,
             status=status,
+            trace_context=self.trace_context,
         )
 
     async def record(self, context: typing.Any, status: SagaStatus = SagaStatus.RUNNING) -> bool:
@@ -219,6 +225,7 @@ class SagaRun:
         self.error = record.error
         self.history = history
         self.created_at = record.created_at
+        self.trace_context = record.trace_context
         if self.correlation_id is None:
             self.correlation_id = record.correlation_id
         if lease is not None:

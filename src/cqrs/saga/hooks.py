@@ -80,6 +80,13 @@ class RunInfo(typing.Protocol):
 class SagaHook:
     """Base class of run hooks: every method does nothing; override the ones you need."""
 
+    def saga_starting(self, run: RunInfo) -> dict[str, str] | None:
+        """A new saga is about to be recorded; return trace propagation fields to store with it.
+
+        Synchronous. What the hooks return is merged and stored with the saga
+        (`RunInfo.trace_context` in every later run of it, recovery included).
+        """
+
     def saga_started(self, run: RunInfo) -> MaybeAwaitable:
         """A new saga was recorded (its start committed)."""
 

@@ -72,6 +72,7 @@ class _StoredSaga:
         error: str | None = None,
         created_at: datetime.datetime | None = None,
         updated_at: datetime.datetime | None = None,
+        trace_context: dict[str, str] | None = None,
     ) -> None:
         self.saga_id = saga_id
         self.name = name
@@ -87,6 +88,7 @@ class _StoredSaga:
         self.error = error
         self.created_at = created_at
         self.updated_at = updated_at
+        self.trace_context = trace_context
         self.log: list[SagaLogEntry] = []  # its step history, in write order
 
     # python-cqrs's memory storage kept each saga as a dict; code that edits one by key keeps working.
@@ -117,6 +119,7 @@ class _StoredSaga:
             self.error,
             self.created_at,
             self.updated_at,
+            dict(self.trace_context) if self.trace_context else None,
         )
 
 
@@ -218,6 +221,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
             version=1,
             definition_version=saga.definition_version,
             correlation_id=saga.correlation_id,
+            trace_context=dict(saga.trace_context) if saga.trace_context else None,
             owner=owner,
             lease_epoch=1,
             lease_expires_at=now + _seconds(lease_seconds),

@@ -59,6 +59,7 @@ class SagaRecord:
     error: str | None = None
     created_at: datetime.datetime | None = None
     updated_at: datetime.datetime | None = None
+    trace_context: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -71,6 +72,7 @@ class NewSaga:
     definition_version: int = 1
     correlation_id: str | None = None
     status: SagaStatus = SagaStatus.RUNNING
+    trace_context: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(slots=True)

@@ -158,6 +158,9 @@ saga_executions = sa.Table(
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    # Trace propagation fields (W3C traceparent, ...) of the request that started the saga, so a
+    # recovery run can link to it; written once, with the start.
+    sa.Column("trace_context", Json, nullable=True),
 )
 
 _t = saga_executions
@@ -204,6 +207,7 @@ RECORD_COLUMNS = (
     _t.c.error,
     _t.c.created_at,
     _t.c.updated_at,
+    _t.c.trace_context,
 )
 LOG_COLUMNS = (
     _l.c.saga_id,
@@ -272,7 +276,7 @@ def _aware(value: datetime.datetime | None) -> datetime.datetime | None:
 def record(row: Row) -> SagaRecord:
     """A `SagaRecord` from a row of `RECORD_COLUMNS`."""
     (saga_id, name, status, context, version, definition_version, correlation_id, owner, lease_epoch,
-     lease_expires_at, recovery_attempts, error, created_at, updated_at) = row[:14]
+     lease_expires_at, recovery_attempts, error, created_at, updated_at, trace_context) = row[:15]
     return SagaRecord(
         saga_id=_uuid(saga_id),
         name=name,
@@ -288,6 +292,7 @@ def record(row: Row) -> SagaRecord:
         error=error,
         created_at=_aware(created_at),
         updated_at=_aware(updated_at),
+        trace_context=trace_context,
     )
 
 

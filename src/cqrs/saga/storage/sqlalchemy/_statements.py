@@ -112,6 +112,7 @@ class Statements:
             "recovery_attempts": _ZERO,
             "created_at": now,
             "updated_at": now,
+            "trace_context": self.bind("trace_context", t.c.trace_context),
         }
         if self.mysql:
             # The caller reads a duplicate-key error as "already stored" (INSERT IGNORE would also

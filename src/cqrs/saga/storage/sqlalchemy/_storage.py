@@ -176,6 +176,7 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
             "b_status": SagaStatus(saga.status).value,
             "b_context": saga.context,
             "b_correlation_id": saga.correlation_id,
+            "b_trace_context": saga.trace_context,
             "b_owner": owner,
             "b_lease_seconds": lease_seconds,
         }
