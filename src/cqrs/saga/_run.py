@@ -25,6 +25,9 @@ from cqrs import correlation
 from cqrs.adapters.circuit_breaker import CircuitOpenError
 from cqrs.container import Container
 from cqrs.container.scope import RunScope
+from cqrs.events.event import INotificationEvent
+from cqrs.outbox.messages import outbox_message
+from cqrs.outbox.models import OutboxMessage
 from cqrs.response import Response
 from cqrs.saga import _serialization
 from cqrs.saga._hookset import HookSet, call_hooks
@@ -83,7 +86,7 @@ class SagaRun:
     __slots__ = (
         "_busy", "_current_step", "_done", "_heartbeat", "_lease_fresh_until", "_token", "compensation_retry",
         "container", "context", "context_builder", "correlation_id", "created_at", "error", "history",
-        "hooks", "lease", "lease_lost", "owner", "recovering", "saga_id", "saga_type", "settings", "status",
+        "hooks", "lease", "lease_lost", "outbox", "owner", "recovering", "saga_id", "saga_type", "settings", "status",
         "storage", "trace_context",
     )
 
@@ -99,8 +102,10 @@ class SagaRun:
         correlation_id: str | None = None,
         compensation_retry: RetryPolicy | None = None,
         context_builder: ContextBuilder | None = None,
+        outbox: bool = False,
     ) -> None:
         self.saga_type = saga_type
+        self.outbox = outbox
         self.saga_id = saga_id
         self.storage = storage
         self.container = container
@@ -136,8 +141,14 @@ class SagaRun:
 
     # -- opening -----------------------------------------------------------------
 
-    def new_saga(self, context_json: JsonDict, status: SagaStatus = SagaStatus.RUNNING) -> NewSaga:
-        """The row that records this saga's start (every start path inserts one of these)."""
+    def new_saga(
+        self, context_json: JsonDict, status: SagaStatus = SagaStatus.RUNNING, events: typing.Sequence[object] = ()
+    ) -> NewSaga:
+        """The row that records this saga's start (every start path inserts one of these).
+
+        ``events``: notification events the start carries, written to the outbox in the same commit
+        (the mediator must have the outbox on).
+        """
         if self.hooks.saga_starting:
             for starting in self.hooks.saga_starting:
                 fields = starting(self)
@@ -151,24 +162,29 @@ class SagaRun:
             correlation_id=self.correlation_id,
             status=status,
             trace_context=self.trace_context,
+            outbox=self._messages(events) if events else (),
         )
 
-    async def record(self, context: typing.Any, status: SagaStatus = SagaStatus.RUNNING) -> bool:
+    async def record(
+        self, context: typing.Any, status: SagaStatus = SagaStatus.RUNNING, events: typing.Sequence[object] = ()
+    ) -> bool:
         """Insert this saga with this process's lease, in one commit; False if its id is taken.
 
         Nothing else is claimed: a taken id means another run has (or had) the saga.
         """
         lease = await self.storage.start_saga(
-            self.new_saga(_serialization.dump_context(context), status), self.owner, self.settings.lease_seconds
+            self.new_saga(_serialization.dump_context(context), status, events),
+            self.owner,
+            self.settings.lease_seconds,
         )
         if lease is None:
             return False
         await self._started(lease, context, status)
         return True
 
-    async def open_new(self, context: typing.Any) -> None:
+    async def open_new(self, context: typing.Any, events: typing.Sequence[object] = ()) -> None:
         """Record a new saga, or take up the stored one if this id exists."""
-        new = self.new_saga(_serialization.dump_context(context))
+        new = self.new_saga(_serialization.dump_context(context), events=events)
         # Reserved across the insert: if the id is taken, this run claims it next, which must not
         # fence a run of this process that is mid-step.
         local_runs.reserve(self.saga_id, self._token)
@@ -356,6 +372,7 @@ class SagaRun:
             context=context_json,
             status=SagaStatus.COMPLETED if last else None,
             release=last,
+            outbox=self._messages(instance.events) if self.outbox else (),
         )
         done.append(_Done(index, step_type, instance, response_json))
         if last:
@@ -580,7 +597,9 @@ class SagaRun:
             if self.lease_lost:
                 raise SagaOwnershipLostError(self.saga_id)
             final = (SagaStatus.COMPENSATION_FAILED if any_failed else SagaStatus.FAILED) if last else None
-            await self._checkpoint(entry, status=final, release=last)
+            await self._checkpoint(
+                entry, status=final, release=last, outbox=self._messages(events) if self.outbox and events else ()
+            )
             if failure is None:
                 if hooks.step_compensated:
                     await call_hooks(hooks.step_compensated, self, name, events)
@@ -600,18 +619,19 @@ class SagaRun:
         status: SagaStatus | None = None,
         error: str | None = None,
         release: bool = False,
+        outbox: typing.Sequence[OutboxMessage] = (),
     ) -> None:
         assert self.lease is not None
-        ok = await self.storage.checkpoint(
-            self.saga_id,
-            self.lease,
-            entry=entry,
-            context=context,
-            status=status,
-            error=error,
-            lease_seconds=self.settings.lease_seconds,
-            release=release,
-        )
+        if outbox:
+            ok = await self.storage.checkpoint(
+                self.saga_id, self.lease, entry=entry, context=context, status=status, error=error,
+                lease_seconds=self.settings.lease_seconds, release=release, outbox=outbox,
+            )
+        else:  # the storage's own default: a storage without an outbox still takes this call
+            ok = await self.storage.checkpoint(
+                self.saga_id, self.lease, entry=entry, context=context, status=status, error=error,
+                lease_seconds=self.settings.lease_seconds, release=release,
+            )
         if not ok:
             self.lease_lost = True
             raise SagaOwnershipLostError(self.saga_id)
@@ -639,6 +659,16 @@ class SagaRun:
             raise SagaOwnershipLostError(self.saga_id)
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _messages(self, events: typing.Iterable[object]) -> list[OutboxMessage]:
+        """The outbox messages of ``events``' notification events (other events are not sent anywhere)."""
+        return [
+            outbox_message(
+                e, saga_id=self.saga_id, correlation_id=self.correlation_id, trace_context=self.trace_context
+            )
+            for e in events
+            if isinstance(e, INotificationEvent)
+        ]
 
     def _done_steps(self) -> list[_Done]:
         if not self.history:  # a new saga

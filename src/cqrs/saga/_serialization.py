@@ -166,3 +166,11 @@ def validate_context(context_type: type[T], data: typing.Mapping[str, typing.Any
         ]
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         raise ContextValidationError(f"Invalid {context_type.__name__}: {summary}", problems) from None
+
+
+def dump_json(value: object) -> JsonDict:
+    """A pydantic model or dataclass (an event) as JSON data."""
+    serializer = getattr(type(value), "__pydantic_serializer__", None)
+    if serializer is not None:
+        return typing.cast(JsonDict, serializer.to_python(value, mode="json", by_alias=False, warnings=False))
+    return typing.cast(JsonDict, _adapter(type(value)).dump_python(value, mode="json", warnings=False))

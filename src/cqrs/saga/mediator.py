@@ -109,6 +109,7 @@ class SagaMediator:
         self.storage = storage
         self.settings = settings
         self.scope_strategy = ScopeStrategy(scope_strategy)
+        self.outbox = outbox
         #: Accepted for python-cqrs compatibility; saga runs do not pass through request middlewares.
         self.middleware_chain = middleware_chain
         if concurrent_event_handle_enable is None:
@@ -164,6 +165,7 @@ class SagaMediator:
             correlation_id=correlation_id,
             compensation_retry=compensation_retry,
             context_builder=context_builder,
+            outbox=self.outbox,
         )
 
     def _for_context(
@@ -257,15 +259,26 @@ class SagaMediator:
         saga_id: uuid.UUID | None = None,
         *,
         correlation_id: str | None = None,
+        events: typing.Sequence[object] = (),
     ) -> uuid.UUID:
         """Record a new saga without running a step; `resume` (or recovery) runs it.
 
         The saga is stored before this returns, with this process's lease, so
-        if the process dies first a recovery worker finishes it.
+        if the process dies first a recovery worker finishes it. ``events``:
+        notification events written to the outbox in the same commit (needs
+        the outbox on).
         """
         run = self._for_context(context, saga_id, correlation_id, None, None)
-        await run.open_new(context)
+        await run.open_new(context, self._start_events(events))
         return run.saga_id
+
+    def _start_events(self, events: typing.Sequence[object]) -> typing.Sequence[object]:
+        if events and not self.outbox:
+            raise ValueError(
+                "Events a saga's start carries go to the outbox with its first commit: "
+                "build the mediator with outbox=True"
+            )
+        return events
 
     async def record(
         self,
@@ -275,14 +288,15 @@ class SagaMediator:
         *,
         status: SagaStatus = SagaStatus.PENDING,
         correlation_id: str | None = None,
+        events: typing.Sequence[object] = (),
     ) -> bool:
         """Insert a saga with this process's lease if ``saga_id`` is free; True if it was inserted.
 
         Nothing runs; `resume` (or recovery, once the lease lapses) runs it.
-        Triggers record the sagas an event starts this way.
+        Triggers record the sagas an event starts this way. ``events`` as for `start`.
         """
         run = self.build_run(saga_type, saga_id, correlation_id=correlation_id or correlation.get_correlation_id())
-        return await run.record(context, status)
+        return await run.record(context, status, self._start_events(events))
 
     def new_saga(
         self,
@@ -292,10 +306,12 @@ class SagaMediator:
         *,
         status: SagaStatus = SagaStatus.PENDING,
         correlation_id: str | None = None,
+        events: typing.Sequence[object] = (),
     ) -> NewSaga:
-        """The start row of a saga, for a caller that inserts it in a transaction of its own (Django)."""
+        """The start row of a saga (with its outbox messages), for a caller that inserts it in a
+        transaction of its own (Django's atomic start)."""
         run = self.build_run(saga_type, saga_id, correlation_id=correlation_id or correlation.get_correlation_id())
-        return run.new_saga(context_json, status)
+        return run.new_saga(context_json, status, self._start_events(events))
 
     # -- taking up stored sagas ----------------------------------------------------------------
 

@@ -50,3 +50,7 @@ def _loose_keys(cls: type[typing.Any], data: dict[str, typing.Any]) -> dict[str,
 
 def _squash(key: str) -> str:
     return key.replace("_", "").replace("-", "").lower()
+
+
+#: A saga's context type (python-cqrs's name, importable from here as there).
+ContextT = typing.TypeVar("ContextT", bound=SagaContext)

@@ -88,10 +88,13 @@ class SagaTransaction(typing.Generic[ContextT]):
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         steps, self._steps = self._steps, None
-        if steps is not None:
-            await steps.aclose()
-        if isinstance(exc, Exception):
-            await self._run.abort(exc)
+        try:
+            if isinstance(exc, Exception):
+                # While the paused run still holds the saga (and its container scope, if any).
+                await self._run.abort(exc)
+        finally:
+            if steps is not None:
+                await steps.aclose()
 
     def __aiter__(self) -> typing.AsyncIterator[Result]:
         if self._steps is not None:
@@ -103,7 +106,13 @@ class SagaTransaction(typing.Generic[ContextT]):
         run = self._run
         await run.open_new(self._context)
         self._context = run.context  # a stored saga continues with its stored context
-        async for result in run.advance():
-            self._completed.append(result.step_type)
-            if not result.replayed:
-                yield result
+        # Closed here, not left to the garbage collector: its cleanup (the run's hold on the
+        # saga, its container scope) must happen now, not during a later await.
+        steps = typing.cast("typing.AsyncGenerator[Result, None]", run.advance())
+        try:
+            async for result in steps:
+                self._completed.append(result.step_type)
+                if not result.replayed:
+                    yield result
+        finally:
+            await steps.aclose()

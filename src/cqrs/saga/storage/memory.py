@@ -14,6 +14,8 @@ import functools
 import typing
 import uuid
 
+from cqrs.outbox.memory import MemoryOutbox
+from cqrs.outbox.models import OutboxMessage, OutboxRecord, OutboxStatus
 from cqrs.saga.exceptions import SagaNotFoundError
 from cqrs.saga.storage.compat import PythonCqrsStorageMethods
 from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purge_filter, status_set
@@ -143,6 +145,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
     def __init__(self, clock: typing.Callable[[], datetime.datetime] = _utcnow) -> None:
         self._clock = clock
         self._sagas: dict[uuid.UUID, _StoredSaga] = {}
+        self._outbox = MemoryOutbox(clock)
         self._seq = 0
 
     # -- helpers ---------------------------------------------------------------
@@ -212,6 +215,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
     async def start_saga(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
         if saga.saga_id in self._sagas:
             return None
+        messages = self._outbox.prepared(saga.saga_id, saga.outbox) if saga.outbox else None
         now = self._clock()
         self._sagas[saga.saga_id] = _StoredSaga(
             saga_id=saga.saga_id,
@@ -228,6 +232,8 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
             created_at=now,
             updated_at=now,
         )
+        if messages:
+            self._outbox.store(messages)
         return Lease(owner=owner, epoch=1)
 
     async def claim_saga(self, saga_id: uuid.UUID, owner: str, lease_seconds: float) -> SagaClaim | None:
@@ -263,6 +269,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
         error: str | None = None,
         lease_seconds: float,
         release: bool = False,
+        outbox: typing.Sequence[OutboxMessage] = (),
     ) -> bool:
         record = self._sagas.get(saga_id)
         if record is None or not self._holds(record, lease):
@@ -270,6 +277,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
         # Everything that may fail (copying what is stored) comes first: a checkpoint is all or nothing.
         now = self._clock()
         row = self._log_row(saga_id, entry, now) if entry is not None else None
+        messages = self._outbox.prepared(saga_id, outbox) if outbox else None
         stored_context = _json_copy(context) if context is not None else None
         if status is not None and type(status) is not SagaStatus:
             status = SagaStatus(status)
@@ -289,6 +297,8 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
         record.updated_at = now
         if row is not None:
             self._append(record, row)
+        if messages:
+            self._outbox.store(messages)
         return True
 
     async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
@@ -460,7 +470,33 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
         doomed = found[: max(limit, 0)]
         for record in doomed:
             del self._sagas[record.saga_id]
+            self._outbox.forget_saga(record.saga_id)
         return len(doomed)
+
+    # -- the outbox (cqrs.outbox.OutboxStorage) ---------------------------------------------
+
+    async def claim_outbox(self, owner: str, lease_seconds: float, *, limit: int) -> list[OutboxRecord]:
+        return self._outbox.claim(owner, lease_seconds, limit)
+
+    async def mark_published(self, owner: str, seqs: typing.Collection[int]) -> int:
+        return self._outbox.mark_published(owner, seqs)
+
+    async def mark_failed(self, owner: str, seq: int, error: str, *, retry_in: float | None) -> bool:
+        return self._outbox.mark_failed(owner, seq, error, retry_in)
+
+    async def outbox_backlog(self) -> int:
+        return self._outbox.backlog()
+
+    async def list_outbox(
+        self, *, status: OutboxStatus | None = None, saga_id: uuid.UUID | None = None, limit: int = 100
+    ) -> list[OutboxRecord]:
+        return self._outbox.list(status, saga_id, limit)
+
+    async def requeue_outbox(self, message_id: uuid.UUID) -> bool:
+        return self._outbox.requeue(message_id)
+
+    async def purge_outbox(self, *, older_than: datetime.timedelta, limit: int = 1000) -> int:
+        return self._outbox.purge(older_than, limit)
 
     async def close(self) -> None:
         return None

@@ -14,6 +14,9 @@ import uuid
 
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 
+if typing.TYPE_CHECKING:
+    from cqrs.outbox.models import OutboxMessage
+
 __all__ = ["Lease", "NewSaga", "SagaClaim", "SagaLogEntry", "SagaRecord", "StepEntry"]
 
 JsonDict = dict[str, typing.Any]
@@ -73,6 +76,8 @@ class NewSaga:
     correlation_id: str | None = None
     status: SagaStatus = SagaStatus.RUNNING
     trace_context: dict[str, str] | None = None
+    #: Outbox messages inserted in the same commit as the saga (events its start carries).
+    outbox: typing.Sequence[OutboxMessage] = ()
 
 
 @dataclasses.dataclass(slots=True)

@@ -24,6 +24,9 @@ import typing
 import uuid
 
 from cqrs.saga.storage.enums import SagaStatus
+
+if typing.TYPE_CHECKING:
+    from cqrs.outbox.models import OutboxMessage
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
 
 __all__ = ["ISagaStorage", "SagaEngineStorage", "SagaOperatorStorage", "SagaStorage"]
@@ -38,7 +41,7 @@ class SagaEngineStorage(typing.Protocol):
     """The writes and claims the engine makes while it runs sagas."""
 
     async def start_saga(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
-        """Insert a saga owned by ``owner``, in one commit. None if the id is taken."""
+        """Insert a saga owned by ``owner`` (with its ``outbox`` messages), in one commit. None if the id is taken."""
 
     async def claim_saga(self, saga_id: uuid.UUID, owner: str, lease_seconds: float) -> SagaClaim | None:
         """Take the lease of a resumable saga whose lease is free, expired or ours.
@@ -59,8 +62,10 @@ class SagaEngineStorage(typing.Protocol):
         error: str | None = None,
         lease_seconds: float,
         release: bool = False,
+        outbox: typing.Sequence[OutboxMessage] = (),
     ) -> bool:
-        """In one commit: append ``entry``, store ``context`` and ``status``, renew (or release) the lease.
+        """In one commit: append ``entry``, store ``context`` and ``status``, renew (or release) the lease,
+        and insert the ``outbox`` messages (see `cqrs.outbox`).
 
         Writes nothing and returns False if ``lease`` is no longer the saga's.
         """

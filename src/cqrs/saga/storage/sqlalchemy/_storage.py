@@ -39,6 +39,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from cqrs.outbox.models import OutboxMessage
 from cqrs.saga.exceptions import SagaNotFoundError
 from cqrs.saga.storage.compat import PythonCqrsStorageMethods
 from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purge_filter, status_set
@@ -223,9 +224,12 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
         error: str | None = None,
         lease_seconds: float,
         release: bool = False,
+        outbox: typing.Sequence[OutboxMessage] = (),
     ) -> bool:
         """Append ``entry``, store ``context``, ``status`` and ``error``, renew (or release) the lease, in one
         commit; False, and nothing written, if ``lease`` is no longer the saga's."""
+        if outbox:
+            raise NotImplementedError("the SQL outbox is being written")
         # PostgreSQL: one autocommitted statement; the log row exists only if the fenced update matched.
         # SQLite and MySQL: UPDATE, then INSERT only if it matched, then COMMIT.
         params: dict[str, typing.Any] = {"b_id": saga_id, "b_owner": lease.owner, "b_epoch": lease.epoch}

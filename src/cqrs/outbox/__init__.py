@@ -1,0 +1,14 @@
+"""The transactional outbox: a step's notification events leave the process exactly when the step commits.
+
+With ``outbox=True`` on the mediator (or `bootstrap`), the notification
+events a step (or a compensation) emits are written as `OutboxMessage` rows in
+the same commit as the step's checkpoint; an `OutboxRelay` publishes them to
+a message broker afterwards, at least once, in order per saga, each under a
+stable message id.
+"""
+
+from cqrs.outbox.messages import outbox_message
+from cqrs.outbox.models import OutboxMessage, OutboxRecord, OutboxStatus
+from cqrs.outbox.protocol import OutboxStorage
+
+__all__ = ["OutboxMessage", "OutboxRecord", "OutboxStatus", "OutboxStorage", "outbox_message"]
