@@ -10,5 +10,6 @@ stable message id.
 from cqrs.outbox.messages import outbox_message
 from cqrs.outbox.models import OutboxMessage, OutboxRecord, OutboxStatus
 from cqrs.outbox.protocol import OutboxStorage
+from cqrs.outbox.relay import OutboxRelay
 
-__all__ = ["OutboxMessage", "OutboxRecord", "OutboxStatus", "OutboxStorage", "outbox_message"]
+__all__ = ["OutboxMessage", "OutboxRecord", "OutboxRelay", "OutboxStatus", "OutboxStorage", "outbox_message"]
