@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_memory.py            # 10,000 sagas, best of 3 rounds
     .venv/bin/python benchmarks/bench_memory.py --sagas 2000 --rounds 1
     .venv/bin/python benchmarks/bench_memory.py --json out.json
+    .venv/bin/python benchmarks/bench_memory.py --against /tmp/pycqrs4/bin/python   # python-cqrs, same run
 
 Two loops run the same three step objects back to back, one saga at a time:
 
@@ -13,7 +14,16 @@ Two loops run the same three step objects back to back, one saga at a time:
   container, results, final status.
 
 *framework µs per step* = (engine time - direct time) / sagas / 3. The target
-(issue 2) is under 15 µs per step on a 2-core machine.
+(issue 17) is at most 15 µs per step on a 2-core machine.
+
+``--against PYTHON`` runs this same script under another interpreter in the
+same run, alternating rounds with this one, and prints the per-round ratio
+of its engine µs per saga to ours (median of the rounds; the aim is 4x). The
+script uses only the API python-cqrs shares (``bootstrap``, ``stream``), so
+an interpreter with python-cqrs installed measures python-cqrs:
+
+    python3.11 -m venv /tmp/pycqrs4
+    /tmp/pycqrs4/bin/pip install python-cqrs==4.15.1 di aiobreaker
 """
 
 from __future__ import annotations
@@ -23,8 +33,13 @@ import asyncio
 import dataclasses
 import gc
 import json
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import typing
 
 import di
 
@@ -101,9 +116,11 @@ async def time_engine(sagas: int) -> float:
     mediator = make_mediator()
     started = time.perf_counter()
     for index in range(sagas):
-        outcome = await mediator.run(NoopContext(order_id=str(index)))
-        if not outcome.succeeded:
-            raise RuntimeError(f"saga ended {outcome.status}: {outcome.error!r}")
+        completed = 0
+        async for _ in mediator.stream(NoopContext(order_id=str(index))):
+            completed += 1
+        if completed != STEPS:
+            raise RuntimeError(f"the saga yielded {completed} steps, not {STEPS}")
     return time.perf_counter() - started
 
 
@@ -124,12 +141,51 @@ async def measure(sagas: int, rounds: int) -> dict[str, float]:
     }
 
 
+def _one_round(python: str, sagas: int) -> dict[str, float]:
+    """This script's figures for one round under ``python`` (a subprocess)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "figures.json")
+        subprocess.run(
+            [python, os.path.abspath(__file__), "--sagas", str(sagas), "--rounds", "1", "--json", out],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        with open(out, encoding="utf-8") as figures:
+            return typing.cast("dict[str, float]", json.load(figures))
+
+
+def compare(against: str, sagas: int, rounds: int) -> dict[str, typing.Any]:
+    """Alternate rounds of this interpreter and ``against``; the per-round ratio of their µs per saga."""
+    ratios, ours, theirs = [], [], []
+    for round_number in range(rounds):
+        order = [sys.executable, against] if round_number % 2 == 0 else [against, sys.executable]
+        figures = {python: _one_round(python, sagas) for python in order}
+        ours.append(figures[sys.executable]["engine_us_per_saga"])
+        theirs.append(figures[against]["engine_us_per_saga"])
+        ratios.append(theirs[-1] / ours[-1])
+    return {"ours_us_per_saga": ours, "theirs_us_per_saga": theirs, "ratios": ratios,
+            "median_ratio": statistics.median(ratios)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sagas", type=int, default=10_000, help="sagas per round (default 10000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the fastest is reported (default 3)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    parser.add_argument("--against", metavar="PYTHON",
+                        help="also time this script under another interpreter (e.g. one with python-cqrs)")
     args = parser.parse_args(argv)
+
+    if args.against:
+        result = compare(args.against, args.sagas, args.rounds)
+        print(f"engine µs per saga, {args.rounds} alternating rounds of {args.sagas} sagas:")
+        for mine, other, ratio in zip(result["ours_us_per_saga"], result["theirs_us_per_saga"], result["ratios"],
+                                      strict=True):
+            print(f"  this: {mine:7.1f}   {args.against}: {other:7.1f}   ratio {ratio:.2f}")
+        print(f"  median ratio {result['median_ratio']:.2f} (aim: at least 4)")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as out:
+                json.dump(result, out, indent=2)
+        return 0
 
     figures = asyncio.run(measure(args.sagas, args.rounds))
     per_step = figures["framework_us_per_step"]

@@ -206,14 +206,6 @@ def test_from_dict_reads_a_camel_case_context_python_cqrs_stored() -> None:
     assert OrderContext("1", "r").to_dict() == {"order_id": "1", "reservation_id": "r", "payment_id": None}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine: SagaRun._load_context (cqrs/saga/_run.py) rebuilds a dataclass or pydantic context class "
-        "with _serialization.load_context, not the class's from_dict as python-cqrs's recover_saga does, "
-        "so a camelCase context row (or a user's from_dict override) is not honoured on recovery"
-    ),
-)
 async def test_recovery_reads_a_camel_case_context_python_cqrs_stored(storage: SagaStorage) -> None:
     saga_id = uuid.uuid4()
     python_cqrs_row = {"orderId": "1", "reservationId": "r-old", "paymentId": None}

@@ -140,7 +140,8 @@ async def test_the_storage_copies_what_it_is_given_through_its_own_api() -> None
     assert (await storage.load_saga_state(saga_id))[1] == {"cart_id": "c9", "items": ["plum"]}
 
 
-async def test_checkpoint_responses_are_copied() -> None:
+async def test_checkpoint_keeps_what_the_engine_hands_over_and_hands_out_copies() -> None:
+    """The engine's writes hand the JSON over (see the protocol); what comes back out is a copy."""
     storage = MemorySagaStorage()
     saga_id = uuid.uuid4()
     await storage.create_saga(saga_id, "CartSaga", {})
@@ -156,8 +157,11 @@ async def test_checkpoint_responses_are_copied() -> None:
         context=context,
         lease_seconds=30,
     )
-    response["items"].append("b")
-    context["items"].append("b")
+    (entry,) = await storage.get_step_history(saga_id)
+    assert entry.response == {"items": ["a"]}
+    entry.response["items"].append("b")
+    _, stored, _ = await storage.load_saga_state(saga_id)
+    stored["items"].append("b")
 
     (entry,) = await storage.get_step_history(saga_id)
     assert entry.response == {"items": ["a"]}

@@ -11,12 +11,14 @@ import cqrs
 
 PUBLIC = {
     "cqrs": {
-        "Container", "DIContainer", "DomainEvent", "EngineSettings", "Event", "EventEmitter", "EventHandler",
-        "EventMap", "Fallback", "IDomainEvent", "IEvent", "INotificationEvent", "IResponse", "MemorySagaStorage",
-        "NotificationEvent", "RecoveryWorker", "Resp", "Response", "RetryPolicy", "RunInfo", "Saga", "SagaConfig",
-        "SagaContext", "SagaError", "SagaEvent", "SagaHook", "SagaMap", "SagaMediator", "SagaMermaid",
-        "SagaNotBoundError", "SagaOutcome", "SagaStatus", "SagaStepHandler", "SagaStepResult", "SagaStepStatus",
-        "SagaStorage", "ScopeStrategy", "bootstrap", "recover_saga",
+        "Container", "ContextT", "DCDomainEvent", "DCEvent", "DCNotificationEvent", "DCResponse", "DIContainer",
+        "DomainEvent", "EngineSettings", "Event", "EventEmitter", "EventHandler", "EventMap", "Fallback",
+        "IDomainEvent", "IEvent", "INotificationEvent", "IResponse", "MemorySagaStorage", "NotificationEvent",
+        "PydanticDomainEvent", "PydanticEvent", "PydanticNotificationEvent", "PydanticResponse", "RecoveryWorker",
+        "Resp", "Response", "RetryPolicy", "RunInfo", "Saga", "SagaConfig", "SagaContext", "SagaError", "SagaEvent",
+        "SagaHook", "SagaMap", "SagaMediator", "SagaMermaid", "SagaNotBoundError", "SagaOutcome", "SagaStatus",
+        "SagaStepHandler", "SagaStepResult", "SagaStepStatus", "SagaStorage", "ScopeStrategy", "SupportsScope",
+        "bootstrap", "recover_saga",
     },
 }
 
@@ -39,11 +41,11 @@ SEED_IMPORTS = {
 # Every public module's ``__all__``, pinned: the integrations and storages are API too.
 MODULE_ALL = {
     "cqrs.saga.bootstrap": {"bootstrap"},
-    "cqrs.saga.saga": {"Saga"},
+    "cqrs.saga.saga": {"Saga", "SagaTransaction"},
     "cqrs.saga.step": {"Resp", "SagaStepHandler", "SagaStepResult"},
     "cqrs.saga.mediator": {"SagaMediator", "SagaOutcome"},
     "cqrs.saga.map": {"SagaMap"},
-    "cqrs.saga.models": {"SagaContext"},
+    "cqrs.saga.models": {"ContextT", "SagaContext"},
     "cqrs.saga.fallback": {"Fallback"},
     "cqrs.saga.retry": {"RetryPolicy"},
     "cqrs.saga.exceptions": {

@@ -490,6 +490,9 @@ async def test_a_checkpoint_of_an_unknown_saga_is_false(storage: SagaStorage) ->
 
 
 async def test_a_checkpoint_that_fails_midway_writes_nothing(storage: SagaStorage) -> None:
+    # The SQL storages serialize what they are given, so bad JSON fails there; the memory storage keeps
+    # the engine's own JSON as it is (see the protocol) and never has to refuse it.
+    sql_only(storage)
     saga_id, lease = await started(storage, context={"n": 0})
     before = await record_of(storage, saga_id)
 
@@ -1311,17 +1314,16 @@ async def test_concurrent_amendments_at_one_version_let_exactly_one_through(stor
 
 
 async def test_what_a_storage_hands_out_and_takes_in_are_copies(storage: SagaStorage) -> None:
-    context: JsonDict = {"items": ["a"], "nested": {"n": 1}}
+    # The engine's own writes (start_saga, checkpoint) hand their JSON over and never touch it again
+    # (see the protocol); the operator and python-cqrs writes take copies.
+    context: JsonDict = {"items": ["a", "mutated after start"], "nested": {"n": 1}}
     response: JsonDict = {"lines": [{"sku": "a"}]}
-    new = new_saga(context=context)
+    new = new_saga(context={"items": ["a"], "nested": {"n": 1}})
     lease = await storage.start_saga(new, "runner-a", LEASE)
     assert lease is not None
-    context["items"].append("mutated after start")
     assert await storage.checkpoint(
         new.saga_id, lease, entry=act("one", response), context=context, lease_seconds=LEASE
     )
-    context["nested"]["n"] = 2
-    response["lines"].append({"sku": "mutated after checkpoint"})
     created = uuid.uuid4()
     create_context: JsonDict = {"x": [1]}
     await storage.create_saga(created, "order", create_context)

@@ -7,8 +7,11 @@ runs unchanged.
 
 from cqrs import bootstrap
 from cqrs.config import SagaConfig
-from cqrs.container import Container, DIContainer, ScopeStrategy
+from cqrs.container import Container, DIContainer, ScopeStrategy, SupportsScope
 from cqrs.events import (
+    DCDomainEvent,
+    DCEvent,
+    DCNotificationEvent,
     DomainEvent,
     Event,
     EventEmitter,
@@ -18,15 +21,18 @@ from cqrs.events import (
     IEvent,
     INotificationEvent,
     NotificationEvent,
+    PydanticDomainEvent,
+    PydanticEvent,
+    PydanticNotificationEvent,
 )
-from cqrs.response import IResponse, Response
+from cqrs.response import DCResponse, IResponse, PydanticResponse, Response
 from cqrs.saga.exceptions import SagaError, SagaNotBoundError
 from cqrs.saga.fallback import Fallback
 from cqrs.saga.hooks import RunInfo, SagaEvent, SagaHook
 from cqrs.saga.map import SagaMap
 from cqrs.saga.mediator import SagaMediator, SagaOutcome
 from cqrs.saga.mermaid import SagaMermaid
-from cqrs.saga.models import SagaContext
+from cqrs.saga.models import ContextT, SagaContext
 from cqrs.saga.recovery import RecoveryWorker, recover_saga
 from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.saga import Saga
@@ -38,6 +44,11 @@ from cqrs.saga.storage.protocol import SagaStorage
 
 __all__ = [
     "Container",
+    "ContextT",
+    "DCDomainEvent",
+    "DCEvent",
+    "DCNotificationEvent",
+    "DCResponse",
     "DIContainer",
     "DomainEvent",
     "EngineSettings",
@@ -52,6 +63,10 @@ __all__ = [
     "IResponse",
     "MemorySagaStorage",
     "NotificationEvent",
+    "PydanticDomainEvent",
+    "PydanticEvent",
+    "PydanticNotificationEvent",
+    "PydanticResponse",
     "RecoveryWorker",
     "Resp",
     "Response",
@@ -74,6 +89,7 @@ __all__ = [
     "SagaStepStatus",
     "SagaStorage",
     "ScopeStrategy",
+    "SupportsScope",
     "bootstrap",
     "recover_saga",
 ]

@@ -55,6 +55,15 @@ class DIContainer:
         self._executor = AsyncExecutor()
 
     @property
+    def plain_factories(self) -> typing.Mapping[type[typing.Any], typing.Callable[[], typing.Any]]:
+        """Types this container builds with one plain call (no dependencies, no scope), once resolved.
+
+        The engine calls these directly instead of awaiting `resolve`: the same instance, without a
+        coroutine per step.
+        """
+        return self._factories
+
+    @property
     def container(self) -> di.Container:
         """The wrapped ``di.Container``."""
         if self._container is None:

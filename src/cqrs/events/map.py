@@ -27,6 +27,11 @@ class EventMap(dict[type[typing.Any], list[HandlerType]]):
             raise KeyError(f"{handler_type} already bound to {event_type}")
         handlers.append(handler_type)
 
+    def __setitem__(self, event_type: type[typing.Any], handlers: list[HandlerType]) -> None:
+        if event_type in self:
+            raise KeyError(f"{event_type} already exists in the registry; bind more handlers with bind()")
+        super().__setitem__(event_type, handlers)
+
     def handlers_for(self, event_type: type[typing.Any]) -> list[HandlerType]:
         """The handlers of ``event_type``: its own, then its bases', most specific first."""
         if len(self) == 0:

@@ -69,9 +69,23 @@ class HookSet:
 EMPTY = HookSet()
 
 
-async def call_hooks(methods: tuple[Method, ...], *args: typing.Any) -> None:
-    """Call each method with ``args``, awaiting what returns an awaitable."""
-    for method in methods:
+def call_hooks(methods: tuple[Method, ...], *args: typing.Any) -> typing.Awaitable[None] | None:
+    """Call each method with ``args`` in order; an awaitable to await if one returned an awaitable, else None.
+
+    A plain function, so hooks that return nothing (logging, metrics, listeners) cost no coroutine: the
+    caller writes ``pending = call_hooks(...)`` and awaits ``pending`` only when it is not None. The
+    methods after one that returned an awaitable run once it has been awaited.
+    """
+    for position, method in enumerate(methods):
+        outcome = method(*args)
+        if outcome is not None:
+            return _rest(outcome, methods[position + 1 :], args)
+    return None
+
+
+async def _rest(first: typing.Awaitable[None], rest: tuple[Method, ...], args: tuple[typing.Any, ...]) -> None:
+    await first
+    for method in rest:
         outcome = method(*args)
         if outcome is not None:
             await outcome

@@ -90,9 +90,11 @@ class LocalRuns:
         Raises if another run of this process is advancing the saga now (it claimed it since).
         """
         key = saga_id.int
-        if self._busy(key, token):
+        advancing = self.advancing
+        holder = advancing.get(key)
+        if holder is not None and holder is not token:  # `_busy`, inlined: this runs on every step
             raise SagaOwnershipLostError(saga_id)
-        self.advancing[key] = token
+        advancing[key] = token
         return self.latest.get(key) is token
 
     def pause(self, saga_id: uuid.UUID, token: object) -> None:
@@ -137,7 +139,10 @@ class _Ticker:
     def add(self, heartbeat: Heartbeat) -> None:
         self.acting[heartbeat] = self.ticks
         if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+            self.arm()
+
+    def arm(self) -> None:
+        self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
 
     def _tick(self) -> None:
         self._handle = None
@@ -193,7 +198,9 @@ class Heartbeat:
         ticker = self._ticker
         if ticker is None:
             ticker = self._ticker = _ticker(self._run.lease_seconds)
-        ticker.add(self)
+        ticker.acting[self] = ticker.ticks  # `_Ticker.add`, inlined for the hot path
+        if ticker._handle is None:
+            ticker.arm()
 
     def end(self) -> asyncio.Future[None] | None:
         """An action ended; await what this returns (if anything) before the next write."""

@@ -33,6 +33,7 @@ from cqrs.saga import _serialization
 from cqrs.saga._hookset import HookSet, call_hooks
 from cqrs.saga._ownership import Heartbeat, local_runs, process_owner
 from cqrs.saga.exceptions import (
+    ContextDeserializationError,
     SagaAlreadyRunningError,
     SagaCompensatedError,
     SagaDeadlineExceededError,
@@ -65,6 +66,8 @@ Result = SagaStepResult[typing.Any, typing.Any]
 ContextBuilder = typing.Callable[[JsonDict], typing.Any]
 
 _UTC = datetime.timezone.utc
+#: `SagaRun.advance`'s "no new saga to open" (a context may be None).
+_NOT_NEW: typing.Any = object()
 
 
 @dataclasses.dataclass(slots=True)
@@ -84,10 +87,36 @@ class SagaRun:
     """
 
     __slots__ = (
-        "_busy", "_current_step", "_done", "_heartbeat", "_lease_fresh_until", "_token", "compensation_retry",
-        "container", "context", "context_builder", "correlation_id", "created_at", "error", "history",
-        "hooks", "lease", "lease_lost", "outbox", "owner", "recovering", "saga_id", "saga_type", "settings", "status",
-        "storage", "trace_context",
+        "_busy",
+        "_current_step",
+        "_done",
+        "_factories",
+        "_heartbeat",
+        "_lease_fresh_until",
+        "_loop",
+        "_observed",
+        "_scope",
+        "_token",
+        "compensation_retry",
+        "container",
+        "context",
+        "context_builder",
+        "correlation_id",
+        "created_at",
+        "error",
+        "history",
+        "hooks",
+        "lease",
+        "lease_lost",
+        "outbox",
+        "owner",
+        "recovering",
+        "saga_id",
+        "saga_type",
+        "settings",
+        "status",
+        "storage",
+        "trace_context",
     )
 
     def __init__(
@@ -130,6 +159,13 @@ class SagaRun:
         self._current_step: str | None = None
         self._done: list[_Done] = []
         self._heartbeat = Heartbeat(self)
+        self._scope = correlation_scope(self)  # reused: a run does one action at a time
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._observed = bool(hooks.attempt_started or hooks.attempt_finished)
+        # Step classes the container builds with a plain call (no await), when it says which.
+        self._factories: typing.Mapping[type[typing.Any], typing.Callable[[], typing.Any]] | None = getattr(
+            container, "plain_factories", None
+        )
 
     @property
     def saga_name(self) -> str:
@@ -204,7 +240,9 @@ class SagaRun:
         if self.saga_type.deadline is not None:  # the deadline counts from here (read only for it)
             self.created_at = datetime.datetime.now(_UTC)
         if self.hooks.saga_started:
-            await call_hooks(self.hooks.saga_started, self)
+            hooked = call_hooks(self.hooks.saga_started, self)
+            if hooked is not None:
+                await hooked
 
     async def open_existing(self, *, as_named: bool = False) -> None:
         """Claim a stored saga so it can be advanced (or replayed, if final).
@@ -248,31 +286,50 @@ class SagaRun:
             self._granted(lease)
         self.context = self._load_context(record.context)
         if lease is not None and self.hooks.saga_resumed:
-            await call_hooks(self.hooks.saga_resumed, self)
+            hooked = call_hooks(self.hooks.saga_resumed, self)
+            if hooked is not None:
+                await hooked
 
     def _load_context(self, data: JsonDict) -> typing.Any:
-        if self.context_builder is not None and not (
-            isinstance(self.context_builder, type) and _serialization.is_context_type(self.context_builder)
-        ):
-            return self.context_builder(data)
-        context_type = self.context_builder or self.saga_type.context_type
+        builder = self.context_builder
+        if builder is not None and not (isinstance(builder, type) and _serialization.is_context_type(builder)):
+            return builder(data)
+        context_type = builder if isinstance(builder, type) else self.saga_type.context_type
         if context_type is None:
             raise UnknownSagaError(
                 f"Saga {self.saga_type.__qualname__} declares no context type; subclass Saga[YourContext]"
             )
-        return _serialization.load_context(context_type, data, saga_id=self.saga_id)
+        reader = getattr(context_type, "from_dict", None)
+        if not callable(reader):
+            return _serialization.load_context(context_type, data, saga_id=self.saga_id)
+        # The context class's own reader: python-cqrs's recover_saga calls it, and `SagaContext.from_dict`
+        # also reads the camelCase rows python-cqrs stored.
+        try:
+            return reader(data)
+        except ContextDeserializationError:
+            raise
+        except Exception as error:
+            raise ContextDeserializationError(
+                f"Saga {self.saga_id}: the stored context no longer fits {context_type.__qualname__}: {error}",
+                saga_id=self.saga_id, fields=(),
+            ) from error
 
     def _granted(self, lease: Lease) -> None:
         self.lease = lease
-        self._lease_fresh_until = asyncio.get_running_loop().time() + self.settings.lease_seconds / 2
+        loop = self._loop = asyncio.get_running_loop()
+        self._lease_fresh_until = loop.time() + self.settings.lease_seconds / 2
 
     # -- the state machine ------------------------------------------------------------
 
-    async def advance(self) -> typing.AsyncIterator[Result]:
+    async def advance(self, context: typing.Any = _NOT_NEW) -> typing.AsyncIterator[Result]:
         """Yield stored results first (``replayed=True``), then each newly completed step.
 
-        Raises the failing step's own error once its saga is compensated.
+        With ``context``, the saga is opened first (`open_new`): a stream is
+        then one generator, not two. Raises the failing step's own error once
+        its saga is compensated.
         """
+        if context is not _NOT_NEW:
+            await self.open_new(context)
         if self.lease is None:
             async for result in self._finished():
                 yield result
@@ -292,9 +349,10 @@ class SagaRun:
                 self.status = SagaStatus.RUNNING
             steps = self.saga_type.steps
             start = done[-1].index + 1 if done else 0
+            loop = asyncio.get_running_loop()
             for index in range(start, len(steps)):
                 self._hold()
-                if asyncio.get_running_loop().time() > self._lease_fresh_until:
+                if loop.time() > self._lease_fresh_until:
                     await self.renew_lease()
                 result = await self._forward(index, steps[index], done)
                 local_runs.pause(self.saga_id, self._token)
@@ -307,7 +365,9 @@ class SagaRun:
                 self.status = SagaStatus.COMPLETED
         except SagaOwnershipLostError:
             if self.hooks.lease_lost:
-                await call_hooks(self.hooks.lease_lost, self)
+                hooked = call_hooks(self.hooks.lease_lost, self)
+                if hooked is not None:
+                    await hooked
             raise
         finally:
             local_runs.forget(self.saga_id, self._token)
@@ -329,7 +389,9 @@ class SagaRun:
             await self._fail(self._done, error, _entry_name(steps[min(following, len(steps) - 1)]))
         except SagaOwnershipLostError:
             if self.hooks.lease_lost:
-                await call_hooks(self.hooks.lease_lost, self)
+                hooked = call_hooks(self.hooks.lease_lost, self)
+                if hooked is not None:
+                    await hooked
             raise
         finally:
             local_runs.forget(self.saga_id, self._token)
@@ -348,9 +410,18 @@ class SagaRun:
     async def _forward(self, index: int, entry: SagaEntry, done: list[_Done]) -> Result:
         """Run step ``index`` and record it; on failure, compensate ``done`` and raise."""
         if self.hooks.step_started:
-            await call_hooks(self.hooks.step_started, self, _entry_name(entry))
+            hooked = call_hooks(self.hooks.step_started, self, _entry_name(entry))
+            if hooked is not None:
+                await hooked
         try:
-            step_type, instance, result = await self._act_entry(entry)
+            if isinstance(entry, Fallback) or self.saga_type.deadline is not None:
+                step_type, instance, result = await self._act_entry(entry)
+            else:  # the common case, without the extra coroutine
+                step_type = entry
+                self._current_step = entry.name
+                factory = self._factories.get(entry) if self._factories is not None else None
+                instance = factory() if factory is not None else await self.container.resolve(entry)
+                result = await self._act(entry, instance)
         except (asyncio.CancelledError, SagaOwnershipLostError):
             raise
         except Exception as error:
@@ -367,13 +438,28 @@ class SagaRun:
             await self._fail(done, error, step_type.name)
             raise
         last = index == len(self.saga_type.steps) - 1
-        await self._checkpoint(
-            StepEntry(step_type.name, "act", SagaStepStatus.COMPLETED, _fallback_note(entry, step_type), response_json),
-            context=context_json,
-            status=SagaStatus.COMPLETED if last else None,
-            release=last,
-            outbox=self._messages(instance.events) if self.outbox else (),
+        step_entry = StepEntry(
+            step_type.name,
+            "act",
+            SagaStepStatus.COMPLETED,
+            None if step_type is entry else _fallback_note(entry, step_type),
+            response_json,
         )
+        if self.outbox:
+            await self._checkpoint(
+                step_entry, context=context_json, status=SagaStatus.COMPLETED if last else None, release=last,
+                outbox=self._messages(instance.events),
+            )
+        else:  # `_checkpoint` inlined: one coroutine less on every step
+            assert self.lease is not None
+            if not await self.storage.checkpoint(
+                self.saga_id, self.lease, entry=step_entry, context=context_json,
+                status=SagaStatus.COMPLETED if last else None, lease_seconds=self.settings.lease_seconds, release=last,
+            ):
+                self.lease_lost = True
+                raise SagaOwnershipLostError(self.saga_id)
+            if self._loop is not None:
+                self._lease_fresh_until = self._loop.time() + self.settings.lease_seconds / 2
         done.append(_Done(index, step_type, instance, response_json))
         if last:
             self.status = SagaStatus.COMPLETED
@@ -384,11 +470,13 @@ class SagaRun:
             result = dataclasses.replace(result, saga_id=self.saga_id)
         hooks = self.hooks
         if hooks.step_completed:
-            await call_hooks(hooks.step_completed, self, step_type.name, result, instance.events)
+            hooked = call_hooks(hooks.step_completed, self, step_type.name, result, instance.events)
+            if hooked is not None:
+                await hooked
         if last and hooks.saga_finished:
-            await call_hooks(hooks.saga_finished, self, SagaStatus.COMPLETED, None)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("Saga %s: step %s completed", self.saga_id, step_type.name)
+            hooked = call_hooks(hooks.saga_finished, self, SagaStatus.COMPLETED, None)
+            if hooked is not None:
+                await hooked
         return result
 
     async def _act_entry(self, entry: SagaEntry) -> tuple[StepType, Step, Result]:
@@ -422,10 +510,14 @@ class SagaRun:
                     self.saga_id, primary.name, error_text(error), entry.fallback.name,
                 )
                 if self.hooks.step_failed:
-                    await call_hooks(self.hooks.step_failed, self, primary.name, error)
+                    hooked = call_hooks(self.hooks.step_failed, self, primary.name, error)
+                    if hooked is not None:
+                        await hooked
                 _serialization.restore_in_place(self.context, snapshot)
         if self.hooks.step_started:
-            await call_hooks(self.hooks.step_started, self, entry.fallback.name)
+            hooked = call_hooks(self.hooks.step_started, self, entry.fallback.name)
+            if hooked is not None:
+                await hooked
         instance = await self._resolve(entry.fallback)
         return entry.fallback, instance, await self._act(entry.fallback, instance)
 
@@ -436,11 +528,28 @@ class SagaRun:
 
     async def _act(self, step_type: StepType, instance: Step) -> Result:
         self._current_step = step_type.name
-        policy = step_type.retry or NO_RETRY
         heartbeat = self._heartbeat
         heartbeat.begin()
         try:
-            return await self._retry(policy, step_type.name, "act", self._attempt, step_type, instance)
+            policy = step_type.retry
+            if policy is None and not self._observed and step_type.timeout is None and self.saga_type.deadline is None:
+                # One attempt, no time limit, nothing watching it: `_attempt` inlined.
+                events = getattr(instance, "_events", None)
+                events_before = len(events) if type(events) is list else -1
+                with self._scope:
+                    try:
+                        result = await instance.act(self.context)
+                    except BaseException:
+                        if events_before >= 0:  # a failed attempt's events describe what did not happen
+                            del typing.cast("list[object]", events)[events_before:]
+                        raise
+                if not isinstance(result, SagaStepResult):
+                    raise StepContractError(
+                        f"{step_type.__qualname__}.act returned {result!r}; "
+                        "return self._generate_step_result(response)"
+                    )
+                return result
+            return await self._retry(policy or NO_RETRY, step_type.name, "act", self._attempt, step_type, instance)
         finally:
             renewal = heartbeat.end()
             if renewal is not None:
@@ -501,7 +610,7 @@ class SagaRun:
         attempt = 1
         while True:
             try:
-                with correlation_scope(self):
+                with self._scope:
                     if not observed:
                         return await func(*args)
                     return await self._observed_attempt(step_name, what, attempt, func, args)
@@ -529,15 +638,21 @@ class SagaRun:
     ) -> T:
         hooks = self.hooks
         if hooks.attempt_started:
-            await call_hooks(hooks.attempt_started, self, step_name, what, attempt)
+            hooked = call_hooks(hooks.attempt_started, self, step_name, what, attempt)
+            if hooked is not None:
+                await hooked
         try:
             outcome = await func(*args)
         except BaseException as error:
             if hooks.attempt_finished:
-                await call_hooks(hooks.attempt_finished, self, step_name, what, attempt, error)
+                hooked = call_hooks(hooks.attempt_finished, self, step_name, what, attempt, error)
+                if hooked is not None:
+                    await hooked
             raise
         if hooks.attempt_finished:
-            await call_hooks(hooks.attempt_finished, self, step_name, what, attempt, None)
+            hooked = call_hooks(hooks.attempt_finished, self, step_name, what, attempt, None)
+            if hooked is not None:
+                await hooked
         return outcome
 
     # -- failure and compensation ------------------------------------------------------
@@ -547,18 +662,24 @@ class SagaRun:
         logger.warning("Saga %s: step %s failed: %s", self.saga_id, failed_step, self.error)
         hooks = self.hooks
         if hooks.step_failed:
-            await call_hooks(hooks.step_failed, self, failed_step, error)
+            hooked = call_hooks(hooks.step_failed, self, failed_step, error)
+            if hooked is not None:
+                await hooked
         entry = StepEntry(failed_step, "act", SagaStepStatus.FAILED, self.error)
         if not done:
             await self._checkpoint(entry, status=SagaStatus.FAILED, error=self.error, release=True)
             self.status = SagaStatus.FAILED
             if hooks.saga_finished:
-                await call_hooks(hooks.saga_finished, self, SagaStatus.FAILED, self.error)
+                hooked = call_hooks(hooks.saga_finished, self, SagaStatus.FAILED, self.error)
+                if hooked is not None:
+                    await hooked
             return
         await self._checkpoint(entry, status=SagaStatus.COMPENSATING, error=self.error)
         self.status = SagaStatus.COMPENSATING
         if hooks.compensation_started:
-            await call_hooks(hooks.compensation_started, self, self.error)
+            hooked = call_hooks(hooks.compensation_started, self, self.error)
+            if hooked is not None:
+                await hooked
         await self._compensate(list(reversed(done)))
 
     async def _compensate(self, pending: list[_Done]) -> None:
@@ -568,7 +689,9 @@ class SagaRun:
             await self._checkpoint(None, status=SagaStatus.FAILED, release=True)
             self.status = SagaStatus.FAILED
             if hooks.saga_finished:
-                await call_hooks(hooks.saga_finished, self, SagaStatus.FAILED, self.error)
+                hooked = call_hooks(hooks.saga_finished, self, SagaStatus.FAILED, self.error)
+                if hooked is not None:
+                    await hooked
             return
         any_failed = False
         for position, item in enumerate(pending):
@@ -602,12 +725,18 @@ class SagaRun:
             )
             if failure is None:
                 if hooks.step_compensated:
-                    await call_hooks(hooks.step_compensated, self, name, events)
+                    hooked = call_hooks(hooks.step_compensated, self, name, events)
+                    if hooked is not None:
+                        await hooked
             elif hooks.compensation_failed:
-                await call_hooks(hooks.compensation_failed, self, name, failure)
+                hooked = call_hooks(hooks.compensation_failed, self, name, failure)
+                if hooked is not None:
+                    await hooked
         self.status = SagaStatus.COMPENSATION_FAILED if any_failed else SagaStatus.FAILED
         if hooks.saga_finished:
-            await call_hooks(hooks.saga_finished, self, self.status, self.error)
+            hooked = call_hooks(hooks.saga_finished, self, self.status, self.error)
+            if hooked is not None:
+                await hooked
 
     # -- storage --------------------------------------------------------------------
 
@@ -635,7 +764,8 @@ class SagaRun:
         if not ok:
             self.lease_lost = True
             raise SagaOwnershipLostError(self.saga_id)
-        self._lease_fresh_until = asyncio.get_running_loop().time() + self.settings.lease_seconds / 2
+        if self._loop is not None:
+            self._lease_fresh_until = self._loop.time() + self.settings.lease_seconds / 2
 
     async def renew_lease(self) -> None:
         assert self.lease is not None

@@ -218,7 +218,7 @@ class SagaMediator:
         runs) for a context that cannot be stored.
         """
         run = self._for_context(context, saga_id, correlation_id, listener, compensation_retry)
-        return _stream(run, context)
+        return run.advance(context)
 
     def execute(
         self,
@@ -370,12 +370,6 @@ class SagaMediator:
         from cqrs.saga.recovery import RecoveryWorker
 
         return RecoveryWorker(self, **options)
-
-
-async def _stream(run: SagaRun, context: typing.Any) -> typing.AsyncIterator[Result]:
-    await run.open_new(context)
-    async for result in run.advance():
-        yield result
 
 
 async def drive(run: SagaRun) -> SagaOutcome:

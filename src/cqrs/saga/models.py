@@ -7,7 +7,7 @@ import typing
 
 from cqrs.saga import _serialization
 
-__all__ = ["SagaContext"]
+__all__ = ["ContextT", "SagaContext"]
 
 _Self = typing.TypeVar("_Self", bound="SagaContext")
 

@@ -12,7 +12,7 @@ from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.settings import DEFAULT_COMPENSATION_RETRY
 from cqrs.saga.step import SagaStepHandler
 
-__all__ = ["Saga"]
+__all__ = ["Saga", "SagaTransaction"]
 
 ContextT = typing.TypeVar("ContextT")
 if typing.TYPE_CHECKING:
@@ -158,3 +158,7 @@ def _validate(cls: type[Saga[typing.Any]]) -> None:
                     f"{where} runs on {cls.context_type.__qualname__}, but step "
                     f"{step_type.__qualname__} expects {step_context.__qualname__}"
                 )
+
+
+# python-cqrs defines the transaction here; it lives in its own module (imported last: it needs `Saga`'s module loaded).
+from cqrs.saga.transaction import SagaTransaction  # noqa: E402

@@ -10,6 +10,7 @@ inheriting it next to implementing `SagaEngineStorage` and
 
 from __future__ import annotations
 
+import copy
 import datetime
 import typing
 import uuid
@@ -36,7 +37,8 @@ class PythonCqrsStorageMethods:
     ) -> None:
         """Store a new ``pending`` saga without an owner; ``ValueError`` if the id is taken."""
         storage = _storage(self)
-        new = NewSaga(saga_id, name, context, correlation_id=correlation_id, status=SagaStatus.PENDING)
+        # A copy: `start_saga` may keep what it is given, and this caller may change its dict afterwards.
+        new = NewSaga(saga_id, name, copy.deepcopy(context), correlation_id=correlation_id, status=SagaStatus.PENDING)
         lease = await storage.start_saga(new, _CREATOR, 0.0)
         if lease is None:
             raise ValueError(f"A saga with id {saga_id} is already stored")

@@ -162,8 +162,13 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
         record.updated_at = self._clock()
         return record
 
-    def _log_row(self, saga_id: uuid.UUID, entry: StepEntry, now: datetime.datetime | None = None) -> SagaLogEntry:
-        """The row ``entry`` becomes (its own copy), not yet appended: building it may fail."""
+    def _log_row(
+        self, saga_id: uuid.UUID, entry: StepEntry, now: datetime.datetime | None = None, *, owned: bool = False
+    ) -> SagaLogEntry:
+        """The row ``entry`` becomes, not yet appended: building it may fail.
+
+        ``owned``: the caller gave up the response (the engine's writes), so it is kept, not copied.
+        """
         return SagaLogEntry(
             saga_id,
             entry.step_name,
@@ -171,7 +176,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
             entry.status if type(entry.status) is SagaStepStatus else SagaStepStatus(entry.status),
             now or self._clock(),
             entry.details,
-            _json_copy(entry.response),
+            entry.response if owned else _json_copy(entry.response),
             self._seq + 1,
         )
 
@@ -221,7 +226,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
             saga_id=saga.saga_id,
             name=saga.name,
             status=SagaStatus(saga.status),
-            context=_json_copy(saga.context),
+            context=saga.context,  # the caller's fresh dict (see the protocol): kept as it is
             version=1,
             definition_version=saga.definition_version,
             correlation_id=saga.correlation_id,
@@ -272,19 +277,19 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
         outbox: typing.Sequence[OutboxMessage] = (),
     ) -> bool:
         record = self._sagas.get(saga_id)
-        if record is None or not self._holds(record, lease):
+        if record is None or record.owner != lease.owner or record.lease_epoch != lease.epoch:
             return False
-        # Everything that may fail (copying what is stored) comes first: a checkpoint is all or nothing.
+        # Everything that may fail comes first: a checkpoint is all or nothing.
         now = self._clock()
-        row = self._log_row(saga_id, entry, now) if entry is not None else None
+        row = self._log_row(saga_id, entry, now, owned=True) if entry is not None else None
         messages = self._outbox.prepared(saga_id, outbox) if outbox else None
-        stored_context = _json_copy(context) if context is not None else None
         if status is not None and type(status) is not SagaStatus:
             status = SagaStatus(status)
-        # From here on nothing can fail.
+        # From here on nothing can fail. The context is the engine's own fresh dict (see the
+        # protocol): kept as it is.
         record.version += 1
-        if stored_context is not None:
-            record.context = stored_context
+        if context is not None:
+            record.context = context
         if status is not None:
             record.status = status
         if error is not None:
@@ -296,7 +301,8 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
             record.lease_expires_at = now + _seconds(lease_seconds)
         record.updated_at = now
         if row is not None:
-            self._append(record, row)
+            self._seq = row.seq
+            record.log.append(row)
         if messages:
             self._outbox.store(messages)
         return True

@@ -41,7 +41,12 @@ class SagaEngineStorage(typing.Protocol):
     """The writes and claims the engine makes while it runs sagas."""
 
     async def start_saga(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
-        """Insert a saga owned by ``owner`` (with its ``outbox`` messages), in one commit. None if the id is taken."""
+        """Insert a saga owned by ``owner`` (with its ``outbox`` messages), in one commit. None if the id is taken.
+
+        The storage may keep the JSON it is given here and in `checkpoint` (the
+        context, a log entry's response) as it is: the engine hands over fresh
+        dicts it never changes again. Everything a storage hands out is a copy.
+        """
 
     async def claim_saga(self, saga_id: uuid.UUID, owner: str, lease_seconds: float) -> SagaClaim | None:
         """Take the lease of a resumable saga whose lease is free, expired or ours.
