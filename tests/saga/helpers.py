@@ -1,4 +1,4 @@
-"""Shared pieces for the saga engine behaviour tests (tests/test_engine_*.py).
+"""Shared pieces for the saga engine behaviour tests (tests/saga/).
 
 Nothing here sleeps: waits go through `FakeSleep`, which records the delays it
 is asked for, and storage time goes through `FakeClock`, which tests move by hand.

@@ -17,7 +17,7 @@ from cqrs.saga.recovery import recover_saga
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import FakeClock, make_harness
+from saga.helpers import FakeClock, make_harness
 
 step_logger = logging.getLogger("tests.engine.correlation.steps")
 SEEN: list[tuple[str, str | None, uuid.UUID | None]] = []

@@ -16,7 +16,7 @@ from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import FakeClock, make_harness
+from saga.helpers import FakeClock, make_harness
 
 LEASE = 30.0
 LEDGER: list[str] = []

@@ -16,7 +16,7 @@ from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import FakeClock, Gate, make_harness
+from saga.helpers import FakeClock, Gate, make_harness
 
 LEDGER: list[str] = []
 GATES: list[Gate] = []

@@ -16,7 +16,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import make_harness
 
 LEDGER: list[str] = []
 SEEN_BY_FALLBACK: list[dict[str, typing.Any]] = []

@@ -14,7 +14,7 @@ from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 from cqrs.saga.storage.memory import MemorySagaStorage
 from cqrs.saga.storage.models import StepEntry
-from engine_helpers import make_harness
+from saga.helpers import make_harness
 
 SEEN: list[list[str]] = []
 

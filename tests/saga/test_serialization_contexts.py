@@ -17,7 +17,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import make_harness
 
 RAN: list[str] = []
 SEEN_BY_STEP_TWO: list[dict[str, typing.Any]] = []

@@ -18,7 +18,7 @@ from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import FakeClock, Gate, make_harness, rows
+from saga.helpers import FakeClock, Gate, make_harness, rows
 
 LEASE = 30.0
 LEDGER: list[str] = []

@@ -20,7 +20,7 @@ from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import make_harness
+from saga.helpers import make_harness
 
 # Handlers look at storage through these (set per test); what they saw lands in HANDLED.
 STORAGE: list[MemorySagaStorage] = []
