@@ -1,4 +1,9 @@
-"""The storage the engine's behaviour tests run on: memory, then a fresh SQLite file."""
+"""The storage the engine's behaviour tests run on: memory, then a fresh SQLite file.
+
+Every test here that runs a saga takes the ``storage`` fixture; none is memory-only (time moves through
+`saga.helpers.advance` on both, and renewals are counted on both). Tests that run no saga (definitions,
+settings, the ticker's arithmetic) take no storage.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,6 @@ import typing
 import pytest
 
 from saga.helpers import ClockedMemoryStorage, EngineStorage, sqlite_storage
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "memory_only(reason): an engine test that runs on the memory storage only, and why",
-    )
 
 
 @pytest.fixture(scope="session")
