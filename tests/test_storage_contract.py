@@ -37,7 +37,7 @@ from cqrs.saga.storage.sqlalchemy import Base, SqlAlchemySagaStorage, saga_log
 from cqrs.saga.storage.sqlalchemy._executors._asyncpg import Prepared
 from cqrs.saga.storage.sqlalchemy._schema import family
 from cqrs.saga.storage.sqlalchemy._statements import Statements
-from engine_helpers import FakeClock
+from saga.helpers import FakeClock
 
 LEASE = 30.0
 UTC = datetime.timezone.utc

@@ -280,7 +280,7 @@ class SagaRun:
         self.history = history
         self.created_at = record.created_at
         self.trace_context = record.trace_context
-        if self.correlation_id is None:
+        if record.correlation_id is not None:  # the saga keeps the id it started under, whoever takes it up
             self.correlation_id = record.correlation_id
         if lease is not None:
             self._granted(lease)

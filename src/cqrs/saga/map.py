@@ -49,7 +49,8 @@ class SagaMap(dict[type[typing.Any], SagaType]):
         if saga_type.context_type is None:
             raise SagaDefinitionError(f"{saga_type.__qualname__} declares no context type")
         self._name(saga_type)
-        self.setdefault(saga_type.context_type, saga_type)
+        if saga_type.context_type not in self:
+            dict.__setitem__(self, saga_type.context_type, saga_type)
 
     def _name(self, saga_type: SagaType) -> None:
         existing = self._by_name.get(saga_type.name)
@@ -62,6 +63,23 @@ class SagaMap(dict[type[typing.Any], SagaType]):
 
     def __setitem__(self, context_type: type[typing.Any], saga_type: SagaType) -> None:
         self.bind(context_type, saga_type)
+
+    def update(self, *others: typing.Any, **kwargs: typing.Any) -> None:
+        """Bind each pair (as `bind`)."""
+        for context_type, saga_type in dict(*others).items():
+            self.bind(context_type, saga_type)
+        if kwargs:
+            raise TypeError("SagaMap keys are context types, not names")
+
+    def __ior__(self, other: typing.Any) -> SagaMap:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def setdefault(self, context_type: type[typing.Any], saga_type: SagaType) -> SagaType:
+        """The saga bound to ``context_type``, binding ``saga_type`` first if none is."""
+        if context_type not in self:
+            self.bind(context_type, saga_type)
+        return self[context_type]
 
     def __delitem__(self, context_type: type[typing.Any]) -> None:
         raise TypeError("SagaMap has no delete method")

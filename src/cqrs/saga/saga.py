@@ -16,6 +16,7 @@ __all__ = ["Saga", "SagaTransaction"]
 
 ContextT = typing.TypeVar("ContextT")
 if typing.TYPE_CHECKING:
+    from cqrs.saga.mediator import SagaMediator
     from cqrs.saga.storage.protocol import SagaStorage
     from cqrs.saga.transaction import SagaTransaction
 
@@ -80,17 +81,21 @@ class Saga(typing.Generic[ContextT]):
         compensation_retry_delay: float = DEFAULT_COMPENSATION_RETRY.delay,
         compensation_retry_backoff: float = DEFAULT_COMPENSATION_RETRY.backoff,
         scope_strategy: ScopeStrategy = ScopeStrategy.NONE,
+        *,
+        mediator: SagaMediator | None = None,
     ) -> SagaTransaction[ContextT]:
         """Run this saga step by step (python-cqrs's API): ``async with ... as tx: async for r in tx``.
 
         See `cqrs.saga.transaction`; ``saga_id`` takes up a stored saga (or
-        starts one with that id).
+        starts one with that id); ``mediator`` (keyword) builds the run with
+        that mediator's hooks, event handlers and settings.
         """
         from cqrs.saga.transaction import SagaTransaction
 
         return SagaTransaction(
             self, context, container, storage, saga_id,
             compensation_retry_count, compensation_retry_delay, compensation_retry_backoff, scope_strategy,
+            mediator=mediator,
         )
 
     @classmethod

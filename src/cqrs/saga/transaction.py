@@ -10,7 +10,9 @@ mediator's run factory, so leases, fencing and recovery apply). Differences
 from the stream, kept from python-cqrs: steps completed in an earlier run are
 skipped rather than replayed, and an exception raised inside the ``async
 with`` block (after the loop, or from the loop's body) compensates the steps
-completed so far. Leaving the loop early (``break``) compensates nothing: the
+completed so far. The saga's correlation id is the caller's current one.
+Pass ``mediator=`` (keyword) to build the run with a mediator's hooks, event
+handlers and settings instead of the python-cqrs arguments. Leaving the loop early (``break``) compensates nothing: the
 saga stays ``running`` and recovery (or another transaction with the same
 ``saga_id``) takes it up.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import typing
 import uuid
 
+from cqrs import correlation
 from cqrs.container.scope import ScopeStrategy
 from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.settings import DEFAULT_COMPENSATION_RETRY, EngineSettings
@@ -27,6 +30,7 @@ from cqrs.saga.step import SagaStepHandler, SagaStepResult
 
 if typing.TYPE_CHECKING:
     from cqrs.saga._run import SagaRun
+    from cqrs.saga.mediator import SagaMediator
     from cqrs.saga.saga import Saga
     from cqrs.saga.storage.protocol import SagaStorage
 
@@ -52,25 +56,32 @@ class SagaTransaction(typing.Generic[ContextT]):
         scope_strategy: ScopeStrategy = ScopeStrategy.NONE,
         *,
         settings: EngineSettings | None = None,
+        mediator: SagaMediator | None = None,
     ) -> None:
         from cqrs.saga.map import SagaMap
         from cqrs.saga.mediator import SagaMediator
 
         saga_type = type(saga)
-        saga_map = SagaMap()
-        saga_map.register(saga_type)
-        retry = RetryPolicy(
-            attempts=compensation_retry_count, delay=compensation_retry_delay, backoff=compensation_retry_backoff
-        )
-        mediator = SagaMediator(
-            saga_map,
-            container,
-            storage=storage,
-            scope_strategy=scope_strategy,
-            settings=settings or EngineSettings(compensation_retry=retry),
-        )
+        if mediator is None:
+            saga_map = SagaMap()
+            saga_map.register(saga_type)
+            retry = RetryPolicy(
+                attempts=compensation_retry_count, delay=compensation_retry_delay, backoff=compensation_retry_backoff
+            )
+            mediator = SagaMediator(
+                saga_map,
+                container,
+                storage=storage,
+                scope_strategy=scope_strategy,
+                settings=settings or EngineSettings(compensation_retry=retry),
+            )
         self._context = context
-        self._run: SagaRun = mediator.build_run(saga_type, saga_id or uuid.uuid4(), context_builder=type(context))
+        self._run: SagaRun = mediator.build_run(
+            saga_type,
+            saga_id or uuid.uuid4(),
+            context_builder=type(context),
+            correlation_id=correlation.get_correlation_id(),
+        )
         self._steps: typing.AsyncGenerator[Result, None] | None = None
         self._completed: list[type[SagaStepHandler[typing.Any, typing.Any]]] = []
 

@@ -19,11 +19,10 @@ from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, Harness, make_harness
 
 # Handlers look at storage through these (set per test); what they saw lands in HANDLED.
-STORAGE: list[MemorySagaStorage] = []
+STORAGE: list[EngineStorage] = []
 HANDLED: list[dict[str, typing.Any]] = []
 LEDGER: list[str] = []
 
@@ -129,18 +128,20 @@ def _context(order_id: str, saga_id: uuid.UUID, **kwargs: typing.Any) -> OrderCo
     return OrderContext(order_id=order_id, saga_id=str(saga_id), **kwargs)
 
 
-def _harness(mapper: typing.Callable[[cqrs.EventMap], None], mailer: Mailer | None = None) -> typing.Any:
+def _harness(
+    storage: EngineStorage, mapper: typing.Callable[[cqrs.EventMap], None], mailer: Mailer | None = None
+) -> Harness:
     container = di.Container()
     if mailer is not None:
         container.bind(di.bind_by_type(Dependent(lambda: mailer, scope=None), Mailer))
-    harness = make_harness((OrderContext, OrderSaga), container=container, domain_events_mapper=mapper)
+    harness = make_harness((OrderContext, OrderSaga), storage=storage, container=container, domain_events_mapper=mapper)
     STORAGE.append(harness.storage)
     return harness
 
 
-async def test_events_reach_their_handler_after_the_step_is_recorded() -> None:
+async def test_events_reach_their_handler_after_the_step_is_recorded(storage: EngineStorage) -> None:
     mailer = Mailer()
-    harness = _harness(lambda m: m.bind(OrderPlaced, OrderPlacedHandler), mailer)
+    harness = _harness(storage, lambda m: m.bind(OrderPlaced, OrderPlacedHandler), mailer)
     saga_id = uuid.uuid4()
 
     await harness.run_all(_context("o1", saga_id), saga_id=saga_id)
@@ -154,8 +155,8 @@ async def test_events_reach_their_handler_after_the_step_is_recorded() -> None:
     assert mailer.sent == ["placed o1"]
 
 
-async def test_handlers_bound_to_a_base_event_type_get_subclass_events() -> None:
-    harness = _harness(lambda m: m.bind(OrderPlaced, OrderPlacedHandler), Mailer())
+async def test_handlers_bound_to_a_base_event_type_get_subclass_events(storage: EngineStorage) -> None:
+    harness = _harness(storage, lambda m: m.bind(OrderPlaced, OrderPlacedHandler), Mailer())
     saga_id = uuid.uuid4()
 
     await harness.run_all(_context("o2", saga_id, special=True), saga_id=saga_id)
@@ -163,12 +164,14 @@ async def test_handlers_bound_to_a_base_event_type_get_subclass_events() -> None
     assert [type(h["event"]) for h in HANDLED] == [SpecialOrderPlaced]
 
 
-async def test_a_failing_handler_does_not_fail_the_saga(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_handler_does_not_fail_the_saga(
+    storage: EngineStorage, caplog: pytest.LogCaptureFixture
+) -> None:
     def mapper(event_map: cqrs.EventMap) -> None:
         event_map.bind(OrderPlaced, BrokenHandler)
         event_map.bind(OrderPlaced, OrderPlacedHandler)
 
-    harness = _harness(mapper, Mailer())
+    harness = _harness(storage, mapper, Mailer())
     saga_id = uuid.uuid4()
 
     with caplog.at_level(logging.ERROR, logger="cqrs.events"):
@@ -181,12 +184,12 @@ async def test_a_failing_handler_does_not_fail_the_saga(caplog: pytest.LogCaptur
     assert any("BrokenHandler" in r.getMessage() for r in caplog.records)
 
 
-async def test_events_of_a_failed_step_are_not_delivered() -> None:
+async def test_events_of_a_failed_step_are_not_delivered(storage: EngineStorage) -> None:
     def mapper(event_map: cqrs.EventMap) -> None:
         event_map.bind(OrderPlaced, OrderPlacedHandler)
         event_map.bind(OrderShipped, OrderShippedHandler)
 
-    harness = _harness(mapper, Mailer())
+    harness = _harness(storage, mapper, Mailer())
     saga_id = uuid.uuid4()
 
     with pytest.raises(ConnectionError):
@@ -196,7 +199,7 @@ async def test_events_of_a_failed_step_are_not_delivered() -> None:
     assert LEDGER == ["act:place", "handled:OrderPlaced", "act:ship", "compensate:place"]
 
 
-async def test_events_of_the_last_step_are_delivered_after_the_saga_is_stored_completed() -> None:
+async def test_events_of_the_last_step_are_delivered_after_the_saga_is_stored_completed(storage: EngineStorage) -> None:
     seen_status: list[SagaStatus] = []
 
     class ShippedStatusHandler:
@@ -204,15 +207,15 @@ async def test_events_of_the_last_step_are_delivered_after_the_saga_is_stored_co
             seen_status.append((await STORAGE[0].load_saga_state(SAGA_IDS[0]))[0])
 
     SAGA_IDS: list[uuid.UUID] = [uuid.uuid4()]
-    harness = _harness(lambda m: m.bind(OrderShipped, ShippedStatusHandler))
+    harness = _harness(storage, lambda m: m.bind(OrderShipped, ShippedStatusHandler))
 
     await harness.run_all(_context("o5", SAGA_IDS[0]), saga_id=SAGA_IDS[0])
 
     assert seen_status == [SagaStatus.COMPLETED]
 
 
-async def test_replayed_steps_do_not_deliver_their_events_again() -> None:
-    harness = _harness(lambda m: m.bind(OrderPlaced, OrderPlacedHandler), Mailer())
+async def test_replayed_steps_do_not_deliver_their_events_again(storage: EngineStorage) -> None:
+    harness = _harness(storage, lambda m: m.bind(OrderPlaced, OrderPlacedHandler), Mailer())
     saga_id = uuid.uuid4()
 
     async for _ in harness.mediator.stream(_context("o6", saga_id), saga_id=saga_id):
@@ -283,9 +286,11 @@ class FallbackChargeSaga(Saga[ChargeContext]):
     steps = [Fallback(step=PrimaryCharge, fallback=FallbackCharge)]
 
 
-async def test_events_of_a_failed_primary_are_dropped_and_the_fallbacks_delivered() -> None:
+async def test_events_of_a_failed_primary_are_dropped_and_the_fallbacks_delivered(storage: EngineStorage) -> None:
     harness = make_harness(
-        (ChargeContext, FallbackChargeSaga), domain_events_mapper=lambda m: m.bind(Charged, ChargedHandler)
+        (ChargeContext, FallbackChargeSaga),
+        storage=storage,
+        domain_events_mapper=lambda m: m.bind(Charged, ChargedHandler),
     )
 
     await harness.run_all(ChargeContext())
@@ -293,9 +298,11 @@ async def test_events_of_a_failed_primary_are_dropped_and_the_fallbacks_delivere
     assert LEDGER == ["handled:Charged#99"]
 
 
-async def test_events_of_retried_attempts_that_failed_are_not_delivered() -> None:
+async def test_events_of_retried_attempts_that_failed_are_not_delivered(storage: EngineStorage) -> None:
     harness = make_harness(
-        (ChargeContext, RetriedChargeSaga), domain_events_mapper=lambda m: m.bind(Charged, ChargedHandler)
+        (ChargeContext, RetriedChargeSaga),
+        storage=storage,
+        domain_events_mapper=lambda m: m.bind(Charged, ChargedHandler),
     )
 
     await harness.run_all(ChargeContext(failures_left=2))

@@ -1,7 +1,12 @@
-"""Shared pieces for the saga engine behaviour tests (tests/test_engine_*.py).
+"""Shared pieces for the saga engine behaviour tests (tests/saga/).
 
-Nothing here sleeps: waits go through `FakeSleep`, which records the delays it
-is asked for, and storage time goes through `FakeClock`, which tests move by hand.
+The behaviour tests run on memory and SQLite storage: they take the ``storage``
+fixture (tests/saga/conftest.py) and build their mediator with
+``make_harness(..., storage=storage)``. Nothing here sleeps: waits go through
+`FakeSleep`, which records the delays it is asked for, and storage time moves
+only through `advance` (the memory storage's `FakeClock`; on SQLite, every
+stored timestamp is shifted back, which is the same to a storage that reads the
+database clock).
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from cqrs.saga.mediator import SagaMediator
 from cqrs.saga.step import SagaStepResult
 from cqrs.saga.storage.memory import MemorySagaStorage
 from cqrs.saga.storage.models import SagaLogEntry
+from cqrs.saga.storage.sqlalchemy import SqlAlchemySagaStorage
 
 Result = SagaStepResult[typing.Any, typing.Any]
+#: The storages the engine's behaviour tests run on.
+EngineStorage = MemorySagaStorage | SqlAlchemySagaStorage
 
 
 class FakeSleep:
@@ -47,12 +55,44 @@ class FakeClock:
         self.now += datetime.timedelta(seconds=seconds)
 
 
+class ClockedMemoryStorage(MemorySagaStorage):
+    """The memory storage on a `FakeClock` (``clock``), which `advance` moves."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        super().__init__(clock=self.clock)
+
+
+async def sqlite_storage(url: str) -> SqlAlchemySagaStorage:
+    """A SQLite storage on ``url`` with its tables created (the caller closes it)."""
+    storage = SqlAlchemySagaStorage.from_url(url)
+    await storage.create_tables()
+    return storage
+
+
+async def advance(storage: EngineStorage, seconds: float) -> None:
+    """Let ``seconds`` pass as far as ``storage`` can tell (lease expiry, ages)."""
+    if isinstance(storage, ClockedMemoryStorage):
+        storage.clock.advance(seconds)
+        return
+    if not (isinstance(storage, SqlAlchemySagaStorage) and storage.engine.dialect.name == "sqlite"):
+        raise TypeError(f"advance() moves the time of a ClockedMemoryStorage or a SQLite storage, not {storage!r}")
+
+    def shift(column: str) -> str:
+        return f"strftime('%Y-%m-%d %H:%M:%f', {column}, '{-seconds:+.3f} seconds')"
+
+    async with storage.engine.begin() as conn:
+        columns = ", ".join(f"{c} = {shift(c)}" for c in ("created_at", "updated_at", "lease_expires_at"))
+        await conn.exec_driver_sql(f"UPDATE saga_executions SET {columns}")
+        await conn.exec_driver_sql(f"UPDATE saga_log SET created_at = {shift('created_at')}")
+
+
 @dataclasses.dataclass
 class Harness:
     """A mediator with the storage, fake sleep and container it was built from."""
 
     mediator: SagaMediator
-    storage: MemorySagaStorage
+    storage: EngineStorage
     sleep: FakeSleep
     container: typing.Any
 
@@ -76,13 +116,16 @@ def rows(history: list[SagaLogEntry]) -> list[tuple[str, str, str]]:
 
 def make_harness(
     *bindings: tuple[type[typing.Any], type[cqrs.Saga[typing.Any]]],
-    storage: MemorySagaStorage | None = None,
+    storage: EngineStorage,
     container: typing.Any = None,
     **bootstrap_kwargs: typing.Any,
 ) -> Harness:
-    """Bootstrap a mediator for ``(context_type, saga_type)`` bindings with a fake sleep."""
+    """Bootstrap a mediator on ``storage`` for ``(context_type, saga_type)`` bindings with a fake sleep.
+
+    ``storage`` is the test's ``storage`` fixture (memory, then SQLite), or a
+    memory storage for a test that says why it runs on memory only.
+    """
     sleep = FakeSleep()
-    storage = storage if storage is not None else MemorySagaStorage()
     container = container if container is not None else di.Container()
 
     def mapper(saga_map: cqrs.SagaMap) -> None:

@@ -15,7 +15,7 @@ from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, make_harness
 
 LEDGER: list[str] = []
 
@@ -94,8 +94,10 @@ class PatientTripContext(TripContext):
     pass
 
 
-async def test_completed_steps_are_compensated_newest_first_and_the_error_reaches_the_caller() -> None:
-    harness = make_harness((TripContext, TripSaga))
+async def test_completed_steps_are_compensated_newest_first_and_the_error_reaches_the_caller(
+    storage: EngineStorage,
+) -> None:
+    harness = make_harness((TripContext, TripSaga), storage=storage)
     saga_id = uuid.uuid4()
     received = []
 
@@ -123,7 +125,7 @@ async def test_completed_steps_are_compensated_newest_first_and_the_error_reache
     assert harness.sleep.delays == []
 
 
-async def test_compensation_sees_the_context_as_the_completed_steps_left_it() -> None:
+async def test_compensation_sees_the_context_as_the_completed_steps_left_it(storage: EngineStorage) -> None:
     seen: list[tuple[str | None, str | None]] = []
 
     class Spy(FlightStep):
@@ -135,18 +137,18 @@ async def test_compensation_sees_the_context_as_the_completed_steps_left_it() ->
     class SpySaga(Saga[TripContext]):
         steps = [Spy, HotelStep, PaymentStep]
 
-    harness = make_harness((TripContext, SpySaga))
+    harness = make_harness((TripContext, SpySaga), storage=storage)
     with pytest.raises(PaymentDeclined):
         await harness.run_all(TripContext(trip_id="t2"))
 
     assert seen == [("LH123", "Ritz")]
 
 
-async def test_failing_first_step_fails_the_saga_without_compensating_anything() -> None:
+async def test_failing_first_step_fails_the_saga_without_compensating_anything(storage: EngineStorage) -> None:
     class OnlyPayment(Saga[TripContext]):
         steps = [PaymentStep]
 
-    harness = make_harness((TripContext, OnlyPayment))
+    harness = make_harness((TripContext, OnlyPayment), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(PaymentDeclined):
@@ -157,9 +159,12 @@ async def test_failing_first_step_fails_the_saga_without_compensating_anything()
     assert await harness.history(saga_id) == [("payment", "act", "failed")]
 
 
-async def test_a_compensation_that_keeps_failing_ends_compensation_failed_and_the_others_still_run() -> None:
+async def test_a_compensation_that_keeps_failing_ends_compensation_failed_and_the_others_still_run(
+    storage: EngineStorage,
+) -> None:
     harness = make_harness(
         (TripContext, TripSaga),
+        storage=storage,
         compensation_retry_count=3,
         compensation_retry_delay=0.25,
         compensation_retry_backoff=2.0,
@@ -186,9 +191,10 @@ async def test_a_compensation_that_keeps_failing_ends_compensation_failed_and_th
     assert "cannot undo hotel" in (history[5].details or "")
 
 
-async def test_a_compensation_that_recovers_within_its_retries_ends_failed() -> None:
+async def test_a_compensation_that_recovers_within_its_retries_ends_failed(storage: EngineStorage) -> None:
     harness = make_harness(
         (TripContext, TripSaga),
+        storage=storage,
         compensation_retry_count=5,
         compensation_retry_delay=0.1,
         compensation_retry_backoff=3.0,
@@ -203,8 +209,8 @@ async def test_a_compensation_that_recovers_within_its_retries_ends_failed() -> 
     assert await harness.status(saga_id) == SagaStatus.FAILED
 
 
-async def test_default_compensation_retry_is_three_tries_waiting_one_then_two_seconds() -> None:
-    harness = make_harness((TripContext, TripSaga))
+async def test_default_compensation_retry_is_three_tries_waiting_one_then_two_seconds(storage: EngineStorage) -> None:
+    harness = make_harness((TripContext, TripSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(PaymentDeclined):
@@ -215,9 +221,10 @@ async def test_default_compensation_retry_is_three_tries_waiting_one_then_two_se
     assert await harness.status(saga_id) == SagaStatus.COMPENSATION_FAILED
 
 
-async def test_per_call_compensation_retry_overrides_bootstrap_settings() -> None:
+async def test_per_call_compensation_retry_overrides_bootstrap_settings(storage: EngineStorage) -> None:
     harness = make_harness(
         (TripContext, TripSaga),
+        storage=storage,
         compensation_retry_count=2,
         compensation_retry_delay=9.0,
         compensation_retry_backoff=9.0,
@@ -233,9 +240,10 @@ async def test_per_call_compensation_retry_overrides_bootstrap_settings() -> Non
     assert harness.sleep.delays == pytest.approx([0.05, 0.1, 0.2])
 
 
-async def test_per_saga_compensation_retry_overrides_bootstrap_settings() -> None:
+async def test_per_saga_compensation_retry_overrides_bootstrap_settings(storage: EngineStorage) -> None:
     harness = make_harness(
         (PatientTripContext, PatientTripSaga),
+        storage=storage,
         compensation_retry_count=2,
         compensation_retry_delay=9.0,
         compensation_retry_backoff=9.0,
@@ -248,8 +256,8 @@ async def test_per_saga_compensation_retry_overrides_bootstrap_settings() -> Non
     assert harness.sleep.delays == pytest.approx([0.5, 1.5, 4.5])
 
 
-async def test_per_call_compensation_retry_beats_the_sagas_own() -> None:
-    harness = make_harness((PatientTripContext, PatientTripSaga))
+async def test_per_call_compensation_retry_beats_the_sagas_own(storage: EngineStorage) -> None:
+    harness = make_harness((PatientTripContext, PatientTripSaga), storage=storage)
 
     with pytest.raises(PaymentDeclined):
         await harness.run_all(
@@ -261,8 +269,8 @@ async def test_per_call_compensation_retry_beats_the_sagas_own() -> None:
     assert harness.sleep.delays == [0.01]
 
 
-async def test_compensation_retry_delays_are_capped_by_max_delay() -> None:
-    harness = make_harness((TripContext, TripSaga))
+async def test_compensation_retry_delays_are_capped_by_max_delay(storage: EngineStorage) -> None:
+    harness = make_harness((TripContext, TripSaga), storage=storage)
 
     with pytest.raises(PaymentDeclined):
         await harness.run_all(
@@ -294,8 +302,8 @@ class OpaqueSaga(Saga[TripContext]):
     steps = [FlightStep, OpaqueStep, CarStep]
 
 
-async def test_a_step_response_that_cannot_be_stored_fails_the_saga_and_compensates() -> None:
-    harness = make_harness((TripContext, OpaqueSaga))
+async def test_a_step_response_that_cannot_be_stored_fails_the_saga_and_compensates(storage: EngineStorage) -> None:
+    harness = make_harness((TripContext, OpaqueSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(ContextSerializationError):

@@ -15,8 +15,7 @@ from cqrs.saga.recovery import recover_saga
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import FakeClock, Gate, make_harness
+from saga.helpers import EngineStorage, Gate, advance, make_harness
 
 LEDGER: list[str] = []
 GATES: list[Gate] = []
@@ -74,7 +73,7 @@ class ImportSaga(Saga[ImportContext]):
     steps = [FetchStep, LoadStep, PublishStep]
 
 
-async def _start_and_cancel_in_load(storage: MemorySagaStorage, saga_id: uuid.UUID) -> None:
+async def _start_and_cancel_in_load(storage: EngineStorage, saga_id: uuid.UUID) -> None:
     harness = make_harness((ImportContext, ImportSaga), storage=storage, lease_seconds=LEASE_SECONDS)
     task = asyncio.ensure_future(harness.run_all(ImportContext(batch="b1"), saga_id=saga_id))
     await GATES[0].entered.wait()
@@ -83,8 +82,7 @@ async def _start_and_cancel_in_load(storage: MemorySagaStorage, saga_id: uuid.UU
         await task
 
 
-async def test_cancelling_inside_a_step_propagates_and_compensates_nothing() -> None:
-    storage = MemorySagaStorage(clock=FakeClock())
+async def test_cancelling_inside_a_step_propagates_and_compensates_nothing(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
 
     await _start_and_cancel_in_load(storage, saga_id)
@@ -97,27 +95,23 @@ async def test_cancelling_inside_a_step_propagates_and_compensates_nothing() -> 
     assert [(e.step_name, e.action, e.status) for e in history] == [("FetchStep", "act", "completed")]
 
 
-async def test_the_cancelled_saga_is_recoverable_only_after_its_lease_expires() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_the_cancelled_saga_is_recoverable_only_after_its_lease_expires(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
 
     await _start_and_cancel_in_load(storage, saga_id)
 
     assert await storage.get_sagas_for_recovery(limit=10) == []
-    clock.advance(LEASE_SECONDS - 1)
+    await advance(storage, LEASE_SECONDS - 1)
     assert await storage.get_sagas_for_recovery(limit=10) == []
-    clock.advance(2)
+    await advance(storage, 2)
     assert await storage.get_sagas_for_recovery(limit=10) == [saga_id]
 
 
-async def test_recover_saga_after_the_lease_expires_reruns_only_the_interrupted_step() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_recover_saga_after_the_lease_expires_reruns_only_the_interrupted_step(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
     await _start_and_cancel_in_load(storage, saga_id)
 
-    clock.advance(LEASE_SECONDS + 1)
+    await advance(storage, LEASE_SECONDS + 1)
     await recover_saga(
         ImportSaga(), saga_id, ImportContext, di.Container(), storage, lease_seconds=LEASE_SECONDS
     )
@@ -136,9 +130,7 @@ async def test_recover_saga_after_the_lease_expires_reruns_only_the_interrupted_
     assert await storage.get_sagas_for_recovery(limit=10) == []
 
 
-async def test_recover_saga_accepts_a_context_builder_function() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_recover_saga_accepts_a_context_builder_function(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
     await _start_and_cancel_in_load(storage, saga_id)
     built_from: list[dict[str, object]] = []
@@ -147,7 +139,7 @@ async def test_recover_saga_accepts_a_context_builder_function() -> None:
         built_from.append(dict(data))
         return ImportContext(batch=f"{data['batch']}-rebuilt", rows=int(str(data["rows"])))
 
-    clock.advance(LEASE_SECONDS + 1)
+    await advance(storage, LEASE_SECONDS + 1)
     await recover_saga(ImportSaga, saga_id, build, di.Container(), storage, lease_seconds=LEASE_SECONDS)
 
     assert built_from == [{"batch": "b1", "rows": 0, "published": False}]

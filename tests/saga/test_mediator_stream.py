@@ -15,7 +15,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.saga.storage.memory import MemorySagaStorage
+from saga.helpers import EngineStorage
 
 LEDGER: list[str] = []
 
@@ -60,15 +60,14 @@ class OrderSaga(Saga[OrderContext]):
     steps = [ReserveStep, ChargeStep]
 
 
-def _mediator(storage: MemorySagaStorage) -> cqrs.SagaMediator:
+def _mediator(storage: EngineStorage) -> cqrs.SagaMediator:
     def saga_mapper(mapper: cqrs.SagaMap) -> None:
         mapper.bind(OrderContext, OrderSaga)
 
     return bootstrap.bootstrap(di_container=di.Container(), sagas_mapper=saga_mapper, saga_storage=storage)
 
 
-async def test_stream_yields_typed_results_in_step_order() -> None:
-    storage = MemorySagaStorage()
+async def test_stream_yields_typed_results_in_step_order(storage: EngineStorage) -> None:
     mediator = _mediator(storage)
     saga_id = uuid.uuid4()
 
@@ -90,8 +89,8 @@ async def test_stream_yields_typed_results_in_step_order() -> None:
     assert context == {"order_id": "o1", "amount": 12.5, "reservation_id": "r-o1", "payment_id": "p-o1"}
 
 
-async def test_stream_changes_the_callers_context_object() -> None:
-    mediator = _mediator(MemorySagaStorage())
+async def test_stream_changes_the_callers_context_object(storage: EngineStorage) -> None:
+    mediator = _mediator(storage)
     context = OrderContext(order_id="o2", amount=1.0)
 
     async for _ in mediator.stream(context, saga_id=uuid.uuid4()):
@@ -101,8 +100,7 @@ async def test_stream_changes_the_callers_context_object() -> None:
     assert context.payment_id == "p-o2"
 
 
-async def test_stream_without_saga_id_uses_a_fresh_id_per_run() -> None:
-    storage = MemorySagaStorage()
+async def test_stream_without_saga_id_uses_a_fresh_id_per_run(storage: EngineStorage) -> None:
     mediator = _mediator(storage)
 
     first = [r async for r in mediator.stream(OrderContext(order_id="a", amount=1.0))]
@@ -115,8 +113,9 @@ async def test_stream_without_saga_id_uses_a_fresh_id_per_run() -> None:
     assert (await storage.load_saga_state(second[0].saga_id))[0] == SagaStatus.COMPLETED
 
 
-async def test_execute_is_the_same_operation_as_stream() -> None:
-    stream_storage, execute_storage = MemorySagaStorage(), MemorySagaStorage()
+async def test_execute_is_the_same_operation_as_stream(storage: EngineStorage) -> None:
+    # Two mediators on one storage: each saga is stored under its own id.
+    stream_storage = execute_storage = storage
     stream_id, execute_id = uuid.uuid4(), uuid.uuid4()
 
     streamed = [r async for r in _mediator(stream_storage).stream(OrderContext("o3", 3.0), saga_id=stream_id)]
@@ -138,8 +137,7 @@ async def test_execute_is_the_same_operation_as_stream() -> None:
     ]
 
 
-async def test_execute_of_a_stored_saga_continues_it_like_stream() -> None:
-    storage = MemorySagaStorage()
+async def test_execute_of_a_stored_saga_continues_it_like_stream(storage: EngineStorage) -> None:
     mediator = _mediator(storage)
     saga_id = uuid.uuid4()
 

@@ -13,7 +13,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, make_harness
 
 LEDGER: list[str] = []
 
@@ -61,8 +61,8 @@ class UnboundContext(SagaContext):
     value: int = 0
 
 
-async def test_streaming_a_completed_saga_again_runs_nothing_and_only_replays() -> None:
-    harness = make_harness((InvoiceContext, InvoiceSaga))
+async def test_streaming_a_completed_saga_again_runs_nothing_and_only_replays(storage: EngineStorage) -> None:
+    harness = make_harness((InvoiceContext, InvoiceSaga), storage=storage)
     saga_id = uuid.uuid4()
     await harness.run_all(InvoiceContext(invoice_id="i1"), saga_id=saga_id)
     ledger_after_first_run = list(LEDGER)
@@ -82,8 +82,8 @@ async def test_streaming_a_completed_saga_again_runs_nothing_and_only_replays() 
     assert state_after_first_run[0] == SagaStatus.COMPLETED
 
 
-async def test_executing_a_completed_saga_again_runs_nothing() -> None:
-    harness = make_harness((InvoiceContext, InvoiceSaga))
+async def test_executing_a_completed_saga_again_runs_nothing(storage: EngineStorage) -> None:
+    harness = make_harness((InvoiceContext, InvoiceSaga), storage=storage)
     saga_id = uuid.uuid4()
     await harness.run_all(InvoiceContext(invoice_id="i2"), saga_id=saga_id)
 
@@ -93,8 +93,8 @@ async def test_executing_a_completed_saga_again_runs_nothing() -> None:
     assert all(r.replayed for r in again)
 
 
-async def test_streaming_a_failed_saga_again_runs_nothing() -> None:
-    harness = make_harness((InvoiceContext, InvoiceSaga))
+async def test_streaming_a_failed_saga_again_runs_nothing(storage: EngineStorage) -> None:
+    harness = make_harness((InvoiceContext, InvoiceSaga), storage=storage)
     saga_id = uuid.uuid4()
     with pytest.raises(ConnectionError):
         await harness.run_all(InvoiceContext(invoice_id="i3", fail=True), saga_id=saga_id)
@@ -108,8 +108,8 @@ async def test_streaming_a_failed_saga_again_runs_nothing() -> None:
     assert await harness.status(saga_id) == SagaStatus.FAILED
 
 
-async def test_an_unbound_context_type_raises_saga_not_bound_naming_the_type() -> None:
-    harness = make_harness((InvoiceContext, InvoiceSaga))
+async def test_an_unbound_context_type_raises_saga_not_bound_naming_the_type(storage: EngineStorage) -> None:
+    harness = make_harness((InvoiceContext, InvoiceSaga), storage=storage)
 
     with pytest.raises(SagaNotBoundError) as caught:
         await harness.run_all(UnboundContext())
@@ -120,8 +120,8 @@ async def test_an_unbound_context_type_raises_saga_not_bound_naming_the_type() -
     assert await harness.storage.list_sagas() == []
 
 
-async def test_saga_not_bound_is_a_lookup_error_raised_by_execute_too() -> None:
-    harness = make_harness((InvoiceContext, InvoiceSaga))
+async def test_saga_not_bound_is_a_lookup_error_raised_by_execute_too(storage: EngineStorage) -> None:
+    harness = make_harness((InvoiceContext, InvoiceSaga), storage=storage)
 
     with pytest.raises(LookupError, match="UnboundContext"):
         async for _ in harness.mediator.execute(UnboundContext()):

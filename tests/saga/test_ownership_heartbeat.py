@@ -1,4 +1,8 @@
-"""A run renews its lease while a step is running, and only then."""
+"""A run renews its lease while a step is running, and only then.
+
+The runs use the `storage` fixture (memory, then SQLite) with its lease
+renewals counted (`Renewals`); the ticker's own tests need no storage.
+"""
 
 from __future__ import annotations
 
@@ -18,30 +22,39 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.saga.storage.memory import MemorySagaStorage
 from cqrs.saga.storage.models import Lease
+from saga.helpers import EngineStorage
 
 RENEWALS_WANTED = 3
 
 
-class CountingStorage(MemorySagaStorage):
-    """Memory storage that counts lease renewals and says when enough happened."""
+class Renewals:
+    """Counts the lease renewals of a storage and says when enough happened; ``refuse``: refuses every one
+    (without asking the storage), as when another runner has taken the saga over."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, storage: EngineStorage, *, refuse: bool = False) -> None:
         self.renewals = 0
+        self.attempts = 0
         self.enough = asyncio.Event()
+        self.refused = asyncio.Event()
+        renew = storage.renew_lease
 
-    async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
-        renewed = await super().renew_lease(saga_id, lease, lease_seconds)
-        if renewed:  # only renewals that kept the lease count
-            self.renewals += 1
-            if self.renewals >= RENEWALS_WANTED:
-                self.enough.set()
-        return renewed
+        async def counted(saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
+            self.attempts += 1
+            if refuse:
+                self.refused.set()
+                return False
+            renewed = await renew(saga_id, lease, lease_seconds)
+            if renewed:  # only renewals that kept the lease count
+                self.renewals += 1
+                if self.renewals >= RENEWALS_WANTED:
+                    self.enough.set()
+            return renewed
+
+        storage.renew_lease = counted  # type: ignore[method-assign]
 
 
-STORAGE: CountingStorage
+RENEWALS: Renewals
 
 
 @dataclasses.dataclass
@@ -63,7 +76,7 @@ class Long(SagaStepHandler[JobContext, Response]):
 
     async def act(self, context: JobContext) -> SagaStepResult[JobContext, Response]:
         if context.slow:
-            await STORAGE.enough.wait()
+            await RENEWALS.enough.wait()
         return self._generate_step_result(Response())
 
     async def compensate(self, context: JobContext) -> None:
@@ -74,9 +87,10 @@ class JobSaga(Saga[JobContext]):
     steps = [Quick, Long]
 
 
-def make_mediator(storage: CountingStorage, lease_seconds: float) -> cqrs.SagaMediator:
-    global STORAGE
-    STORAGE = storage
+def make_mediator(storage: EngineStorage, lease_seconds: float, *, refuse: bool = False) -> cqrs.SagaMediator:
+    """A mediator on ``storage``, whose renewals `RENEWALS` counts from now on."""
+    global RENEWALS
+    RENEWALS = Renewals(storage, refuse=refuse)
 
     def saga_mapper(mapper: cqrs.SagaMap) -> None:
         mapper.bind(JobContext, JobSaga)
@@ -86,33 +100,30 @@ def make_mediator(storage: CountingStorage, lease_seconds: float) -> cqrs.SagaMe
     )
 
 
-async def test_a_long_step_keeps_its_lease_renewed() -> None:
-    storage = CountingStorage()
+async def test_a_long_step_keeps_its_lease_renewed(storage: EngineStorage) -> None:
     # The heartbeat fires every lease_seconds / 3 while the step waits for it.
     mediator = make_mediator(storage, lease_seconds=0.09)
     outcome = await asyncio.wait_for(mediator.run(JobContext(job="export", slow=True)), timeout=30)
     assert outcome.status == SagaStatus.COMPLETED
-    assert storage.renewals >= RENEWALS_WANTED
+    assert RENEWALS.renewals >= RENEWALS_WANTED
     record = await storage.get_saga(outcome.saga_id)
     assert record is not None and record.owner is None  # released at the end
 
 
-async def test_short_steps_renew_nothing() -> None:
-    storage = CountingStorage()
+async def test_short_steps_renew_nothing(storage: EngineStorage) -> None:
     mediator = make_mediator(storage, lease_seconds=30)
     for index in range(20):
         outcome = await mediator.run(JobContext(job=f"job-{index}"))
         assert outcome.status == SagaStatus.COMPLETED
     # Each checkpoint extends the lease; a separate renewal would be a wasted write.
-    assert storage.renewals == 0
+    assert RENEWALS.attempts == 0
 
 
-async def test_runs_share_one_timer_and_leave_nothing_behind() -> None:
+async def test_runs_share_one_timer_and_leave_nothing_behind(storage: EngineStorage) -> None:
     """A long step is renewed while quick sagas come and go on the same loop; afterwards the loop's
     ticker holds no run and has stopped."""
     from cqrs.saga import _ownership as _engine
 
-    storage = CountingStorage()
     mediator = make_mediator(storage, lease_seconds=0.09)
     slow = asyncio.create_task(mediator.run(JobContext(job="export", slow=True)))
     quick = 0
@@ -122,7 +133,7 @@ async def test_runs_share_one_timer_and_leave_nothing_behind() -> None:
         quick += 1
         await asyncio.sleep(0)
     assert (await slow).status == SagaStatus.COMPLETED
-    assert storage.renewals >= RENEWALS_WANTED and quick > 0
+    assert RENEWALS.renewals >= RENEWALS_WANTED and quick > 0
 
     ticker = _engine.tickers_of(asyncio.get_running_loop())[0.09]
     assert ticker.acting == {}
@@ -133,35 +144,20 @@ async def test_runs_share_one_timer_and_leave_nothing_behind() -> None:
     assert ticker._handle is None
 
 
-class RefusingStorage(CountingStorage):
-    """Refuses every renewal, as when another runner has taken the saga over."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.attempts = 0
-        self.refused = asyncio.Event()
-
-    async def renew_lease(self, saga_id: uuid.UUID, lease: Lease, lease_seconds: float) -> bool:
-        self.attempts += 1
-        self.refused.set()
-        return False
-
-
-async def test_a_lost_lease_is_not_renewed_again() -> None:
+async def test_a_lost_lease_is_not_renewed_again(storage: EngineStorage) -> None:
     from cqrs.saga import _ownership as _engine
     from cqrs.saga.exceptions import SagaOwnershipLostError
 
-    storage = RefusingStorage()
-    mediator = make_mediator(storage, lease_seconds=0.09)
+    mediator = make_mediator(storage, lease_seconds=0.09, refuse=True)
     run = asyncio.create_task(mediator.run(JobContext(job="export", slow=True)))
-    await storage.refused.wait()
+    await RENEWALS.refused.wait()
     ticker = _engine.tickers_of(asyncio.get_running_loop())[0.09]
     later = asyncio.Event()
     # Several more ticks pass while the step still runs (timers fire in order of their time).
     asyncio.get_running_loop().call_later(ticker.interval * 6, later.set)
     await later.wait()
-    assert storage.attempts == 1
-    storage.enough.set()  # the step ends; its result is not recorded
+    assert RENEWALS.attempts == 1
+    RENEWALS.enough.set()  # the step ends; its result is not recorded
     with pytest.raises(SagaOwnershipLostError):
         await run
 

@@ -1,4 +1,7 @@
-"""Requirement 11: the in-memory storage keeps its own copies of everything."""
+"""Requirement 11: the in-memory storage keeps its own copies of everything.
+
+The promise is every storage's, so these run on SQLite too (where copies come with the database).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,8 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
-from cqrs.saga.storage.memory import MemorySagaStorage
 from cqrs.saga.storage.models import StepEntry
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, make_harness
 
 SEEN: list[list[str]] = []
 
@@ -55,8 +57,8 @@ class CartSaga(Saga[CartContext]):
 EXPECTED = {"cart_id": "c1", "items": ["apple"], "prices": {"apple": 1.5}}
 
 
-async def test_mutating_the_context_object_after_the_run_does_not_change_stored_state() -> None:
-    harness = make_harness((CartContext, CartSaga))
+async def test_mutating_the_context_object_after_the_run_does_not_change_stored_state(storage: EngineStorage) -> None:
+    harness = make_harness((CartContext, CartSaga), storage=storage)
     saga_id = uuid.uuid4()
     context = CartContext(cart_id="c1")
     await harness.run_all(context, saga_id=saga_id)
@@ -70,8 +72,8 @@ async def test_mutating_the_context_object_after_the_run_does_not_change_stored_
     assert stored == EXPECTED
 
 
-async def test_mutating_a_loaded_state_dict_does_not_change_stored_state() -> None:
-    harness = make_harness((CartContext, CartSaga))
+async def test_mutating_a_loaded_state_dict_does_not_change_stored_state(storage: EngineStorage) -> None:
+    harness = make_harness((CartContext, CartSaga), storage=storage)
     saga_id = uuid.uuid4()
     await harness.run_all(CartContext(cart_id="c1"), saga_id=saga_id)
 
@@ -92,8 +94,8 @@ async def test_mutating_a_loaded_state_dict_does_not_change_stored_state() -> No
     assert (await harness.storage.load_saga_state(saga_id))[1] == EXPECTED
 
 
-async def test_mutating_a_returned_history_does_not_change_the_stored_history() -> None:
-    harness = make_harness((CartContext, CartSaga))
+async def test_mutating_a_returned_history_does_not_change_the_stored_history(storage: EngineStorage) -> None:
+    harness = make_harness((CartContext, CartSaga), storage=storage)
     saga_id = uuid.uuid4()
     await harness.run_all(CartContext(cart_id="c1"), saga_id=saga_id)
 
@@ -110,8 +112,10 @@ async def test_mutating_a_returned_history_does_not_change_the_stored_history() 
     assert replayed[0].response == Listed(items=["apple"])
 
 
-async def test_mutating_the_callers_context_while_the_saga_is_paused_changes_nothing_stored() -> None:
-    harness = make_harness((CartContext, CartSaga))
+async def test_mutating_the_callers_context_while_the_saga_is_paused_changes_nothing_stored(
+    storage: EngineStorage,
+) -> None:
+    harness = make_harness((CartContext, CartSaga), storage=storage)
     saga_id = uuid.uuid4()
     context = CartContext(cart_id="c1")
 
@@ -125,8 +129,7 @@ async def test_mutating_the_callers_context_while_the_saga_is_paused_changes_not
     assert SEEN == [["apple"]]
 
 
-async def test_the_storage_copies_what_it_is_given_through_its_own_api() -> None:
-    storage = MemorySagaStorage()
+async def test_the_storage_copies_what_it_is_given_through_its_own_api(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
     given = {"cart_id": "c9", "items": ["pear"]}
     await storage.create_saga(saga_id, "CartSaga", given)
@@ -140,9 +143,8 @@ async def test_the_storage_copies_what_it_is_given_through_its_own_api() -> None
     assert (await storage.load_saga_state(saga_id))[1] == {"cart_id": "c9", "items": ["plum"]}
 
 
-async def test_checkpoint_keeps_what_the_engine_hands_over_and_hands_out_copies() -> None:
+async def test_checkpoint_keeps_what_the_engine_hands_over_and_hands_out_copies(storage: EngineStorage) -> None:
     """The engine's writes hand the JSON over (see the protocol); what comes back out is a copy."""
-    storage = MemorySagaStorage()
     saga_id = uuid.uuid4()
     await storage.create_saga(saga_id, "CartSaga", {})
     claim = await storage.claim_saga(saga_id, "me", 30)
@@ -168,8 +170,7 @@ async def test_checkpoint_keeps_what_the_engine_hands_over_and_hands_out_copies(
     assert (await storage.load_saga_state(saga_id))[1] == {"items": ["a"]}
 
 
-async def test_a_claims_history_is_a_copy() -> None:
-    storage = MemorySagaStorage()
+async def test_a_claims_history_is_a_copy(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
     await storage.create_saga(saga_id, "CartSaga", {"cart_id": "c1"})
     claim = await storage.claim_saga(saga_id, "me", 30)

@@ -16,7 +16,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, make_harness
 
 LEDGER: list[str] = []
 SEEN_BY_FALLBACK: list[dict[str, typing.Any]] = []
@@ -113,9 +113,9 @@ def _saga(fallback: Fallback) -> type[Saga[ReserveContext]]:
     return ReserveSaga
 
 
-async def test_fallback_runs_when_the_primary_raises_a_listed_exception() -> None:
+async def test_fallback_runs_when_the_primary_raises_a_listed_exception(storage: EngineStorage) -> None:
     saga = _saga(Fallback(step=PrimaryReserve, fallback=FallbackReserve, failure_exceptions=(ConnectionError,)))
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
     saga_id = uuid.uuid4()
 
     results = await harness.run_all(ReserveContext(order_id="o1"), saga_id=saga_id)
@@ -132,9 +132,9 @@ async def test_fallback_runs_when_the_primary_raises_a_listed_exception() -> Non
     ]
 
 
-async def test_fallback_does_not_run_for_an_unlisted_exception() -> None:
+async def test_fallback_does_not_run_for_an_unlisted_exception(storage: EngineStorage) -> None:
     saga = _saga(Fallback(step=PrimaryReserve, fallback=FallbackReserve, failure_exceptions=(ConnectionError,)))
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(ValueError, match="primary failed for o2"):
@@ -146,9 +146,12 @@ async def test_fallback_does_not_run_for_an_unlisted_exception() -> None:
 
 
 @pytest.mark.parametrize("error", ["down", "business", "value"])
-async def test_without_listed_exceptions_any_exception_switches_to_the_fallback(error: str) -> None:
+async def test_without_listed_exceptions_any_exception_switches_to_the_fallback(
+    error: str,
+    storage: EngineStorage,
+) -> None:
     saga = _saga(Fallback(step=PrimaryReserve, fallback=FallbackReserve))
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
 
     results = await harness.run_all(ReserveContext(order_id="o3", primary_error=error))
 
@@ -156,9 +159,9 @@ async def test_without_listed_exceptions_any_exception_switches_to_the_fallback(
     assert LEDGER == ["act:prepare", "act:primary", "act:fallback", "act:finish"]
 
 
-async def test_context_changes_of_the_failed_primary_are_undone_before_the_fallback() -> None:
+async def test_context_changes_of_the_failed_primary_are_undone_before_the_fallback(storage: EngineStorage) -> None:
     saga = _saga(Fallback(step=PrimaryReserve, fallback=FallbackReserve))
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
     saga_id = uuid.uuid4()
     context = ReserveContext(order_id="o4")
 
@@ -172,9 +175,9 @@ async def test_context_changes_of_the_failed_primary_are_undone_before_the_fallb
     assert context.notes == ["prepared"]
 
 
-async def test_the_primary_that_succeeds_is_recorded_and_the_fallback_never_runs() -> None:
+async def test_the_primary_that_succeeds_is_recorded_and_the_fallback_never_runs(storage: EngineStorage) -> None:
     saga = _saga(Fallback(step=PrimaryReserve, fallback=FallbackReserve))
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
 
     results = await harness.run_all(ReserveContext(order_id="o5", primary_error=None))
 
@@ -182,9 +185,9 @@ async def test_the_primary_that_succeeds_is_recorded_and_the_fallback_never_runs
     assert LEDGER == ["act:prepare", "act:primary", "act:finish"]
 
 
-async def test_when_the_saga_fails_later_the_fallback_is_compensated_not_the_primary() -> None:
+async def test_when_the_saga_fails_later_the_fallback_is_compensated_not_the_primary(storage: EngineStorage) -> None:
     saga = _saga(Fallback(step=PrimaryReserve, fallback=FallbackReserve))
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(RuntimeError, match="finish failed"):
@@ -204,9 +207,11 @@ async def test_when_the_saga_fails_later_the_fallback_is_compensated_not_the_pri
     ]
 
 
-async def test_a_paused_saga_whose_fallback_completed_compensates_the_fallback_after_resuming() -> None:
+async def test_a_paused_saga_whose_fallback_completed_compensates_the_fallback_after_resuming(
+    storage: EngineStorage,
+) -> None:
     saga = _saga(Fallback(step=PrimaryReserve, fallback=FallbackReserve))
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for result in harness.mediator.stream(ReserveContext(order_id="o7", fail_at_end=True), saga_id=saga_id):
@@ -222,7 +227,7 @@ async def test_a_paused_saga_whose_fallback_completed_compensates_the_fallback_a
 # -- circuit breaker ------------------------------------------------------------------------
 
 
-async def test_after_fail_max_failures_the_open_breaker_skips_the_primary() -> None:
+async def test_after_fail_max_failures_the_open_breaker_skips_the_primary(storage: EngineStorage) -> None:
     saga = _saga(
         Fallback(
             step=PrimaryReserve,
@@ -230,7 +235,7 @@ async def test_after_fail_max_failures_the_open_breaker_skips_the_primary() -> N
             circuit_breaker=AioBreakerAdapter(fail_max=2, timeout_duration=60),
         )
     )
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
     per_run: list[list[str]] = []
 
     for n in range(4):
@@ -244,7 +249,7 @@ async def test_after_fail_max_failures_the_open_breaker_skips_the_primary() -> N
     assert per_run == [with_primary, with_primary, without_primary, without_primary]
 
 
-async def test_an_open_breaker_still_lets_the_fallback_see_a_clean_context() -> None:
+async def test_an_open_breaker_still_lets_the_fallback_see_a_clean_context(storage: EngineStorage) -> None:
     saga = _saga(
         Fallback(
             step=PrimaryReserve,
@@ -252,7 +257,7 @@ async def test_an_open_breaker_still_lets_the_fallback_see_a_clean_context() -> 
             circuit_breaker=AioBreakerAdapter(fail_max=2, timeout_duration=60),
         )
     )
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
 
     for n in range(3):
         await harness.run_all(ReserveContext(order_id=f"clean{n}"))
@@ -260,7 +265,7 @@ async def test_an_open_breaker_still_lets_the_fallback_see_a_clean_context() -> 
     assert SEEN_BY_FALLBACK == [{"reservation": None, "notes": ["prepared"], "meta": {}}] * 3
 
 
-async def test_excluded_business_errors_do_not_trip_the_breaker() -> None:
+async def test_excluded_business_errors_do_not_trip_the_breaker(storage: EngineStorage) -> None:
     saga = _saga(
         Fallback(
             step=PrimaryReserve,
@@ -268,7 +273,7 @@ async def test_excluded_business_errors_do_not_trip_the_breaker() -> None:
             circuit_breaker=AioBreakerAdapter(fail_max=2, timeout_duration=60, exclude=[BusinessError]),
         )
     )
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
 
     for n in range(5):
         await harness.run_all(ReserveContext(order_id=f"b{n}", primary_error="business"))
@@ -282,7 +287,7 @@ async def test_excluded_business_errors_do_not_trip_the_breaker() -> None:
     assert LEDGER.count("act:primary") == 7
 
 
-async def test_with_a_breaker_an_unlisted_exception_still_fails_the_saga() -> None:
+async def test_with_a_breaker_an_unlisted_exception_still_fails_the_saga(storage: EngineStorage) -> None:
     saga = _saga(
         Fallback(
             step=PrimaryReserve,
@@ -291,7 +296,7 @@ async def test_with_a_breaker_an_unlisted_exception_still_fails_the_saga() -> No
             circuit_breaker=AioBreakerAdapter(fail_max=5, timeout_duration=60),
         )
     )
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(ValueError, match="primary failed"):
@@ -301,7 +306,7 @@ async def test_with_a_breaker_an_unlisted_exception_still_fails_the_saga() -> No
     assert await harness.status(saga_id) == SagaStatus.FAILED
 
 
-async def test_after_the_breaker_timeout_the_primary_gets_a_trial_call() -> None:
+async def test_after_the_breaker_timeout_the_primary_gets_a_trial_call(storage: EngineStorage) -> None:
     saga = _saga(
         Fallback(
             step=PrimaryReserve,
@@ -309,7 +314,7 @@ async def test_after_the_breaker_timeout_the_primary_gets_a_trial_call() -> None
             circuit_breaker=AioBreakerAdapter(fail_max=2, timeout_duration=datetime.timedelta(0)),
         )
     )
-    harness = make_harness((ReserveContext, saga))
+    harness = make_harness((ReserveContext, saga), storage=storage)
 
     await harness.run_all(ReserveContext(order_id="t0"))
     await harness.run_all(ReserveContext(order_id="t1"))  # opens the breaker
@@ -350,7 +355,7 @@ class CachedPrice(SagaStepHandler[QuoteContext, Response]):
         return self._generate_step_result(Response())
 
 
-async def test_one_adapter_shared_by_two_steps_keeps_one_breaker_per_step() -> None:
+async def test_one_adapter_shared_by_two_steps_keeps_one_breaker_per_step(storage: EngineStorage) -> None:
     """One AioBreakerAdapter guards two steps: the failing step's breaker opens, the other step's primary still runs.
 
     (One breaker for both would never open here: the other step's successes reset its failure count.)
@@ -363,7 +368,7 @@ async def test_one_adapter_shared_by_two_steps_keeps_one_breaker_per_step() -> N
             Fallback(step=LivePrice, fallback=CachedPrice, circuit_breaker=breaker),
         ]
 
-    harness = make_harness((QuoteContext, QuoteSaga))
+    harness = make_harness((QuoteContext, QuoteSaga), storage=storage)
     per_run: list[list[str]] = []
 
     for n in range(3):
@@ -384,7 +389,7 @@ class PriceContext(QuoteContext):
     pass
 
 
-async def test_one_adapter_shared_by_two_sagas_keeps_one_breaker_per_step() -> None:
+async def test_one_adapter_shared_by_two_sagas_keeps_one_breaker_per_step(storage: EngineStorage) -> None:
     """One AioBreakerAdapter guards a step in each of two sagas: the first saga's failures open its step's breaker
     only, and the second saga's primary still runs."""
     breaker = AioBreakerAdapter(fail_max=2, timeout_duration=60)
@@ -395,7 +400,7 @@ async def test_one_adapter_shared_by_two_sagas_keeps_one_breaker_per_step() -> N
     class PriceSaga(Saga[PriceContext]):
         steps = [Fallback(step=LivePrice, fallback=CachedPrice, circuit_breaker=breaker)]
 
-    harness = make_harness((QuoteContext, StockSaga), (PriceContext, PriceSaga))
+    harness = make_harness((QuoteContext, StockSaga), (PriceContext, PriceSaga), storage=storage)
     for n in range(3):
         await harness.run_all(QuoteContext(order_id=f"s{n}"))
     assert LEDGER.count("act:live_stock") == 2  # open after two failures: the third run went to the fallback

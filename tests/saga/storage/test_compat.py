@@ -15,8 +15,7 @@ from cqrs.saga.recovery import recover_saga
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
-from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import FakeClock, make_harness
+from saga.helpers import ClockedMemoryStorage, EngineStorage, advance, make_harness
 
 LEASE = 30.0
 LEDGER: list[str] = []
@@ -86,8 +85,8 @@ def test_saga_status_is_a_str_enum_with_the_stored_values() -> None:
     assert f"{SagaStatus.FAILED}" == "failed"
 
 
-async def test_load_saga_state_returns_status_context_dict_and_a_growing_version() -> None:
-    harness = make_harness((PayoutContext, PayoutSaga))
+async def test_load_saga_state_returns_status_context_dict_and_a_growing_version(storage: EngineStorage) -> None:
+    harness = make_harness((PayoutContext, PayoutSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for _ in harness.mediator.stream(PayoutContext(payout_id="p1"), saga_id=saga_id):
@@ -107,9 +106,8 @@ async def test_load_saga_state_returns_status_context_dict_and_a_growing_version
     assert version > paused_version
 
 
-async def test_step_history_entries_have_name_action_status_timestamp_and_details() -> None:
-    clock = FakeClock(datetime.datetime(2031, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc))
-    harness = make_harness((PayoutContext, PayoutSaga), storage=MemorySagaStorage(clock=clock))
+async def test_step_history_entries_have_name_action_status_timestamp_and_details(storage: EngineStorage) -> None:
+    harness = make_harness((PayoutContext, PayoutSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(ConnectionError):
@@ -122,16 +120,22 @@ async def test_step_history_entries_have_name_action_status_timestamp_and_detail
         ("approve", "compensate", SagaStepStatus.COMPENSATED),
     ]
     assert [e.status.value for e in history] == ["completed", "failed", "compensated"]
-    assert all(e.timestamp == clock.now for e in history)
+    if isinstance(storage, ClockedMemoryStorage):  # its clock stands still: every entry has its time
+        assert all(e.timestamp == storage.clock.now for e in history)
+    else:  # the database's clock: aware, in write order, and of this run
+        stamps = [e.timestamp for e in history]
+        assert all(t.tzinfo is not None for t in stamps)
+        assert stamps == sorted(stamps)
+        assert abs(stamps[0] - datetime.datetime.now(datetime.timezone.utc)) < datetime.timedelta(minutes=1)
     assert all(e.saga_id == saga_id for e in history)
     assert history[0].details is None
     assert history[1].details == "ConnectionError: bank offline"
     assert [e.seq for e in history] == sorted(e.seq for e in history)
 
 
-async def test_get_sagas_for_recovery_returns_only_interrupted_sagas_once_their_lease_lapsed() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_get_sagas_for_recovery_returns_only_interrupted_sagas_once_their_lease_lapsed(
+    storage: EngineStorage,
+) -> None:
     harness = make_harness((PayoutContext, PayoutSaga), storage=storage, lease_seconds=LEASE)
     completed, failed, paused = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
@@ -142,35 +146,31 @@ async def test_get_sagas_for_recovery_returns_only_interrupted_sagas_once_their_
         break
 
     assert await storage.get_sagas_for_recovery(limit=10) == []
-    clock.advance(LEASE + 1)
+    await advance(storage, LEASE + 1)
     assert await storage.get_sagas_for_recovery(limit=10) == [paused]
     assert await storage.get_sagas_for_recovery(limit=10, saga_name="PayoutSaga") == [paused]
     assert await storage.get_sagas_for_recovery(limit=10, saga_name="nope") == []
     assert await storage.get_sagas_for_recovery(limit=0) == []
 
 
-async def test_get_sagas_for_recovery_skips_sagas_past_max_recovery_attempts() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_get_sagas_for_recovery_skips_sagas_past_max_recovery_attempts(storage: EngineStorage) -> None:
     harness = make_harness((PayoutContext, PayoutSaga), storage=storage, lease_seconds=LEASE)
     saga_id = uuid.uuid4()
     async for _ in harness.mediator.stream(PayoutContext(payout_id="tired"), saga_id=saga_id):
         break
-    clock.advance(LEASE + 1)
+    await advance(storage, LEASE + 1)
 
     await storage.set_recovery_attempts(saga_id, 5)
     assert await storage.get_sagas_for_recovery(limit=10, max_recovery_attempts=5) == []
     assert await storage.get_sagas_for_recovery(limit=10, max_recovery_attempts=6) == [saga_id]
 
 
-async def test_recover_saga_accepts_a_plain_di_container_and_finishes_a_paused_saga() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_recover_saga_accepts_a_plain_di_container_and_finishes_a_paused_saga(storage: EngineStorage) -> None:
     harness = make_harness((PayoutContext, PayoutSaga), storage=storage, lease_seconds=LEASE)
     saga_id = uuid.uuid4()
     async for _ in harness.mediator.stream(PayoutContext(payout_id="p3"), saga_id=saga_id):
         break
-    clock.advance(LEASE + 1)
+    await advance(storage, LEASE + 1)
     (found,) = await storage.get_sagas_for_recovery(limit=10)
 
     await recover_saga(PayoutSaga(), found, PayoutContext, di.Container(), storage, lease_seconds=LEASE)
@@ -180,8 +180,8 @@ async def test_recover_saga_accepts_a_plain_di_container_and_finishes_a_paused_s
     assert await storage.get_sagas_for_recovery(limit=10) == []
 
 
-async def test_bootstrap_accepts_a_plain_di_container() -> None:
-    harness = make_harness((PayoutContext, OtherPayoutSaga), container=di.Container())
+async def test_bootstrap_accepts_a_plain_di_container(storage: EngineStorage) -> None:
+    harness = make_harness((PayoutContext, OtherPayoutSaga), storage=storage, container=di.Container())
     saga_id = uuid.uuid4()
 
     results = await harness.run_all(PayoutContext(payout_id="p4"), saga_id=saga_id)
@@ -193,9 +193,7 @@ async def test_bootstrap_accepts_a_plain_di_container() -> None:
     assert record.status == SagaStatus.COMPLETED
 
 
-async def test_the_python_cqrs_shaped_write_api_round_trips() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_the_python_cqrs_shaped_write_api_round_trips(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
 
     await storage.create_saga(saga_id, "PayoutSaga", {"payout_id": "p5", "fail": False, "paid": False})

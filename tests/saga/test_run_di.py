@@ -16,7 +16,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, make_harness
 
 T = typing.TypeVar("T")
 
@@ -106,11 +106,11 @@ def _instances(what: str, step_type: type) -> list[object]:
     return [obj for kind, obj in SEEN if kind == what and type(obj) is step_type]
 
 
-async def test_step_gets_its_typed_dependencies_from_a_di_container() -> None:
+async def test_step_gets_its_typed_dependencies_from_a_di_container(storage: EngineStorage) -> None:
     container = di.Container()
     audit = AuditLog()
     container.bind(di.bind_by_type(Dependent(lambda: audit, scope=None), AuditLog))
-    harness = make_harness((Basket, BasketSaga), container=container)
+    harness = make_harness((Basket, BasketSaga), storage=storage, container=container)
 
     results = await harness.run_all(Basket(sku="pear"))
 
@@ -122,8 +122,8 @@ async def test_step_gets_its_typed_dependencies_from_a_di_container() -> None:
     assert audit.lines == ["priced pear"]
 
 
-async def test_act_events_and_compensate_see_one_instance_per_run() -> None:
-    harness = make_harness((Basket, BasketSaga), domain_events_mapper=_events_mapper)
+async def test_act_events_and_compensate_see_one_instance_per_run(storage: EngineStorage) -> None:
+    harness = make_harness((Basket, BasketSaga), storage=storage, domain_events_mapper=_events_mapper)
     saga_id = uuid.uuid4()
 
     with pytest.raises(RuntimeError, match="checkout refused"):
@@ -141,8 +141,8 @@ async def test_act_events_and_compensate_see_one_instance_per_run() -> None:
     assert await harness.status(saga_id) == SagaStatus.FAILED
 
 
-async def test_each_run_gets_a_fresh_step_instance() -> None:
-    harness = make_harness((Basket, BasketSaga))
+async def test_each_run_gets_a_fresh_step_instance(storage: EngineStorage) -> None:
+    harness = make_harness((Basket, BasketSaga), storage=storage)
 
     await harness.run_all(Basket(sku="apple"))
     await harness.run_all(Basket(sku="pear"))
@@ -165,9 +165,9 @@ class RecordingContainer:
         return type_()
 
 
-async def test_a_custom_container_with_async_resolve_builds_the_steps() -> None:
+async def test_a_custom_container_with_async_resolve_builds_the_steps(storage: EngineStorage) -> None:
     container = RecordingContainer()
-    harness = make_harness((Basket, BasketSaga), container=container)
+    harness = make_harness((Basket, BasketSaga), storage=storage, container=container)
     saga_id = uuid.uuid4()
 
     with pytest.raises(RuntimeError, match="checkout refused"):
@@ -179,9 +179,9 @@ async def test_a_custom_container_with_async_resolve_builds_the_steps() -> None:
     assert await harness.status(saga_id) == SagaStatus.FAILED
 
 
-async def test_a_custom_container_also_completes_a_saga() -> None:
+async def test_a_custom_container_also_completes_a_saga(storage: EngineStorage) -> None:
     container = RecordingContainer()
-    harness = make_harness((Basket, BasketSaga), container=container)
+    harness = make_harness((Basket, BasketSaga), storage=storage, container=container)
 
     results = await harness.run_all(Basket(sku="pear"))
 

@@ -17,8 +17,7 @@ from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
-from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import FakeClock, Gate, make_harness, rows
+from saga.helpers import EngineStorage, Gate, advance, make_harness, rows
 
 LEASE = 30.0
 LEDGER: list[str] = []
@@ -91,7 +90,7 @@ class TransferSaga(Saga[TransferContext]):
     steps = [DebitStep, CreditStep, NotifyStep, AuditStep]
 
 
-async def _fail_and_cancel_compensation_of(step: str, storage: MemorySagaStorage, saga_id: uuid.UUID) -> None:
+async def _fail_and_cancel_compensation_of(step: str, storage: EngineStorage, saga_id: uuid.UUID) -> None:
     BLOCK_COMPENSATION.add(step)
     harness = make_harness((TransferContext, TransferSaga), storage=storage, lease_seconds=LEASE)
     task = asyncio.ensure_future(harness.run_all(TransferContext(transfer_id="t1"), saga_id=saga_id))
@@ -101,8 +100,7 @@ async def _fail_and_cancel_compensation_of(step: str, storage: MemorySagaStorage
         await task
 
 
-async def test_cancelling_a_compensation_leaves_the_saga_compensating() -> None:
-    storage = MemorySagaStorage(clock=FakeClock())
+async def test_cancelling_a_compensation_leaves_the_saga_compensating(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
 
     await _fail_and_cancel_compensation_of("credit", storage, saga_id)
@@ -116,12 +114,12 @@ async def test_cancelling_a_compensation_leaves_the_saga_compensating() -> None:
     ]
 
 
-async def test_recovering_a_compensating_saga_finishes_compensation_and_raises_saga_compensated() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_recovering_a_compensating_saga_finishes_compensation_and_raises_saga_compensated(
+    storage: EngineStorage,
+) -> None:
     saga_id = uuid.uuid4()
     await _fail_and_cancel_compensation_of("credit", storage, saga_id)
-    clock.advance(LEASE + 1)
+    await advance(storage, LEASE + 1)
     assert await storage.get_sagas_for_recovery(limit=10) == [saga_id]
     LEDGER.clear()
 
@@ -144,13 +142,11 @@ async def test_recovering_a_compensating_saga_finishes_compensation_and_raises_s
     assert await storage.get_sagas_for_recovery(limit=10) == []
 
 
-async def test_recovery_does_not_compensate_a_step_already_compensated() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_recovery_does_not_compensate_a_step_already_compensated(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
     await _fail_and_cancel_compensation_of("debit", storage, saga_id)
     assert LEDGER == ["act:debit", "act:credit", "act:notify", "compensate:credit", "compensate:debit"]
-    clock.advance(LEASE + 1)
+    await advance(storage, LEASE + 1)
     LEDGER.clear()
 
     with pytest.raises(RuntimeError):
@@ -160,8 +156,7 @@ async def test_recovery_does_not_compensate_a_step_already_compensated() -> None
     assert (await storage.load_saga_state(saga_id))[0] == SagaStatus.FAILED
 
 
-async def test_recovering_a_compensating_saga_written_through_the_storage_api() -> None:
-    storage = MemorySagaStorage()
+async def test_recovering_a_compensating_saga_written_through_the_storage_api(storage: EngineStorage) -> None:
     saga_id = uuid.uuid4()
     await storage.create_saga(saga_id, "TransferSaga", {"transfer_id": "t9", "debited": True, "credited": True})
     await storage.update_status(saga_id, SagaStatus.RUNNING)
@@ -178,8 +173,9 @@ async def test_recovering_a_compensating_saga_written_through_the_storage_api() 
     assert (await storage.load_saga_state(saga_id))[0] == SagaStatus.FAILED
 
 
-async def test_a_compensating_saga_whose_compensation_still_fails_ends_compensation_failed() -> None:
-    storage = MemorySagaStorage()
+async def test_a_compensating_saga_whose_compensation_still_fails_ends_compensation_failed(
+    storage: EngineStorage,
+) -> None:
     saga_id = uuid.uuid4()
     await storage.create_saga(saga_id, "TransferSaga", {"transfer_id": "t10", "debited": True, "credited": False})
     await storage.log_step(saga_id, "debit", "act", SagaStepStatus.COMPLETED)
@@ -196,8 +192,7 @@ async def test_a_compensating_saga_whose_compensation_still_fails_ends_compensat
     assert (await storage.load_saga_state(saga_id))[0] == SagaStatus.COMPENSATION_FAILED
 
 
-async def test_recovering_compensation_failed_retries_only_the_failed_compensation() -> None:
-    storage = MemorySagaStorage()
+async def test_recovering_compensation_failed_retries_only_the_failed_compensation(storage: EngineStorage) -> None:
     harness = make_harness(
         (TransferContext, TransferSaga), storage=storage, compensation_retry_count=1
     )
@@ -216,12 +211,12 @@ async def test_recovering_compensation_failed_retries_only_the_failed_compensati
     assert (await storage.load_saga_state(saga_id))[0] == SagaStatus.FAILED
 
 
-async def test_streaming_a_compensating_saga_again_finishes_compensation_without_running_forward() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_streaming_a_compensating_saga_again_finishes_compensation_without_running_forward(
+    storage: EngineStorage,
+) -> None:
     saga_id = uuid.uuid4()
     await _fail_and_cancel_compensation_of("credit", storage, saga_id)
-    clock.advance(LEASE + 1)
+    await advance(storage, LEASE + 1)
     LEDGER.clear()
     harness = make_harness((TransferContext, TransferSaga), storage=storage, lease_seconds=LEASE)
 
@@ -240,7 +235,7 @@ class StubbornTransferSaga(Saga[TransferContext]):
     compensation_retry = RetryPolicy(attempts=3, delay=0.0)
 
 
-async def _stubborn_compensating_saga(storage: MemorySagaStorage) -> uuid.UUID:
+async def _stubborn_compensating_saga(storage: EngineStorage) -> uuid.UUID:
     saga_id = uuid.uuid4()
     await storage.create_saga(saga_id, "stubborn-transfer", {"transfer_id": "t12", "debited": True})
     await storage.log_step(saga_id, "debit", "act", SagaStepStatus.COMPLETED)
@@ -249,8 +244,7 @@ async def _stubborn_compensating_saga(storage: MemorySagaStorage) -> uuid.UUID:
     return saga_id
 
 
-async def test_recovery_uses_the_sagas_own_compensation_retry() -> None:
-    storage = MemorySagaStorage()
+async def test_recovery_uses_the_sagas_own_compensation_retry(storage: EngineStorage) -> None:
     saga_id = await _stubborn_compensating_saga(storage)
     FAIL_COMPENSATION.add("debit")
 
@@ -261,8 +255,7 @@ async def test_recovery_uses_the_sagas_own_compensation_retry() -> None:
     assert (await storage.load_saga_state(saga_id))[0] == SagaStatus.COMPENSATION_FAILED
 
 
-async def test_recover_sagas_explicit_compensation_retry_beats_the_sagas_own() -> None:
-    storage = MemorySagaStorage()
+async def test_recover_sagas_explicit_compensation_retry_beats_the_sagas_own(storage: EngineStorage) -> None:
     saga_id = await _stubborn_compensating_saga(storage)
     FAIL_COMPENSATION.add("debit")
 

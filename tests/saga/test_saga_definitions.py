@@ -14,7 +14,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, make_harness
 
 
 @dataclasses.dataclass
@@ -169,11 +169,11 @@ def test_saga_definition_error_is_a_type_error() -> None:
             steps = [NotAStep]
 
 
-async def test_stored_history_uses_the_step_names() -> None:
+async def test_stored_history_uses_the_step_names(storage: EngineStorage) -> None:
     class NamedSaga(Saga[OrderContext]):
         steps = [ReserveStep, ChargeStep]
 
-    harness = make_harness((OrderContext, NamedSaga))
+    harness = make_harness((OrderContext, NamedSaga), storage=storage)
     ok_id, failed_id = uuid.uuid4(), uuid.uuid4()
 
     await harness.run_all(OrderContext(), saga_id=ok_id)
@@ -193,11 +193,11 @@ async def test_stored_history_uses_the_step_names() -> None:
     assert await harness.status(failed_id) == SagaStatus.FAILED
 
 
-async def test_a_paused_saga_resumes_by_step_name() -> None:
+async def test_a_paused_saga_resumes_by_step_name(storage: EngineStorage) -> None:
     class ResumableSaga(Saga[OrderContext]):
         steps = [ReserveStep, ChargeStep]
 
-    harness = make_harness((OrderContext, ResumableSaga))
+    harness = make_harness((OrderContext, ResumableSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for _ in harness.mediator.stream(OrderContext(), saga_id=saga_id):

@@ -17,7 +17,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, make_harness
 
 RAN: list[str] = []
 SEEN_BY_STEP_TWO: list[dict[str, typing.Any]] = []
@@ -74,8 +74,8 @@ class ShipmentSaga(Saga[ShipmentContext]):
     steps = [BookStep, LabelStep]
 
 
-async def test_dataclass_context_is_stored_as_json_under_its_field_names() -> None:
-    harness = make_harness((ShipmentContext, ShipmentSaga))
+async def test_dataclass_context_is_stored_as_json_under_its_field_names(storage: EngineStorage) -> None:
+    harness = make_harness((ShipmentContext, ShipmentSaga), storage=storage)
     shipment_id = uuid.UUID("12345678-1234-5678-1234-567812345678")
     saga_id = uuid.uuid4()
 
@@ -92,8 +92,8 @@ async def test_dataclass_context_is_stored_as_json_under_its_field_names() -> No
     }
 
 
-async def test_dataclass_context_comes_back_typed_when_a_paused_saga_resumes() -> None:
-    harness = make_harness((ShipmentContext, ShipmentSaga))
+async def test_dataclass_context_comes_back_typed_when_a_paused_saga_resumes(storage: EngineStorage) -> None:
+    harness = make_harness((ShipmentContext, ShipmentSaga), storage=storage)
     shipment_id = uuid.uuid4()
     saga_id = uuid.uuid4()
 
@@ -141,8 +141,8 @@ class CustomerSaga(Saga[CustomerContext]):
     steps = [CreditStep, GreetStep]
 
 
-async def test_pydantic_context_is_stored_under_field_names_not_aliases() -> None:
-    harness = make_harness((CustomerContext, CustomerSaga))
+async def test_pydantic_context_is_stored_under_field_names_not_aliases(storage: EngineStorage) -> None:
+    harness = make_harness((CustomerContext, CustomerSaga), storage=storage)
     saga_id = uuid.uuid4()
     context = CustomerContext(customerName="Ada")
 
@@ -155,8 +155,8 @@ async def test_pydantic_context_is_stored_under_field_names_not_aliases() -> Non
     assert context.greeting == "hello Ada"
 
 
-async def test_pydantic_context_with_alias_is_reloaded_from_field_names_on_resume() -> None:
-    harness = make_harness((CustomerContext, CustomerSaga))
+async def test_pydantic_context_with_alias_is_reloaded_from_field_names_on_resume(storage: EngineStorage) -> None:
+    harness = make_harness((CustomerContext, CustomerSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for _ in harness.mediator.stream(CustomerContext(customerName="Grace"), saga_id=saga_id):
@@ -232,9 +232,13 @@ class PydanticObjectSaga(Saga[PydanticObjectContext]):
     ],
     ids=["lock-field", "object-in-list", "pydantic-field"],
 )
-async def test_unserialisable_context_is_refused_before_any_step_runs(context: typing.Any, field: str) -> None:
+async def test_unserialisable_context_is_refused_before_any_step_runs(
+    context: typing.Any,
+    field: str,
+    storage: EngineStorage,
+) -> None:
     harness = make_harness(
-        (LockContext, LockSaga), (ListContext, ListSaga), (PydanticObjectContext, PydanticObjectSaga)
+        (LockContext, LockSaga), (ListContext, ListSaga), (PydanticObjectContext, PydanticObjectSaga), storage=storage
     )
     saga_id = uuid.uuid4()
 
@@ -286,8 +290,10 @@ class SpoilSaga(Saga[SpoilContext]):
     steps = [ReserveForSpoil, SpoilStep, NeverReached]
 
 
-async def test_a_step_that_makes_the_context_unstorable_fails_and_is_compensated_with_the_others() -> None:
-    harness = make_harness((SpoilContext, SpoilSaga))
+async def test_a_step_that_makes_the_context_unstorable_fails_and_is_compensated_with_the_others(
+    storage: EngineStorage,
+) -> None:
+    harness = make_harness((SpoilContext, SpoilSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(ContextSerializationError) as caught:

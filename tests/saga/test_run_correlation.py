@@ -16,8 +16,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.recovery import recover_saga
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
-from cqrs.saga.storage.memory import MemorySagaStorage
-from engine_helpers import FakeClock, make_harness
+from saga.helpers import EngineStorage, advance, make_harness
 
 step_logger = logging.getLogger("tests.engine.correlation.steps")
 SEEN: list[tuple[str, str | None, uuid.UUID | None]] = []
@@ -81,8 +80,8 @@ class ReportSaga(Saga[ReportContext]):
     steps = [GatherStep, RenderStep]
 
 
-async def test_the_correlation_id_is_stored_on_the_saga_record() -> None:
-    harness = make_harness((ReportContext, ReportSaga))
+async def test_the_correlation_id_is_stored_on_the_saga_record(storage: EngineStorage) -> None:
+    harness = make_harness((ReportContext, ReportSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     await harness.run_all(ReportContext(report_id="r1"), saga_id=saga_id, correlation_id="abc")
@@ -93,8 +92,8 @@ async def test_the_correlation_id_is_stored_on_the_saga_record() -> None:
     assert [r.saga_id for r in await harness.storage.list_sagas(correlation_id="abc")] == [saga_id]
 
 
-async def test_step_code_sees_the_correlation_id_and_the_caller_keeps_its_own() -> None:
-    harness = make_harness((ReportContext, ReportSaga))
+async def test_step_code_sees_the_correlation_id_and_the_caller_keeps_its_own(storage: EngineStorage) -> None:
+    harness = make_harness((ReportContext, ReportSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     await harness.run_all(ReportContext(report_id="r2"), saga_id=saga_id, correlation_id="abc")
@@ -104,8 +103,8 @@ async def test_step_code_sees_the_correlation_id_and_the_caller_keeps_its_own() 
     assert correlation.get_saga_id() is None
 
 
-async def test_compensations_see_the_correlation_id_too() -> None:
-    harness = make_harness((ReportContext, ReportSaga))
+async def test_compensations_see_the_correlation_id_too(storage: EngineStorage) -> None:
+    harness = make_harness((ReportContext, ReportSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(RuntimeError):
@@ -114,8 +113,11 @@ async def test_compensations_see_the_correlation_id_too() -> None:
     assert ("compensate:gather", "abc", saga_id) in SEEN
 
 
-async def test_log_records_emitted_inside_act_carry_the_correlation_id(log_records: list[logging.LogRecord]) -> None:
-    harness = make_harness((ReportContext, ReportSaga))
+async def test_log_records_emitted_inside_act_carry_the_correlation_id(
+    log_records: list[logging.LogRecord],
+    storage: EngineStorage,
+) -> None:
+    harness = make_harness((ReportContext, ReportSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     await harness.run_all(ReportContext(report_id="r4"), saga_id=saga_id, correlation_id="abc")
@@ -129,8 +131,11 @@ async def test_log_records_emitted_inside_act_carry_the_correlation_id(log_recor
     assert outside.saga_id == "-"  # type: ignore[attr-defined]
 
 
-async def test_log_records_can_be_formatted_with_the_correlation_id(log_records: list[logging.LogRecord]) -> None:
-    harness = make_harness((ReportContext, ReportSaga))
+async def test_log_records_can_be_formatted_with_the_correlation_id(
+    log_records: list[logging.LogRecord],
+    storage: EngineStorage,
+) -> None:
+    harness = make_harness((ReportContext, ReportSaga), storage=storage)
 
     await harness.run_all(ReportContext(report_id="r5"), correlation_id="req-42")
 
@@ -138,8 +143,8 @@ async def test_log_records_can_be_formatted_with_the_correlation_id(log_records:
     assert [formatter.format(r) for r in log_records] == ["[req-42] gathering r5"]
 
 
-async def test_the_ambient_correlation_id_is_used_when_none_is_passed() -> None:
-    harness = make_harness((ReportContext, ReportSaga))
+async def test_the_ambient_correlation_id_is_used_when_none_is_passed(storage: EngineStorage) -> None:
+    harness = make_harness((ReportContext, ReportSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     token = correlation.set_correlation_id("from-request")
@@ -154,8 +159,8 @@ async def test_the_ambient_correlation_id_is_used_when_none_is_passed() -> None:
     assert {cid for _, cid, _ in SEEN} == {"from-request"}
 
 
-async def test_a_resumed_saga_keeps_its_stored_correlation_id() -> None:
-    harness = make_harness((ReportContext, ReportSaga))
+async def test_a_resumed_saga_keeps_its_stored_correlation_id(storage: EngineStorage) -> None:
+    harness = make_harness((ReportContext, ReportSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for _ in harness.mediator.stream(ReportContext(report_id="r7"), saga_id=saga_id, correlation_id="abc"):
@@ -165,14 +170,31 @@ async def test_a_resumed_saga_keeps_its_stored_correlation_id() -> None:
     assert [("act:gather", "abc", saga_id), ("act:render", "abc", saga_id)] == SEEN
 
 
-async def test_a_recovered_saga_runs_its_steps_under_its_stored_correlation_id() -> None:
-    clock = FakeClock()
-    storage = MemorySagaStorage(clock=clock)
+async def test_a_saga_resumed_by_a_stream_keeps_its_stored_correlation_id_under_another_ambient_one(
+    storage: EngineStorage,
+) -> None:
+    harness = make_harness((ReportContext, ReportSaga), storage=storage)
+    saga_id = uuid.uuid4()
+    async for _ in harness.mediator.stream(ReportContext(report_id="r9"), saga_id=saga_id, correlation_id="abc"):
+        break
+
+    token = correlation.set_correlation_id("the-resuming-request")
+    try:
+        await harness.run_all(ReportContext(report_id="r9"), saga_id=saga_id)
+    finally:
+        correlation.reset_correlation_id(token)
+
+    record = await harness.storage.get_saga(saga_id)
+    assert record is not None and record.correlation_id == "abc"
+    assert [("act:gather", "abc", saga_id), ("act:render", "abc", saga_id)] == SEEN
+
+
+async def test_a_recovered_saga_runs_its_steps_under_its_stored_correlation_id(storage: EngineStorage) -> None:
     harness = make_harness((ReportContext, ReportSaga), storage=storage, lease_seconds=10)
     saga_id = uuid.uuid4()
     async for _ in harness.mediator.stream(ReportContext(report_id="r8"), saga_id=saga_id, correlation_id="abc"):
         break
-    clock.advance(11)
+    await advance(storage, 11)
 
     await recover_saga(ReportSaga, saga_id, ReportContext, di.Container(), storage, lease_seconds=10)
 

@@ -14,7 +14,7 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, make_harness
 
 ACTS: list[str] = []
 SEEN: list[dict[str, typing.Any]] = []
@@ -67,8 +67,8 @@ class WizardSaga(Saga[WizardContext]):
     steps = [StepOne, StepTwo, StepThree]
 
 
-async def test_breaking_after_the_first_step_leaves_the_saga_running() -> None:
-    harness = make_harness((WizardContext, WizardSaga))
+async def test_breaking_after_the_first_step_leaves_the_saga_running(storage: EngineStorage) -> None:
+    harness = make_harness((WizardContext, WizardSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for result in harness.mediator.stream(WizardContext(user="ann"), saga_id=saga_id):
@@ -82,8 +82,8 @@ async def test_breaking_after_the_first_step_leaves_the_saga_running() -> None:
     assert await harness.history(saga_id) == [("StepOne", "act", "completed")]
 
 
-async def test_streaming_again_continues_from_step_two_with_the_stored_context() -> None:
-    harness = make_harness((WizardContext, WizardSaga))
+async def test_streaming_again_continues_from_step_two_with_the_stored_context(storage: EngineStorage) -> None:
+    harness = make_harness((WizardContext, WizardSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for _ in harness.mediator.stream(WizardContext(user="ann"), saga_id=saga_id):
@@ -115,8 +115,8 @@ async def test_streaming_again_continues_from_step_two_with_the_stored_context()
     ]
 
 
-async def test_pausing_twice_replays_every_earlier_step_each_time() -> None:
-    harness = make_harness((WizardContext, WizardSaga))
+async def test_pausing_twice_replays_every_earlier_step_each_time(storage: EngineStorage) -> None:
+    harness = make_harness((WizardContext, WizardSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for _ in harness.mediator.stream(WizardContext(user="bob"), saga_id=saga_id):
@@ -135,8 +135,8 @@ async def test_pausing_twice_replays_every_earlier_step_each_time() -> None:
     assert SEEN[2]["points"] == 20
 
 
-async def test_closing_the_stream_explicitly_also_pauses() -> None:
-    harness = make_harness((WizardContext, WizardSaga))
+async def test_closing_the_stream_explicitly_also_pauses(storage: EngineStorage) -> None:
+    harness = make_harness((WizardContext, WizardSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     stream = harness.mediator.stream(WizardContext(user="cy"), saga_id=saga_id)
@@ -151,8 +151,8 @@ async def test_closing_the_stream_explicitly_also_pauses() -> None:
     assert SEEN[1]["user"] == "cy"
 
 
-async def test_the_resuming_callers_context_object_is_not_used_by_the_steps() -> None:
-    harness = make_harness((WizardContext, WizardSaga))
+async def test_the_resuming_callers_context_object_is_not_used_by_the_steps(storage: EngineStorage) -> None:
+    harness = make_harness((WizardContext, WizardSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for _ in harness.mediator.stream(WizardContext(user="dee"), saga_id=saga_id):
@@ -177,8 +177,8 @@ class PremiumWizardSaga(Saga[WizardContext]):
     steps = [StepOne, StepTwo, StepThree]
 
 
-async def test_a_saga_bound_to_a_context_subclass_resumes_with_that_subclass() -> None:
-    harness = make_harness((PremiumWizardContext, PremiumWizardSaga))
+async def test_a_saga_bound_to_a_context_subclass_resumes_with_that_subclass(storage: EngineStorage) -> None:
+    harness = make_harness((PremiumWizardContext, PremiumWizardSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     async for _ in harness.mediator.stream(PremiumWizardContext(user="gus", tier="gold"), saga_id=saga_id):

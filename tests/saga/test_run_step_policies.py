@@ -15,7 +15,7 @@ from cqrs.saga.retry import RetryPolicy
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
-from engine_helpers import make_harness
+from saga.helpers import EngineStorage, make_harness
 
 LEDGER: list[str] = []
 
@@ -72,8 +72,8 @@ class RetrySaga(Saga[JobContext]):
     steps = [PrepareStep, FlakyStep]
 
 
-async def test_listed_exceptions_are_retried_with_exponential_delays() -> None:
-    harness = make_harness((JobContext, RetrySaga))
+async def test_listed_exceptions_are_retried_with_exponential_delays(storage: EngineStorage) -> None:
+    harness = make_harness((JobContext, RetrySaga), storage=storage)
     saga_id = uuid.uuid4()
 
     results = await harness.run_all(JobContext(failures=["flaky", "flaky", "flaky"]), saga_id=saga_id)
@@ -89,8 +89,8 @@ async def test_listed_exceptions_are_retried_with_exponential_delays() -> None:
     ]
 
 
-async def test_retries_stop_after_the_configured_attempts_and_the_saga_fails() -> None:
-    harness = make_harness((JobContext, RetrySaga))
+async def test_retries_stop_after_the_configured_attempts_and_the_saga_fails(storage: EngineStorage) -> None:
+    harness = make_harness((JobContext, RetrySaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(Flaky):
@@ -101,8 +101,8 @@ async def test_retries_stop_after_the_configured_attempts_and_the_saga_fails() -
     assert await harness.status(saga_id) == SagaStatus.FAILED
 
 
-async def test_unlisted_exceptions_are_not_retried() -> None:
-    harness = make_harness((JobContext, RetrySaga))
+async def test_unlisted_exceptions_are_not_retried(storage: EngineStorage) -> None:
+    harness = make_harness((JobContext, RetrySaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(Fatal):
@@ -113,8 +113,8 @@ async def test_unlisted_exceptions_are_not_retried() -> None:
     assert await harness.status(saga_id) == SagaStatus.FAILED
 
 
-async def test_an_unlisted_exception_after_retries_stops_retrying_at_once() -> None:
-    harness = make_harness((JobContext, RetrySaga))
+async def test_an_unlisted_exception_after_retries_stops_retrying_at_once(storage: EngineStorage) -> None:
+    harness = make_harness((JobContext, RetrySaga), storage=storage)
 
     with pytest.raises(Fatal):
         await harness.run_all(JobContext(failures=["flaky", "fatal", "flaky"]))
@@ -123,7 +123,7 @@ async def test_an_unlisted_exception_after_retries_stops_retrying_at_once() -> N
     assert harness.sleep.delays == pytest.approx([0.2])
 
 
-async def test_a_step_without_retry_policy_runs_once() -> None:
+async def test_a_step_without_retry_policy_runs_once(storage: EngineStorage) -> None:
     class OneShot(SagaStepHandler[JobContext, Response]):
         async def act(self, context: JobContext) -> SagaStepResult[JobContext, Response]:
             LEDGER.append("act:oneshot")
@@ -132,7 +132,7 @@ async def test_a_step_without_retry_policy_runs_once() -> None:
     class OneShotSaga(Saga[JobContext]):
         steps = [PrepareStep, OneShot]
 
-    harness = make_harness((JobContext, OneShotSaga))
+    harness = make_harness((JobContext, OneShotSaga), storage=storage)
     with pytest.raises(Flaky):
         await harness.run_all(JobContext())
 
@@ -157,8 +157,8 @@ class TimeoutSaga(Saga[JobContext]):
     steps = [PrepareStep, HangingStep]
 
 
-async def test_a_step_past_its_timeout_fails_with_step_timeout_and_compensation_runs() -> None:
-    harness = make_harness((JobContext, TimeoutSaga))
+async def test_a_step_past_its_timeout_fails_with_step_timeout_and_compensation_runs(storage: EngineStorage) -> None:
+    harness = make_harness((JobContext, TimeoutSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(SagaStepTimeoutError):
@@ -187,8 +187,8 @@ class DeadlineSaga(Saga[JobContext]):
     steps = [PrepareStep, SlowStep]
 
 
-async def test_passing_the_saga_deadline_fails_the_running_step_and_compensates() -> None:
-    harness = make_harness((JobContext, DeadlineSaga))
+async def test_passing_the_saga_deadline_fails_the_running_step_and_compensates(storage: EngineStorage) -> None:
+    harness = make_harness((JobContext, DeadlineSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(SagaDeadlineExceededError):
@@ -208,8 +208,8 @@ class ExpiredSaga(Saga[JobContext]):
     steps = [PrepareStep, SlowStep]
 
 
-async def test_a_zero_deadline_fails_before_any_step_runs() -> None:
-    harness = make_harness((JobContext, ExpiredSaga))
+async def test_a_zero_deadline_fails_before_any_step_runs(storage: EngineStorage) -> None:
+    harness = make_harness((JobContext, ExpiredSaga), storage=storage)
     saga_id = uuid.uuid4()
 
     with pytest.raises(SagaDeadlineExceededError):
@@ -235,8 +235,8 @@ class TimeoutRetrySaga(Saga[JobContext]):
     steps = [TimeoutRetryStep]
 
 
-async def test_a_timed_out_attempt_is_retried_when_the_policy_lists_timeouts() -> None:
-    harness = make_harness((JobContext, TimeoutRetrySaga))
+async def test_a_timed_out_attempt_is_retried_when_the_policy_lists_timeouts(storage: EngineStorage) -> None:
+    harness = make_harness((JobContext, TimeoutRetrySaga), storage=storage)
     saga_id = uuid.uuid4()
 
     await harness.run_all(JobContext(), saga_id=saga_id)

@@ -1,0 +1,1 @@
+"""Tests of the saga engine (`cqrs.saga`), one module per engine module."""
