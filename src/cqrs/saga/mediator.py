@@ -21,6 +21,7 @@ from cqrs.saga.step import SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.models import NewSaga, SagaClaim
 from cqrs.saga.storage.protocol import SagaStorage
+from cqrs.telemetry import default_hooks
 
 if typing.TYPE_CHECKING:
     from cqrs.events import EventDispatcher, EventEmitter, EventMap
@@ -68,9 +69,11 @@ class SagaMediator:
 
     Keyword-only: ``settings`` (`EngineSettings`, which then replaces the
     ``compensation_retry_*`` numbers), ``hooks`` that observe every run
-    (`cqrs.saga.hooks.SagaHook`), and ``outbox`` (notification events go to
+    (`cqrs.saga.hooks.SagaHook`), ``outbox`` (notification events go to
     the outbox with their step's checkpoint instead of straight to the
-    emitter's broker).
+    emitter's broker), and ``telemetry``: unless False, the hooks of
+    `cqrs.telemetry.default_hooks` (lifecycle log records, and OpenTelemetry
+    spans once a tracer provider is configured) come before ``hooks``.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class SagaMediator:
         settings: EngineSettings | None = None,
         hooks: typing.Iterable[object] = (),
         outbox: bool = False,
+        telemetry: bool = True,
     ) -> None:
         if storage is None:
             from cqrs.saga.storage.memory import MemorySagaStorage
@@ -128,7 +132,7 @@ class SagaMediator:
                 concurrent=concurrent_event_handle_enable,
                 broker_notifications=not outbox,
             )
-        installed = list(hooks)
+        installed = [*default_hooks(), *hooks] if telemetry else list(hooks)
         if self.dispatcher is not None:
             installed.insert(0, self.dispatcher.hook())
         self._hooks = HookSet(installed)
