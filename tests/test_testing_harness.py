@@ -82,7 +82,8 @@ async def test_a_trigger_delivered_twice_starts_one_saga(harness: SagaHarness) -
 
 
 async def test_compensation_backoff_takes_no_real_time(saga_harness: Factory, saga_sleep: FakeSleep) -> None:
-    harness = saga_harness(ShopSaga, compensation_retry=RetryPolicy(attempts=3, delay=60.0, backoff=2.0, max_delay=600.0))
+    backoff = RetryPolicy(attempts=3, delay=60.0, backoff=2.0, max_delay=600.0)
+    harness = saga_harness(ShopSaga, compensation_retry=backoff)
     harness.fail_step("reserve", compensation=True, times=2)
     outcome = await harness.run(ShopContext("o-7", fail_at="charge"))
     await harness.assert_saga(outcome.saga_id, status="failed", compensated=["reserve"])
