@@ -31,7 +31,7 @@ from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.memory import MemorySagaStorage
 from cqrs.telemetry import default_hooks
 from cqrs.telemetry.logs import LogHook
-from cqrs.telemetry.tracing import TracingHook, propagation_headers
+from cqrs.telemetry.tracing import RunTracingHook, TracingHook, propagation_headers
 from durability.db import expire_leases, open_storage
 from shop_saga import ShopContext, ShopSaga
 
@@ -206,15 +206,26 @@ async def test_propagation_headers_name_the_running_attempt_and_the_run(traced: 
 async def test_without_a_configured_provider_the_default_hooks_record_nothing() -> None:
     assert not isinstance(trace.get_tracer_provider(), TracerProvider), "another test set a global provider"
     hooks = default_hooks()
-    assert [type(h) for h in hooks] == [LogHook, TracingHook]
+    assert [type(h) for h in hooks] == [LogHook, RunTracingHook]  # nothing per step attempt
     saga_map = cqrs.SagaMap()
     saga_map.register(ShopSaga)
     mediator = cqrs.SagaMediator(saga_map, di.Container())
-    assert [type(h) for h in mediator.hooks] == [LogHook, TracingHook]
+    assert [type(h) for h in mediator.hooks] == [LogHook, RunTracingHook]
     outcome = await mediator.run(ShopContext("o-5"))
     record = await mediator.storage.get_saga(outcome.saga_id)
     assert record is not None and record.trace_context is None
     assert cqrs.SagaMediator(saga_map, di.Container(), telemetry=False).hooks == ()
+
+
+async def test_a_mediator_built_before_the_provider_gets_run_spans_only(traced: Traced) -> None:
+    saga_map = cqrs.SagaMap()
+    saga_map.register(ShopSaga)
+    mediator = cqrs.SagaMediator(saga_map, di.Container(), hooks=[RunTracingHook(traced.provider)], telemetry=False)
+    with traced.provider.get_tracer("shop.web").start_as_current_span("POST /orders"):
+        outcome = await mediator.run(ShopContext("o-6"))
+    assert tree(traced.spans()) == [("POST /orders", [("saga ShopSaga", [])])]
+    record = await mediator.storage.get_saga(outcome.saga_id)
+    assert record is not None and record.trace_context is not None
 
 
 # -- a crash, then recovery in another process: one trace -------------------------------------------------

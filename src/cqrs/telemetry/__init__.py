@@ -9,8 +9,8 @@
   (extra ``prometheus``).
 
 Every `SagaMediator` installs `default_hooks` unless built with
-``telemetry=False``: the logging hook always, the tracing hook when
-OpenTelemetry can be imported. Metrics are opt in: pass
+``telemetry=False``: the logging hook always, tracing when OpenTelemetry can
+be imported. Metrics are opt in: pass
 ``hooks=[SagaMetrics()]``.
 """
 
@@ -35,7 +35,12 @@ _tracing: bool | None = None
 
 
 def default_hooks() -> list[SagaHook]:
-    """The hooks a mediator installs by default: `LogHook`, and `TracingHook` if OpenTelemetry is there."""
+    """The hooks a mediator installs by default.
+
+    `LogHook`; and, when OpenTelemetry can be imported, `TracingHook` if a
+    tracer provider is configured now, else `RunTracingHook` (spans per run
+    once one is, and nothing per step: see `cqrs.telemetry.tracing`).
+    """
     global _tracing
     from cqrs.telemetry.logs import LogHook
 
@@ -43,7 +48,7 @@ def default_hooks() -> list[SagaHook]:
     if _tracing is None:
         _tracing = tracing_available()
     if _tracing:
-        from cqrs.telemetry.tracing import TracingHook
+        from cqrs.telemetry.tracing import RunTracingHook, TracingHook, tracer_provider_configured
 
-        hooks.append(TracingHook())
+        hooks.append(TracingHook() if tracer_provider_configured() else RunTracingHook())
     return hooks

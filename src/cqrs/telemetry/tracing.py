@@ -20,10 +20,16 @@ by default) and stored with the saga. A run with no current span of its own,
 such as a recovery worker's in another process, continues that trace: its
 span is a child of the stored context and carries a link to it.
 
-`SagaMediator` installs a `TracingHook` by itself when ``opentelemetry`` can
-be imported; it does nothing until the application sets a tracer provider
-(``trace.set_tracer_provider``), and then spans appear with no further call.
-Until then it costs a dictionary look-up per step.
+`SagaMediator` installs tracing by itself when ``opentelemetry`` can be
+imported (`cqrs.telemetry.default_hooks`), with no call from the application:
+
+- built once a tracer provider is configured (``trace.set_tracer_provider``
+  at start-up, or ``opentelemetry-instrument``), it installs `TracingHook`;
+- built before, it installs `RunTracingHook`: nothing on the hot path (no
+  hook per step attempt), while a provider is missing nothing at all; once
+  one is configured, each run gets its span and each new saga its stored
+  trace context, but steps no spans of their own. Pass ``hooks=[TracingHook()]``
+  (and ``telemetry=False``) to such a mediator for step spans too.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
         "cqrs.telemetry.tracing needs the OpenTelemetry API: pip install 'cqrs-saga[otel]'"
     ) from error
 
-__all__ = ["TRACER_NAME", "TracingHook", "propagation_headers"]
+__all__ = ["TRACER_NAME", "RunTracingHook", "TracingHook", "propagation_headers", "tracer_provider_configured"]
 
 #: The instrumentation scope name of every span this module makes.
 TRACER_NAME = "cqrs.saga"
@@ -78,12 +84,19 @@ class _RunTrace:
         self.token: object = None
 
 
-class TracingHook(SagaHook):
-    """Spans for saga runs and step attempts (see the module docstring).
+def tracer_provider_configured() -> bool:
+    """Whether the application has set a global tracer provider (spans would go somewhere)."""
+    return not isinstance(trace.get_tracer_provider(), _NOT_CONFIGURED)
 
+
+class RunTracingHook(SagaHook):
+    """A span per saga run and the stored trace context, without spans per step attempt.
+
+    What a mediator built before any tracer provider was configured installs
+    (see `cqrs.telemetry.default_hooks`): it costs nothing per step, and once
+    a provider is configured its runs get spans from the next run on.
     ``tracer_provider``: where spans go; by default the global one, looked up
-    at the start of every run, so a provider configured after the mediator
-    was built is used from the next run on.
+    at the start of every run.
     """
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
@@ -168,6 +181,23 @@ class TracingHook(SagaHook):
             span.set_status(Status(StatusCode.ERROR, error))
         span.end()
 
+    def step_failed(self, run: RunInfo, step: str, error: BaseException) -> None:
+        traced = self._runs.get(run)
+        if traced is not None:
+            traced.span.record_exception(error, {"cqrs.saga.step": step})
+
+    def compensation_started(self, run: RunInfo, error: str | None) -> None:
+        traced = self._runs.get(run)
+        if traced is not None:
+            traced.span.add_event("compensation started", {"cqrs.saga.error": error or ""})
+
+    def compensation_failed(self, run: RunInfo, step: str, error: BaseException) -> None:
+        traced = self._runs.get(run)
+        if traced is not None:
+            traced.span.add_event(
+                "compensation failed", {"cqrs.saga.step": step, "cqrs.saga.error": _error_text(error)}
+            )
+
     def saga_finished(self, run: RunInfo, status: SagaStatus, error: str | None) -> None:
         if run in self._runs:
             failed = status != SagaStatus.COMPLETED
@@ -179,7 +209,15 @@ class TracingHook(SagaHook):
             traced.span.add_event("lease lost", {"cqrs.saga.id": str(run.saga_id)})
             self._end(run, "lease_lost", "another runner took the saga over")
 
-    # -- step attempts ------------------------------------------------------------------------
+
+
+class TracingHook(RunTracingHook):
+    """Spans for saga runs and, under them, for each step attempt (see the module docstring).
+
+    ``tracer_provider``: where spans go; by default the global one, looked up
+    at the start of every run, so a provider configured after the mediator
+    was built is used from the next run on.
+    """
 
     def attempt_started(self, run: RunInfo, step: str, action: Action, attempt: int) -> None:
         traced = self._runs.get(run)
@@ -219,25 +257,6 @@ class TracingHook(SagaHook):
         if error is not None and not isinstance(error, Exception):
             # Cancelled (or stopped harder): the run goes no further.
             self._end(run, "interrupted", _error_text(error))
-
-    # -- events of the run ----------------------------------------------------------------------
-
-    def step_failed(self, run: RunInfo, step: str, error: BaseException) -> None:
-        traced = self._runs.get(run)
-        if traced is not None:
-            traced.span.record_exception(error, {"cqrs.saga.step": step})
-
-    def compensation_started(self, run: RunInfo, error: str | None) -> None:
-        traced = self._runs.get(run)
-        if traced is not None:
-            traced.span.add_event("compensation started", {"cqrs.saga.error": error or ""})
-
-    def compensation_failed(self, run: RunInfo, step: str, error: BaseException) -> None:
-        traced = self._runs.get(run)
-        if traced is not None:
-            traced.span.add_event(
-                "compensation failed", {"cqrs.saga.step": step, "cqrs.saga.error": _error_text(error)}
-            )
 
 
 def propagation_headers(run: RunInfo | None = None) -> dict[str, str]:

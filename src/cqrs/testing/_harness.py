@@ -248,6 +248,7 @@ class SagaHarness:
         ``events``: the domain events the steps emitted, in order; an expected
         item that is a class matches any event of that class.
         """
+        __tracebackhide__ = True
         from cqrs.testing._assertions import check_saga
 
         record = await self.storage.get_saga(saga_id)
