@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import time
 import typing
 
 from cqrs.saga.hooks import Action, RunInfo, SagaHook
@@ -95,28 +96,36 @@ class RunTracingHook(SagaHook):
     What a mediator built before any tracer provider was configured installs
     (see `cqrs.telemetry.default_hooks`): it costs nothing per step, and once
     a provider is configured its runs get spans from the next run on.
-    ``tracer_provider``: where spans go; by default the global one, looked up
-    at the start of every run.
+    ``tracer_provider``: where spans go; by default the global one, looked
+    for at the start of a run (at most once a second until it is there).
     """
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        self._explicit = tracer_provider is not None
         self._provider: trace.TracerProvider | None = tracer_provider
         self._tracer: trace.Tracer | None = (
             tracer_provider.get_tracer(TRACER_NAME, _VERSION) if tracer_provider is not None else None
         )
         self._runs: dict[RunInfo, _RunTrace] = {}
+        self._look_again_at = 0.0
 
     def _active_tracer(self) -> trace.Tracer | None:
-        """The tracer to use now; None while no tracer provider is configured."""
-        if self._explicit:
+        """The tracer to use now; None while no tracer provider is configured.
+
+        The global provider can be set once only, so once found it is kept;
+        while there is none, it is looked for at most once a second (the
+        look-up reads the environment, too dear for every saga).
+        """
+        if self._tracer is not None:
             return self._tracer
+        now = time.monotonic()
+        if now < self._look_again_at:
+            return None
+        self._look_again_at = now + 1.0
         provider = trace.get_tracer_provider()
         if isinstance(provider, _NOT_CONFIGURED):
             return None
-        if provider is not self._provider:
-            self._provider = provider
-            self._tracer = provider.get_tracer(TRACER_NAME, _VERSION)
+        self._provider = provider
+        self._tracer = provider.get_tracer(TRACER_NAME, _VERSION)
         return self._tracer
 
     # -- the saga's origin ---------------------------------------------------------------
@@ -214,9 +223,8 @@ class RunTracingHook(SagaHook):
 class TracingHook(RunTracingHook):
     """Spans for saga runs and, under them, for each step attempt (see the module docstring).
 
-    ``tracer_provider``: where spans go; by default the global one, looked up
-    at the start of every run, so a provider configured after the mediator
-    was built is used from the next run on.
+    ``tracer_provider``: where spans go; by default the global one, looked
+    for at the start of a run (at most once a second until it is there).
     """
 
     def attempt_started(self, run: RunInfo, step: str, action: Action, attempt: int) -> None:
