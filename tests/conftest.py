@@ -109,3 +109,15 @@ def storage_url(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return "memory://"
     return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def _plugin_installed() -> bool:
+    """Whether pytest loads `cqrs.testing.plugin` through the installed package's ``pytest11`` entry point."""
+    from importlib.metadata import entry_points
+
+    return any(ep.value == "cqrs.testing.plugin" for ep in entry_points(group="pytest11"))
+
+
+# Our own tests use the plugin users get; an install made before it existed lacks the entry point.
+PLUGIN_ARGS: list[str] = [] if _plugin_installed() else ["-p", "cqrs.testing.plugin"]
+pytest_plugins = [] if _plugin_installed() else ["cqrs.testing.plugin"]

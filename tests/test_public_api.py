@@ -132,6 +132,15 @@ MODULE_ALL = {
         "triggers_of",
     },
     "cqrs.integrations.webhooks": {"SignatureVerifier", "TriggerDispatcher"},
+    "cqrs.telemetry": {"default_hooks", "tracing_available"},
+    "cqrs.telemetry.logs": {"LOGGER_NAMES", "LogHook", "saga_fields"},
+    "cqrs.telemetry.tracing": {
+        "TRACER_NAME", "RunTracingHook", "TracingHook", "propagation_headers", "tracer_provider_configured",
+    },
+    "cqrs.telemetry.metrics": {"SagaMetrics", "asgi_app", "django_view", "flask_view", "render", "wsgi_app"},
+    "cqrs.testing": {
+        "Attempt", "FakeClock", "FakeSleep", "InjectedFault", "SagaHarness", "SagaRecording", "SimulatedCrash",
+    },
     "cqrs.adapters.circuit_breaker": {"AioBreakerAdapter", "CircuitBreaker", "CircuitOpenError"},
     "cqrs.adapters.di": {"DIContainer"},
     "cqrs.integrations.fastapi": {

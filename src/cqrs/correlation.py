@@ -44,12 +44,16 @@ class CorrelationIdFilter(logging.Filter):
     """Adds ``correlation_id`` and ``saga_id`` attributes to every log record.
 
     Attach it to a handler, then use ``%(correlation_id)s`` in its format.
+    A record that already carries one of them (the saga lifecycle records of
+    `cqrs.telemetry.logs` pass both as ``extra``) keeps its own.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.correlation_id = _correlation_id.get() or "-"
-        saga_id = _saga_id.get()
-        record.saga_id = str(saga_id) if saga_id is not None else "-"
+        if getattr(record, "correlation_id", None) is None:
+            record.correlation_id = _correlation_id.get() or "-"
+        if getattr(record, "saga_id", None) is None:
+            saga_id = _saga_id.get()
+            record.saga_id = str(saga_id) if saga_id is not None else "-"
         return True
 
 

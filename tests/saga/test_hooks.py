@@ -270,7 +270,7 @@ def recorder(request: pytest.FixtureRequest) -> Recorder:
 async def test_a_completed_saga_calls_each_forward_hook_in_order(
     storage: EngineStorage, recorder: Recorder
 ) -> None:
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[recorder])
+    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[recorder], telemetry=False)
 
     await harness.run_all(TripContext(), correlation_id="trip-1")
 
@@ -292,7 +292,7 @@ async def test_a_completed_saga_calls_each_forward_hook_in_order(
 async def test_a_failure_calls_step_failed_then_the_compensation_hooks_newest_first(
     storage: EngineStorage, recorder: Recorder
 ) -> None:
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[recorder])
+    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[recorder], telemetry=False)
 
     with pytest.raises(Declined):
         await harness.run_all(TripContext(pay_fails=True))
@@ -319,7 +319,7 @@ async def test_a_failing_first_step_finishes_the_saga_without_compensation_hooks
     class PayFirst(Saga[TripContext]):
         steps = [Pay]
 
-    harness = make_harness((TripContext, PayFirst), storage=storage, hooks=[recorder])
+    harness = make_harness((TripContext, PayFirst), storage=storage, hooks=[recorder], telemetry=False)
 
     with pytest.raises(Declined):
         await harness.run_all(TripContext(pay_fails=True))
@@ -344,6 +344,7 @@ async def test_retried_attempts_are_numbered_for_acts_and_compensations(
         hooks=[recorder],
         compensation_retry_count=2,
         compensation_retry_delay=0.5,
+        telemetry=False,
     )
 
     with pytest.raises(Declined):
@@ -377,7 +378,13 @@ async def test_retried_attempts_are_numbered_for_acts_and_compensations(
 async def test_a_compensation_that_keeps_failing_calls_compensation_failed(
     storage: EngineStorage, recorder: Recorder
 ) -> None:
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[recorder], compensation_retry_count=1)
+    harness = make_harness(
+        (TripContext, TripSaga),
+        storage=storage,
+        hooks=[recorder],
+        compensation_retry_count=1,
+        telemetry=False,
+    )
 
     with pytest.raises(Declined):
         await harness.run_all(TripContext(pay_fails=True, unreserve_failures=-1))
@@ -397,7 +404,7 @@ async def test_a_compensation_that_keeps_failing_calls_compensation_failed(
 async def test_a_fallback_reports_the_primarys_failure_then_starts_the_fallback(
     storage: EngineStorage, recorder: Recorder
 ) -> None:
-    harness = make_harness((CardContext, ChargeSaga), storage=storage, hooks=[recorder])
+    harness = make_harness((CardContext, ChargeSaga), storage=storage, hooks=[recorder], telemetry=False)
 
     await harness.run_all(CardContext())
 
@@ -416,7 +423,7 @@ async def test_a_fallback_reports_the_primarys_failure_then_starts_the_fallback(
 async def test_a_saga_taken_up_from_storage_is_resumed_not_started(
     storage: EngineStorage, recorder: Recorder
 ) -> None:
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[recorder])
+    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[recorder], telemetry=False)
     saga_id = uuid.uuid4()
     async for _ in harness.mediator.stream(TripContext(), saga_id=saga_id, correlation_id="trip-2"):
         break  # paused after Reserve
@@ -435,14 +442,20 @@ async def test_a_saga_taken_up_from_storage_is_resumed_not_started(
 async def test_a_recovered_saga_whose_next_step_fails_calls_the_failure_and_compensation_hooks(
     storage: EngineStorage, recorder: Recorder
 ) -> None:
-    harness = make_harness((TripContext, TripSaga), storage=storage, lease_seconds=LEASE)
+    harness = make_harness((TripContext, TripSaga), storage=storage, lease_seconds=LEASE, telemetry=False)
     saga_id = uuid.uuid4()
     async for result in harness.mediator.stream(TripContext(pay_fails=True), saga_id=saga_id):
         if result.step_type is Book:
             break  # interrupted after two steps; Pay fails when recovery runs it
     await advance(storage, LEASE + 1)
     log.clear()
-    recovery = make_harness((TripContext, TripSaga), storage=storage, lease_seconds=LEASE, hooks=[recorder])
+    recovery = make_harness(
+        (TripContext, TripSaga),
+        storage=storage,
+        lease_seconds=LEASE,
+        hooks=[recorder],
+        telemetry=False,
+    )
 
     assert await recovery.mediator.recovery_worker().run_once() == 1
 
@@ -469,7 +482,13 @@ async def test_a_recovered_saga_whose_next_step_fails_calls_the_failure_and_comp
 async def test_a_lost_lease_calls_lease_lost_and_nothing_after(
     storage: EngineStorage, recorder: Recorder
 ) -> None:
-    harness = make_harness((HeldContext, HeldSaga), storage=storage, lease_seconds=LEASE, hooks=[recorder])
+    harness = make_harness(
+        (HeldContext, HeldSaga),
+        storage=storage,
+        lease_seconds=LEASE,
+        hooks=[recorder],
+        telemetry=False,
+    )
     saga_id = uuid.uuid4()
 
     async def taken_over() -> None:
@@ -523,7 +542,14 @@ async def test_trace_fields_from_saga_starting_are_stored_and_read_back_by_later
     parent = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
     tenant = {"baggage": "tenant=t1"}
     traceparent, quiet, baggage = Tracer(parent), Tracer(None), Tracer(tenant)
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[traceparent, quiet, baggage])
+    harness = make_harness(
+        (TripContext, TripSaga),
+        storage=storage,
+        hooks=[traceparent,
+        quiet,
+        baggage],
+        telemetry=False,
+    )
     saga_id = uuid.uuid4()
     merged = {**parent, **tenant}
 
@@ -536,7 +562,7 @@ async def test_trace_fields_from_saga_starting_are_stored_and_read_back_by_later
 
     # A later run, by a mediator without the hooks that supplied them, reads them from storage.
     observer = Tracer({"ignored": "not a new saga"})
-    later = make_harness((TripContext, TripSaga), storage=storage, hooks=[observer])
+    later = make_harness((TripContext, TripSaga), storage=storage, hooks=[observer], telemetry=False)
     assert (await later.mediator.resume(saga_id)).status == SagaStatus.COMPLETED
 
     assert observer.seen == [("resumed", merged)]
@@ -545,7 +571,7 @@ async def test_trace_fields_from_saga_starting_are_stored_and_read_back_by_later
 
 
 async def test_a_saga_no_hook_gives_trace_fields_stores_none(storage: EngineStorage) -> None:
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[Tracer(None)])
+    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[Tracer(None)], telemetry=False)
 
     (result, *_) = await harness.run_all(TripContext())
 
@@ -573,7 +599,7 @@ async def test_coroutines_from_plain_and_async_hook_methods_are_awaited_in_place
             await asyncio.sleep(0)  # one turn of the loop: the engine must wait for this
             log.append(entry)
 
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[Awaiting()])
+    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[Awaiting()], telemetry=False)
 
     with pytest.raises(Declined):
         await harness.run_all(TripContext(pay_fails=True))
@@ -602,6 +628,7 @@ async def test_hooks_run_in_the_order_installed_after_the_event_dispatcher(stora
         storage=storage,
         hooks=[Recorder("first"), Recorder("second")],
         domain_events_mapper=lambda events: events.bind(Reserved, ReservedHandler),
+        telemetry=False,
     )
 
     await harness.run_all(TripContext())
@@ -625,7 +652,7 @@ async def test_what_a_hook_raises_reaches_the_caller_and_the_committed_step_stay
         ) -> None:
             raise RuntimeError(f"hook failed after {step}")
 
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[Exploding()])
+    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[Exploding()], telemetry=False)
     saga_id = uuid.uuid4()
 
     with pytest.raises(RuntimeError, match="hook failed after Reserve"):
@@ -665,7 +692,7 @@ async def test_attempt_hooks_run_in_the_steps_context(storage: EngineStorage) ->
     class SpannedSaga(Saga[TripContext]):
         steps = [Spanned]
 
-    harness = make_harness((TripContext, SpannedSaga), storage=storage, hooks=[Spans()])
+    harness = make_harness((TripContext, SpannedSaga), storage=storage, hooks=[Spans()], telemetry=False)
     saga_id = uuid.uuid4()
 
     await harness.run_all(TripContext(), saga_id=saga_id, correlation_id="req-7")
@@ -693,7 +720,7 @@ async def test_a_hook_that_overrides_nothing_is_never_called(
     for name in HOOK_METHODS:
         # Were the engine to call a base method, it would show here.
         monkeypatch.setattr(SagaHook, name, lambda self, *args, _name=name: called.append(_name))
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[Silent(), SagaHook()])
+    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[Silent(), SagaHook()], telemetry=False)
 
     run = harness.mediator.build_run(TripSaga, uuid.uuid4())
     assert run.hooks.hooks == harness.mediator.hooks
@@ -727,7 +754,7 @@ def test_only_the_methods_a_hook_overrides_are_in_the_hook_set() -> None:
 
 
 async def test_a_mediator_without_hooks_builds_runs_with_an_empty_hook_set(storage: EngineStorage) -> None:
-    harness = make_harness((TripContext, TripSaga), storage=storage)
+    harness = make_harness((TripContext, TripSaga), storage=storage, telemetry=False)
 
     run = harness.mediator.build_run(TripSaga, uuid.uuid4())
 
@@ -752,7 +779,7 @@ class DuckHook:
 
 
 async def test_a_duck_typed_hook_is_called_for_the_methods_it_has(storage: EngineStorage) -> None:
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[DuckHook()])
+    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[DuckHook()], telemetry=False)
 
     run = harness.mediator.build_run(TripSaga, uuid.uuid4())
     assert {name for name in HOOK_METHODS if getattr(run.hooks, name)} == {"step_completed", "saga_finished"}
@@ -773,7 +800,7 @@ async def test_a_duck_typed_hook_is_called_for_the_methods_it_has(storage: Engin
 
 
 async def test_a_listener_gets_a_saga_event_per_transition(storage: EngineStorage) -> None:
-    harness = make_harness((TripContext, TripSaga), storage=storage)
+    harness = make_harness((TripContext, TripSaga), storage=storage, telemetry=False)
     events: list[SagaEvent] = []
     saga_id = uuid.uuid4()
 

@@ -22,6 +22,8 @@ HOOK_METHODS = (
     "compensation_failed",
     "saga_finished",
     "lease_lost",
+    "recovery_claimed",
+    "saga_parked",
 )
 
 Method = typing.Callable[..., typing.Any]
@@ -57,6 +59,8 @@ class HookSet:
     compensation_failed: tuple[Method, ...]
     saga_finished: tuple[Method, ...]
     lease_lost: tuple[Method, ...]
+    recovery_claimed: tuple[Method, ...]
+    saga_parked: tuple[Method, ...]
 
     def plus(self, *extra: object) -> HookSet:
         """These hooks and ``extra`` after them."""

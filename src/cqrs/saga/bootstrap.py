@@ -43,6 +43,7 @@ def bootstrap(
     sleep: typing.Callable[[float], typing.Awaitable[None]] = asyncio.sleep,
     hooks: typing.Iterable[object] = (),
     outbox: bool = False,
+    telemetry: bool = True,
 ) -> SagaMediator:
     """Wire a mediator.
 
@@ -65,7 +66,8 @@ def bootstrap(
     ``sleep`` is the function waits go through (tests pass a fake one).
     ``hooks`` observe every run (`cqrs.saga.hooks.SagaHook`). ``outbox``:
     notification events are written to the outbox with their step instead of
-    sent to ``message_broker``.
+    sent to ``message_broker``. ``telemetry``: the default hooks of
+    `cqrs.telemetry` (see `SagaMediator`), on unless False.
     """
     if message_broker is not None and not callable(getattr(message_broker, "send_message", None)):
         raise TypeError(
@@ -115,4 +117,5 @@ def bootstrap(
         settings=settings,
         hooks=hooks,
         outbox=outbox,
+        telemetry=telemetry,
     )

@@ -32,6 +32,7 @@ from cqrs.saga.storage.enums import SagaStatus
 if typing.TYPE_CHECKING:
     from cqrs.saga.saga import Saga
     from cqrs.saga.step import SagaStepResult
+    from cqrs.saga.storage.models import SagaRecord
 
 __all__ = ["Listener", "ListenerHook", "RunInfo", "SagaEvent", "SagaHook"]
 
@@ -78,7 +79,12 @@ class RunInfo(typing.Protocol):
 
 
 class SagaHook:
-    """Base class of run hooks: every method does nothing; override the ones you need."""
+    """Base class of run hooks: every method does nothing; override the ones you need.
+
+    A hook may also define ``active() -> bool``: it is asked as each run is
+    built, and a run built while it says False does without the hook (a
+    logging hook with its level off, say), at no cost per step.
+    """
 
     def saga_starting(self, run: RunInfo) -> dict[str, str] | None:
         """A new saga is about to be recorded; return trace propagation fields to store with it.
@@ -134,6 +140,12 @@ class SagaHook:
 
     def lease_lost(self, run: RunInfo) -> MaybeAwaitable:
         """Another runner took the saga over; this run stops without writing."""
+
+    def recovery_claimed(self, record: SagaRecord) -> MaybeAwaitable:
+        """A recovery worker claimed this stored saga (its run, if it is run, follows as ``saga_resumed``)."""
+
+    def saga_parked(self, record: SagaRecord, reason: str) -> MaybeAwaitable:
+        """A recovery worker parked this saga for an operator (too many attempts); it will not run."""
 
 
 @dataclasses.dataclass(frozen=True)

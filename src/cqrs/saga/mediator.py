@@ -21,6 +21,7 @@ from cqrs.saga.step import SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.models import NewSaga, SagaClaim
 from cqrs.saga.storage.protocol import SagaStorage
+from cqrs.telemetry import default_hooks
 
 if typing.TYPE_CHECKING:
     from cqrs.events import EventDispatcher, EventEmitter, EventMap
@@ -68,9 +69,11 @@ class SagaMediator:
 
     Keyword-only: ``settings`` (`EngineSettings`, which then replaces the
     ``compensation_retry_*`` numbers), ``hooks`` that observe every run
-    (`cqrs.saga.hooks.SagaHook`), and ``outbox`` (notification events go to
+    (`cqrs.saga.hooks.SagaHook`), ``outbox`` (notification events go to
     the outbox with their step's checkpoint instead of straight to the
-    emitter's broker).
+    emitter's broker), and ``telemetry``: unless False, the hooks of
+    `cqrs.telemetry.default_hooks` (lifecycle log records, and OpenTelemetry
+    spans once a tracer provider is configured) come before ``hooks``.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class SagaMediator:
         settings: EngineSettings | None = None,
         hooks: typing.Iterable[object] = (),
         outbox: bool = False,
+        telemetry: bool = True,
     ) -> None:
         if storage is None:
             from cqrs.saga.storage.memory import MemorySagaStorage
@@ -129,10 +133,29 @@ class SagaMediator:
                 concurrent=concurrent_event_handle_enable,
                 broker_notifications=not outbox,
             )
-        installed = list(hooks)
+        installed = [*default_hooks(), *hooks] if telemetry else list(hooks)
         if self.dispatcher is not None:
             installed.insert(0, self.dispatcher.hook())
         self._hooks = HookSet(installed)
+        # Hooks that say, run by run, whether they are wanted (`SagaHook` doc): a HookSet per answer.
+        self._switched = tuple(hook for hook in installed if callable(getattr(hook, "active", None)))
+        self._by_answer: dict[tuple[bool, ...], HookSet] = {}
+
+    def _run_hooks(self) -> HookSet:
+        """The hooks of a run built now (without those whose ``active()`` says no)."""
+        if not self._switched:
+            return self._hooks
+        answer = tuple(bool(hook.active()) for hook in self._switched)  # type: ignore[attr-defined]
+        found = self._by_answer.get(answer)
+        if found is None:
+            off = {id(hook) for hook, on in zip(self._switched, answer, strict=True) if not on}
+            found = self._by_answer[answer] = HookSet(h for h in self._hooks.hooks if id(h) not in off)
+        return found
+
+    @property
+    def hook_set(self) -> HookSet:
+        """The installed hooks, sorted by hook point (what runs and recovery workers call)."""
+        return self._hooks
 
     @property
     def hooks(self) -> tuple[object, ...]:
@@ -161,7 +184,7 @@ class SagaMediator:
             storage=self.storage,
             container=container,
             settings=self.settings,
-            hooks=self._hooks if listener is None else self._hooks.plus(ListenerHook(listener)),
+            hooks=self._run_hooks() if listener is None else self._run_hooks().plus(ListenerHook(listener)),
             correlation_id=correlation_id,
             compensation_retry=compensation_retry,
             context_builder=context_builder,

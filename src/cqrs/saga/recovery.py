@@ -9,6 +9,7 @@ import signal
 import typing
 import uuid
 
+from cqrs.saga._hookset import call_hooks
 from cqrs.saga._ownership import process_owner
 from cqrs.saga._run import SagaRun
 from cqrs.saga.exceptions import (
@@ -31,7 +32,7 @@ if typing.TYPE_CHECKING:
 
 __all__ = ["RecoveryWorker", "recover_saga"]
 
-logger = logging.getLogger("cqrs.saga.recovery")
+logger = logging.getLogger("cqrs.recovery")
 
 JsonDict = dict[str, typing.Any]
 
@@ -91,6 +92,11 @@ class RecoveryWorker:
     same saga), and recovers up to ``concurrency`` at once. A saga claimed
     more than ``max_attempts`` times is parked for an operator. Storage errors
     are not saga failures: the lease lapses and a later pass tries again.
+
+    Each claim is logged at INFO and each parked saga at ERROR on the
+    ``cqrs.recovery`` logger, with the fields ``saga_id``, ``saga_name``,
+    ``correlation_id`` and ``recovery_attempt`` as ``extra``; the mediator's
+    hooks are told through ``recovery_claimed`` and ``saga_parked``.
     """
 
     def __init__(
@@ -125,6 +131,7 @@ class RecoveryWorker:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._stop = asyncio.Event()
         self.recovered: dict[str, int] = {}
+        self._hooks = mediator.hook_set
 
     def stop(self) -> None:
         """Ask `run` to stop claiming and return once in-flight sagas are done."""
@@ -202,6 +209,13 @@ class RecoveryWorker:
         """Recover one claimed saga; returns a word for the tally."""
         record = claim.record
         lease = claim.lease or Lease(owner=record.owner or process_owner(), epoch=record.lease_epoch)
+        fields = _record_fields(record)
+        logger.info(
+            "Saga %s (%s) claimed for recovery: %s, attempt %d",
+            record.saga_id, record.name, record.status.value, record.recovery_attempts, extra=fields,
+        )
+        if self._hooks.recovery_claimed:
+            await _tell(self._hooks.recovery_claimed, record)
         saga_type = self.saga_map.by_name(record.name)
         if saga_type is None or saga_type.version != record.definition_version:
             logger.error(
@@ -218,8 +232,10 @@ class RecoveryWorker:
             )
             if record.error:
                 reason += f"; the saga's own error: {record.error}"
-            logger.error("Saga %s %s", record.saga_id, reason)
+            logger.error("Saga %s %s", record.saga_id, reason, extra=fields)
             await self.storage.park_saga(record.saga_id, reason)
+            if self._hooks.saga_parked:
+                await _tell(self._hooks.saga_parked, record, reason)
             return "parked"
         run: SagaRun | None = None
         try:
@@ -253,6 +269,26 @@ class RecoveryWorker:
             await self.storage.release_lease(record.saga_id, lease)
         except Exception:
             logger.warning("Could not release saga %s; its lease will lapse", record.saga_id, exc_info=True)
+
+
+def _record_fields(record: SagaRecord) -> dict[str, typing.Any]:
+    return {
+        "saga_id": str(record.saga_id),
+        "saga_name": record.name,
+        "correlation_id": record.correlation_id,
+        "step": None,
+        "recovery_attempt": record.recovery_attempts,
+    }
+
+
+async def _tell(methods: tuple[typing.Callable[..., typing.Any], ...], *args: object) -> None:
+    """A recovery hook point: a failing hook is logged, not allowed to stop recovery."""
+    try:
+        hooked = call_hooks(methods, *args)
+        if hooked is not None:
+            await hooked
+    except Exception:
+        logger.warning("A recovery hook failed", exc_info=True)
 
 
 def _registered(sagas: typing.Iterable[type[Saga[typing.Any]]]) -> SagaMap:
