@@ -176,7 +176,9 @@ async def test_a_claim_takes_only_the_earliest_unpublished_row_of_each_saga(stor
 
     first = await storage.claim_outbox("relay-1", LEASE, limit=10)
     assert claimed(first) == ["a1", "b1", "c1"]
-    assert all(r.status is OutboxStatus.PENDING for r in first)
+    assert all(r.status is OutboxStatus.PENDING and r.owner == "relay-1" for r in first)
+    assert all(r.lease_expires_at is not None and r.created_at is not None
+               and r.lease_expires_at - r.created_at >= datetime.timedelta(seconds=LEASE - 1) for r in first)
     # Claimed rows are leased, and hold back their sagas' later rows.
     assert await storage.claim_outbox("relay-2", LEASE, limit=10) == []
 
@@ -278,6 +280,7 @@ async def test_marks_by_another_owner_change_nothing(storage: Storage) -> None:
     assert await storage.mark_published("relay-1", [row.seq, row.seq + 1000]) == 1
     [stored] = await storage.list_outbox()
     assert (stored.status, stored.attempts, stored.error) == (OutboxStatus.PUBLISHED, 0, None)
+    assert (stored.owner, stored.lease_expires_at) == (None, None)
     assert stored.published_at is not None
 
 

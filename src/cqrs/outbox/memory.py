@@ -32,6 +32,7 @@ class _Row:
         return OutboxRecord(
             self.seq, m.message_id, self.saga_id, m.topic, m.name, copy.deepcopy(m.payload), dict(m.headers),
             self.status, self.attempts, self.error, self.created_at, self.published_at, self.next_attempt_at,
+            self.owner, self.lease_expires_at,
         )
 
 

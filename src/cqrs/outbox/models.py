@@ -47,6 +47,8 @@ class OutboxRecord:
     ``seq`` orders the rows (a saga's messages are published in ``seq``
     order); ``attempts`` counts failed publications; ``next_attempt_at`` is
     when a failed row may be tried again; ``error`` is the last failure's.
+    ``owner`` and ``lease_expires_at`` are the claim of the relay that holds
+    the row (or held it last, until the row is marked).
     """
 
     seq: int
@@ -62,3 +64,5 @@ class OutboxRecord:
     created_at: datetime.datetime | None = None
     published_at: datetime.datetime | None = None
     next_attempt_at: datetime.datetime | None = None
+    owner: str | None = None
+    lease_expires_at: datetime.datetime | None = None

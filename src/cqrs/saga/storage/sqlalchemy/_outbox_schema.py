@@ -86,6 +86,8 @@ OUTBOX_COLUMNS = (
     _o.c.created_at,
     _o.c.published_at,
     _o.c.next_attempt_at,
+    _o.c.owner,
+    _o.c.lease_expires_at,
 )
 
 
@@ -102,7 +104,7 @@ def _aware(value: datetime.datetime | None) -> datetime.datetime | None:
 def outbox_record(row: typing.Sequence[typing.Any]) -> OutboxRecord:
     """An `OutboxRecord` from a row of `OUTBOX_COLUMNS`."""
     (seq, message_id, saga_id, topic, name, payload, headers, status, attempts, error, created_at, published_at,
-     next_attempt_at) = row
+     next_attempt_at, owner, lease_expires_at) = row
     return OutboxRecord(
         seq=int(seq),
         message_id=_uuid(message_id),
@@ -117,4 +119,6 @@ def outbox_record(row: typing.Sequence[typing.Any]) -> OutboxRecord:
         created_at=_aware(created_at),
         published_at=_aware(published_at),
         next_attempt_at=_aware(next_attempt_at),
+        owner=owner,
+        lease_expires_at=_aware(lease_expires_at),
     )
