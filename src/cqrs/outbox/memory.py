@@ -27,10 +27,10 @@ class _Row:
     owner: str | None = None
     lease_expires_at: datetime.datetime | None = None
 
-    def record(self) -> OutboxRecord:
+    def record(self, copy_json: typing.Callable[[typing.Any], typing.Any]) -> OutboxRecord:
         m = self.message
         return OutboxRecord(
-            self.seq, m.message_id, self.saga_id, m.topic, m.name, copy.deepcopy(m.payload), dict(m.headers),
+            self.seq, m.message_id, self.saga_id, m.topic, m.name, copy_json(m.payload), dict(m.headers),
             self.status, self.attempts, self.error, self.created_at, self.published_at, self.next_attempt_at,
             self.owner, self.lease_expires_at,
         )
@@ -39,8 +39,13 @@ class _Row:
 class MemoryOutbox:
     """Outbox rows kept in order, with the claims, marks and listing of `cqrs.outbox.OutboxStorage`."""
 
-    def __init__(self, clock: typing.Callable[[], datetime.datetime]) -> None:
+    def __init__(
+        self,
+        clock: typing.Callable[[], datetime.datetime],
+        copy_json: typing.Callable[[typing.Any], typing.Any] = copy.deepcopy,
+    ) -> None:
         self._clock = clock
+        self._copy = copy_json  # how payloads are copied in and out (the storage's JSON copy)
         self._rows: dict[int, _Row] = {}
         self._ids: dict[uuid.UUID, int] = {}  # message id -> seq (the SQL table's unique index)
         self._seq = 0
@@ -58,7 +63,7 @@ class MemoryOutbox:
         rows = []
         for offset, message in enumerate(messages, start=1):
             stored = OutboxMessage(
-                message.message_id, message.topic, message.name, copy.deepcopy(message.payload), dict(message.headers)
+                message.message_id, message.topic, message.name, self._copy(message.payload), dict(message.headers)
             )
             rows.append(_Row(self._seq + offset, saga_id, stored, now))
         return rows
@@ -96,7 +101,7 @@ class MemoryOutbox:
                 continue
             row.owner = owner
             row.lease_expires_at = now + datetime.timedelta(seconds=lease_seconds)
-            claimed.append(row.record())
+            claimed.append(row.record(self._copy))
         return claimed
 
     def mark_published(self, owner: str, seqs: typing.Collection[int]) -> int:
@@ -127,7 +132,7 @@ class MemoryOutbox:
 
     def list(self, status: OutboxStatus | None, saga_id: uuid.UUID | None, limit: int) -> list[OutboxRecord]:
         found = [
-            r.record()
+            r.record(self._copy)
             for seq, r in sorted(self._rows.items())
             if (status is None or r.status is OutboxStatus(status)) and (saga_id is None or r.saga_id == saga_id)
         ]

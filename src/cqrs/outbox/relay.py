@@ -145,7 +145,7 @@ class OutboxRelay:
         rows = await self.storage.claim_outbox(self.owner, self.lease_seconds, limit=self.batch_size)
         if not rows:
             return 0
-        errors = await asyncio.gather(*(self._publish(row) for row in rows))
+        errors = await self._publish(rows)
         published = [row.seq for row, error in zip(rows, errors, strict=True) if error is None]
         if published:
             self.published += await self.storage.mark_published(self.owner, published)
@@ -154,17 +154,35 @@ class OutboxRelay:
                 await self._failed(row, error)
         return len(rows)
 
-    async def _publish(self, row: OutboxRecord) -> Exception | None:
-        """Send one row; the error it failed with, or None."""
+    async def _publish(self, rows: list[OutboxRecord]) -> list[Exception | None]:
+        """Send the rows (one saga's at most one: they go concurrently); what each failed with, or None.
+
+        A send still running after ``publish_timeout`` is cancelled and counts as failed.
+        """
+        broker = self.broker
+        sends = [asyncio.ensure_future(broker.send_message(broker_message(row))) for row in rows]
         try:
-            await asyncio.wait_for(self.broker.send_message(broker_message(row)), self.publish_timeout)
+            _, late = await asyncio.wait(sends, timeout=self.publish_timeout)
         except asyncio.CancelledError:
+            for send in sends:
+                send.cancel()
             raise
-        except asyncio.TimeoutError:
-            return TimeoutError(f"the broker did not take the message within {self.publish_timeout:g}s")
-        except Exception as error:
-            return error
-        return None
+        for send in late:
+            send.cancel()
+        if late:
+            await asyncio.wait(late)
+        errors: list[Exception | None] = []
+        for send in sends:
+            if send in late:
+                errors.append(TimeoutError(f"the broker did not take the message within {self.publish_timeout:g}s"))
+            elif send.cancelled():  # by the broker itself
+                errors.append(RuntimeError("the broker cancelled the send"))
+            else:
+                error = send.exception()
+                if error is not None and not isinstance(error, Exception):
+                    raise error  # KeyboardInterrupt, SystemExit: not a failed publication
+                errors.append(error)
+        return errors
 
     async def _failed(self, row: OutboxRecord, error: Exception) -> None:
         attempt = row.attempts + 1
