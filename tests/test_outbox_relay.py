@@ -290,14 +290,21 @@ async def make_broker() -> ContextBroker:
     return ContextBroker()
 
 
-async def test_run_relay_once_publishes_what_is_due_through_a_broker_it_opens(storage_url: str) -> None:
-    if storage_url == "memory://":
-        pytest.skip("a URL of a database other processes share")
-    storage = await open_storage(storage_url)
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+            pytest.param("mariadb", marks=pytest.mark.mariadb)]
+)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh SQLite, PostgreSQL, MariaDB database in turn: what a relay process is given."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+async def test_run_relay_once_publishes_what_is_due_through_a_broker_it_opens(database_url: str) -> None:
+    storage = await open_storage(database_url)
     try:
         await started(storage, message("m1"), message("m2"))
         ContextBroker.entered = ContextBroker.exited = 0
-        relay = await run_relay(storage_url, f"{__name__}:make_broker", once=True)
+        relay = await run_relay(database_url, f"{__name__}:make_broker", once=True)
         assert (relay.published, ContextBroker.entered, ContextBroker.exited) == (2, 1, 1)
         assert await storage.outbox_backlog() == 0
     finally:

@@ -3,7 +3,7 @@
 Rows are written only with a start or a checkpoint that committed; claims
 hand out due, unleased rows, each the earliest unpublished row of its saga;
 marks are conditional on the claim's owner; purges delete published rows
-only. A test that holds only for the SQL storages says so (`sql_only`).
+only. What holds only for the SQL storages is in test_outbox_sql.py.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ import typing
 import uuid
 
 import pytest
-import sqlalchemy as sa
 
 from cqrs.outbox.models import OutboxStatus
 from cqrs.outbox.protocol import OutboxStorage
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.models import Lease, NewSaga
-from cqrs.saga.storage.sqlalchemy import SqlAlchemySagaStorage
 from outbox_helpers import (
     LEASE,
     Storage,
@@ -28,7 +26,6 @@ from outbox_helpers import (
     another,
     claimed,
     done,
-    kind,
     message,
     names,
     open_storage,
@@ -45,12 +42,6 @@ async def storage(storage_url: str) -> typing.AsyncIterator[Storage]:
     store = await open_storage(storage_url)
     yield store
     await store.close()
-
-
-def sql_only(storage: Storage) -> SqlAlchemySagaStorage:
-    if not isinstance(storage, SqlAlchemySagaStorage):
-        pytest.skip("a property of the SQL storage")
-    return storage
 
 
 async def test_both_storages_implement_the_outbox_protocol(storage: Storage) -> None:
@@ -388,36 +379,3 @@ async def test_purge_sagas_takes_their_published_rows_and_leaves_the_unpublished
     assert await names(storage) == ["late-2", "kept"]
     assert await storage.mark_published("relay", [l2.seq]) == 1  # it is still published, and then stays
     assert await storage.get_saga(kept) is not None
-
-
-# -- the SQL storage --------------------------------------------------------------------------------
-
-
-async def test_the_outbox_table_and_its_indexes_are_created(storage: Storage) -> None:
-    sql = sql_only(storage)
-
-    def inspect(conn: sa.Connection) -> dict[str, tuple[list[str], bool]]:
-        found = sa.inspect(conn).get_indexes("saga_outbox")
-        return {ix["name"]: ([c for c in ix["column_names"] if c], bool(ix["unique"])) for ix in found if ix["name"]}
-
-    async with sql.engine.connect() as conn:
-        indexes = await conn.run_sync(inspect)
-    assert indexes == {
-        "ix_saga_outbox_status_seq": (["status", "seq"], False),
-        "ix_saga_outbox_saga_id_seq": (["saga_id", "seq"], False),
-        "ux_saga_outbox_message_id": (["message_id"], True),
-        "ix_saga_outbox_status_published": (["status", "published_at"], False),
-    }
-
-
-async def test_on_sqlite_seqs_are_never_reused(storage: Storage) -> None:
-    sql = sql_only(storage)
-    if kind(sql) != "sqlite":
-        pytest.skip("SQLite reuses the largest rowid of a table without AUTOINCREMENT")
-    await started(sql, message("first"))
-    [row] = await sql.claim_outbox("relay", LEASE, limit=1)
-    await sql.mark_published("relay", [row.seq])
-    assert await sql.purge_outbox(older_than=datetime.timedelta(0)) == 1
-    await started(sql, message("second"))
-    [again] = await sql.list_outbox()
-    assert again.seq > row.seq
