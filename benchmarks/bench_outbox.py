@@ -10,9 +10,12 @@ Part ``commit``, same-run ratios (rounds alternate the order of the rows):
 - events: ``SagaMediator.run`` with ``outbox=True`` of a 3-step saga whose
   steps each emit one notification event: every checkpoint also inserts an
   outbox row (one statement still);
-- plain: the same saga, its steps emitting nothing.
+- plain: the same saga, its steps emitting nothing;
+- direct: the events saga with the outbox off, its events sent to an
+  in-memory broker after each commit (python-cqrs's way, not durable), to
+  tell what emitting events costs from what writing them durably costs.
 
-Per round: events ÷ plain in sagas/s at the top concurrency and in p50 saga
+Per round: events ÷ plain (and events ÷ direct) in sagas/s at the top concurrency and in p50 saga
 latency at concurrency 1 (a saga is 4 commits either way, measured from
 ``pg_stat_database``); the medians of those per-round ratios are the figures.
 
@@ -49,7 +52,7 @@ import cqrs
 from cqrs.events.event import NotificationEvent
 from cqrs.message_brokers.protocol import Message, MessageBroker
 from cqrs.outbox import OutboxRelay
-from cqrs.outbox.runner import open_broker
+from cqrs.outbox.runner import BrokerSource, open_broker
 from cqrs.saga.bootstrap import bootstrap
 from cqrs.saga.map import SagaMap
 
@@ -192,8 +195,11 @@ async def commit_run(db: Database, label: str, concurrency: int, sagas: int | No
     """``sagas`` runs (or ``seconds`` of them) of the events or the plain saga, outbox on, commits counted."""
     storage = db.storage()
     saga_map = SagaMap()
-    saga_map.bind(BenchContext, SAGAS[label])
-    mediator = bootstrap(Steps(), sagas_mapper=saga_map, saga_storage=storage, outbox=True)
+    saga_map.bind(BenchContext, SAGAS["plain" if label == "plain" else "events"])
+    if label == "direct":  # outbox off: the events go to the broker after each commit, as python-cqrs sends them
+        mediator = bootstrap(Steps(), NullBroker(), sagas_mapper=saga_map, saga_storage=storage)
+    else:
+        mediator = bootstrap(Steps(), sagas_mapper=saga_map, saga_storage=storage, outbox=True)
 
     async def one_saga(order: int) -> None:
         outcome = await mediator.run(BenchContext(order=order))
@@ -212,7 +218,7 @@ async def commit_run(db: Database, label: str, concurrency: int, sagas: int | No
 
 async def commit_part(db: Database, levels: list[int], rounds: int, sagas: int | None,
                       seconds: float) -> dict[str, typing.Any]:
-    labels = ("events", "plain")
+    labels = ("events", "direct", "plain")
     overhead = {(label, level): (await commit_run(db, label, level, 0, 0.0)).commits
                 for label in labels for level in levels}
     every: dict[tuple[str, int], list[Run]] = {}
@@ -226,31 +232,33 @@ async def commit_part(db: Database, levels: list[int], rounds: int, sagas: int |
                 every.setdefault((label, level), []).append(run)
                 print(f"  round {number + 1} {label:6} c={level:<3} {run.rate:8.1f} sagas/s  p50 {run.p50_ms:6.2f} ms"
                       f"  commits/saga {run.commits_per_saga or 0:.2f}  CPU {run.cpu_ms:.3f} ms/saga", flush=True)
-    print("\npart commit: a 3-step saga whose steps each emit one event (outbox on) ÷ the same saga without events")
-    figures: dict[str, typing.Any] = {"rows": [], "ratios": {}}
+    print("\npart commit: a 3-step saga whose steps each emit one event (outbox on) ÷ the same saga without events;"
+          "\n  direct: the events saga with the outbox off, its events sent to an in-memory broker after each commit")
+    figures: dict[str, typing.Any] = {"rows": [], "ratios": {}, "ratios_to_direct": {}}
     for level in levels:
-        events, plain = every[("events", level)], every[("plain", level)]
-        rates = [e.rate / p.rate for e, p in zip(events, plain, strict=True)]
-        latencies = [e.p50_ms / p.p50_ms for e, p in zip(events, plain, strict=True)]
-        cpu = [e.cpu_ms / p.cpu_ms for e, p in zip(events, plain, strict=True)]
-        figures["ratios"][str(level)] = {
-            "throughput": statistics.median(rates), "p50_latency": statistics.median(latencies),
-            "cpu": statistics.median(cpu), "per_round_throughput": rates, "per_round_p50_latency": latencies,
-        }
-        for label, runs in (("events", events), ("plain", plain)):
-            figures["rows"].append({
+        events, direct, plain = (every[(label, level)] for label in labels)
+        for label, runs in zip(labels, (events, direct, plain), strict=True):
+            row = {
                 "label": label, "concurrency": level,
                 "sagas_per_s": statistics.median(r.rate for r in runs),
                 "p50_ms": statistics.median(r.p50_ms for r in runs),
                 "cpu_ms_per_saga": statistics.median(r.cpu_ms for r in runs),
                 "commits_per_saga": statistics.median(r.commits_per_saga or 0.0 for r in runs),
-            })
-            print(f"  {label:6} c={level:<3} median {figures['rows'][-1]['sagas_per_s']:8.1f} sagas/s, "
-                  f"p50 {figures['rows'][-1]['p50_ms']:.2f} ms, CPU {figures['rows'][-1]['cpu_ms_per_saga']:.3f} ms, "
-                  f"commits/saga {figures['rows'][-1]['commits_per_saga']:.2f}")
-        print(f"  c={level:<3} events/plain per round: throughput {' '.join(f'{r:.2f}' for r in rates)} "
-              f"(median {statistics.median(rates):.2f}); p50 latency {' '.join(f'{r:.2f}' for r in latencies)} "
-              f"(median {statistics.median(latencies):.2f}); client CPU median {statistics.median(cpu):.2f}")
+            }
+            figures["rows"].append(row)
+            print(f"  {label:6} c={level:<3} median {row['sagas_per_s']:8.1f} sagas/s, p50 {row['p50_ms']:.2f} ms, "
+                  f"CPU {row['cpu_ms_per_saga']:.3f} ms, commits/saga {row['commits_per_saga']:.2f}")
+        for key, base, name in (("ratios", plain, "plain"), ("ratios_to_direct", direct, "direct")):
+            rates = [e.rate / p.rate for e, p in zip(events, base, strict=True)]
+            latencies = [e.p50_ms / p.p50_ms for e, p in zip(events, base, strict=True)]
+            cpu = [e.cpu_ms / p.cpu_ms for e, p in zip(events, base, strict=True)]
+            figures[key][str(level)] = {
+                "throughput": statistics.median(rates), "p50_latency": statistics.median(latencies),
+                "cpu": statistics.median(cpu), "per_round_throughput": rates, "per_round_p50_latency": latencies,
+            }
+            print(f"  c={level:<3} events/{name} per round: throughput {' '.join(f'{r:.2f}' for r in rates)} "
+                  f"(median {statistics.median(rates):.2f}); p50 latency {' '.join(f'{r:.2f}' for r in latencies)} "
+                  f"(median {statistics.median(latencies):.2f}); client CPU median {statistics.median(cpu):.2f}")
     return figures
 
 
@@ -321,8 +329,10 @@ async def bare_run(db: Database, broker: MessageBroker, workers: int, batch: int
     return Pass("bare", workers, published, wall, cpu)
 
 
-async def relay_part(db: Database, broker_source: str | None, levels: list[int], rounds: int, messages: int,
-                     batch: int) -> dict[str, typing.Any]:
+async def relay_part(db: Database, broker_source: BrokerSource | None, levels: list[int], rounds: int,
+                     messages: int, batch: int) -> dict[str, typing.Any]:
+    """Relay and bare client through the broker ``broker_source`` gives (a broker adapter's benchmark calls this
+    with its own), ``rounds`` times per number of workers in ``levels``."""
     every: dict[tuple[str, int], list[Pass]] = {}
     async with open_broker(broker_source or NullBroker) as broker:
         for number in range(rounds):
@@ -336,7 +346,9 @@ async def relay_part(db: Database, broker_source: str | None, levels: list[int],
                     every.setdefault((label, workers), []).append(run)
                     print(f"  round {number + 1} {label:5} workers={workers:<2} {run.rate:9.1f} messages/s  "
                           f"CPU {run.cpu_seconds / run.messages * 1e6:.1f} µs/message", flush=True)
-    name = broker_source or "an in-memory broker"
+    name = "an in-memory broker" if broker_source is None else (
+        broker_source if isinstance(broker_source, str) else type(broker_source).__name__
+    )
     print(f"\npart relay: {messages} messages (3 a saga), batches of {batch}, through {name}; relay ÷ bare client")
     figures: dict[str, typing.Any] = {"broker": name, "messages": messages, "batch": batch, "rows": [], "ratios": {}}
     for workers in levels:

@@ -91,8 +91,11 @@ OUTBOX_COLUMNS = (
 )
 
 
+_STATUSES = {status.value: status for status in OutboxStatus}  # a dict lookup is faster than OutboxStatus(value)
+
+
 def _uuid(value: typing.Any) -> uuid.UUID:
-    return value if type(value) is uuid.UUID else uuid.UUID(str(value))
+    return value if type(value) is uuid.UUID else uuid.UUID(str(value))  # (asyncpg has a UUID type of its own)
 
 
 def _aware(value: datetime.datetime | None) -> datetime.datetime | None:
@@ -113,7 +116,7 @@ def outbox_record(row: typing.Sequence[typing.Any]) -> OutboxRecord:
         name=name,
         payload=payload,
         headers=dict(headers or {}),
-        status=OutboxStatus(status),
+        status=_STATUSES[status],
         attempts=attempts,
         error=error,
         created_at=_aware(created_at),
