@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import re
 import typing
 import uuid
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from cqrs.saga.storage.sqlalchemy import SqlAlchemySagaStorage
 from cqrs.saga.storage.sqlalchemy._executors._asyncpg import Prepared
 from cqrs.saga.storage.sqlalchemy._outbox_schema import saga_outbox
+from cqrs.saga.storage.sqlalchemy._statements import Statements
 from outbox_helpers import LEASE, done, kind, message, names, open_storage, outbox_count, started
 
 
@@ -194,6 +196,20 @@ async def test_postgresql_plans_the_outbox_queries_on_their_indexes(pg: SqlAlche
                     f"{index} not used:\n{prepared.sql}\n{plan}"
                 )
         await conn.rollback()
+
+
+def test_checkpoints_without_messages_are_the_statements_they_always_were() -> None:
+    """A checkpoint without outbox rows costs nothing more: on every dialect and for every shape its statement
+    is the one it was before the outbox (the same cached object, no outbox table in it)."""
+    for dialect in ("postgresql", "sqlite", "mysql"):
+        sql = Statements(dialect)
+        for shape in itertools.product((False, True), repeat=5):
+            plain = sql.checkpoint(*shape)
+            assert sql.checkpoint(*shape, outbox=False) is plain
+            assert "saga_outbox" not in str(plain)
+            with_rows = sql.checkpoint(*shape, outbox=True)
+            assert (with_rows is plain) == (dialect != "postgresql")  # elsewhere the rows join its transaction
+        assert "saga_outbox" not in str(sql.start)
 
 
 # -- a database failure in the middle of a checkpoint --------------------------------------------------

@@ -8,7 +8,8 @@ statement once; asyncpg keeps prepared statements per connection):
   ``BEGIN``/``COMMIT`` is sent: `start_saga` is one round trip (``INSERT ...
   ON CONFLICT DO NOTHING``), a `checkpoint` is one round trip (``WITH u AS
   (UPDATE ... RETURNING id) INSERT INTO saga_log ... SELECT ... FROM u``, or
-  just the ``UPDATE`` without a log entry), and so are `renew_lease`,
+  just the ``UPDATE`` without a log entry; outbox messages join it, inserted
+  ``FROM u``: see `_outbox`), and so are `renew_lease`,
   `release_lease` and `amend_saga`. `claim_recoverable` is two statements a
   pass (the claim, then every claimed saga's history), `claim_saga` two (the
   claim, then the history), three when the lease is not granted.
