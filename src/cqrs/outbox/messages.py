@@ -9,7 +9,7 @@ from cqrs.events.event import INotificationEvent
 from cqrs.outbox.models import OutboxMessage
 from cqrs.saga import _serialization
 
-__all__ = ["HEADER_CORRELATION_ID", "HEADER_MESSAGE_ID", "HEADER_SAGA_ID", "outbox_message"]
+__all__ = ["HEADER_CORRELATION_ID", "HEADER_EVENT_NAME", "HEADER_MESSAGE_ID", "HEADER_SAGA_ID", "outbox_message"]
 
 HEADER_MESSAGE_ID = "message-id"
 HEADER_SAGA_ID = "saga-id"

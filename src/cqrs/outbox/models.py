@@ -40,13 +40,18 @@ class OutboxMessage:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class OutboxRecord:
-    """A stored outbox row, as a relay or an operator reads it.
+    """A stored outbox row, as a relay or an operator reads it (a copy: changing it changes nothing stored).
+
+    Slotted, not frozen: a relay builds one per message, and a frozen dataclass's ``__init__`` costs
+    about four times as much.
 
     ``seq`` orders the rows (a saga's messages are published in ``seq``
     order); ``attempts`` counts failed publications; ``next_attempt_at`` is
     when a failed row may be tried again; ``error`` is the last failure's.
+    ``owner`` and ``lease_expires_at`` are the claim of the relay that holds
+    the row (or held it last, until the row is marked).
     """
 
     seq: int
@@ -62,3 +67,5 @@ class OutboxRecord:
     created_at: datetime.datetime | None = None
     published_at: datetime.datetime | None = None
     next_attempt_at: datetime.datetime | None = None
+    owner: str | None = None
+    lease_expires_at: datetime.datetime | None = None

@@ -145,7 +145,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
     def __init__(self, clock: typing.Callable[[], datetime.datetime] = _utcnow) -> None:
         self._clock = clock
         self._sagas: dict[uuid.UUID, _StoredSaga] = {}
-        self._outbox = MemoryOutbox(clock)
+        self._outbox = MemoryOutbox(clock, _json_copy)
         self._seq = 0
 
     # -- helpers ---------------------------------------------------------------

@@ -24,6 +24,9 @@ Inside:
 - `_schema`: the tables, their indexes and column types, the database clock,
   rows turned into records;
 - `_statements`: every statement, per dialect family;
+- `_outbox_schema`, `_outbox_statements`, `_outbox_transactions`, `_outbox`:
+  the outbox table, its statements and transactions, and the storage's
+  `cqrs.outbox.OutboxStorage` methods;
 - `_executors`: how statements run (SQLAlchemy, or the asyncpg fast path);
 - `_transactions`: the multi-statement transactions of SQLite and MySQL;
 - `_storage`: `SqlAlchemySagaStorage` itself; `_engines`: the engines it works on, or makes.
@@ -39,8 +42,9 @@ except ImportError as _error:  # pragma: no cover - exercised by a test that hid
         "(or 'cqrs-saga[postgres]' / 'cqrs-saga[sqlite]' / 'cqrs-saga[mysql]' for the database drivers too)"
     ) from _error
 
+from cqrs.saga.storage.sqlalchemy._outbox_schema import saga_outbox
 from cqrs.saga.storage.sqlalchemy._schema import Base, saga_executions, saga_log
 from cqrs.saga.storage.sqlalchemy._schema import database_now as database_now  # for the Django integration
 from cqrs.saga.storage.sqlalchemy._storage import SqlAlchemySagaStorage
 
-__all__ = ["Base", "SqlAlchemySagaStorage", "saga_executions", "saga_log"]
+__all__ = ["Base", "SqlAlchemySagaStorage", "saga_executions", "saga_log", "saga_outbox"]

@@ -53,6 +53,7 @@ from cqrs.saga.storage.models import Lease, SagaClaim, SagaLogEntry, SagaRecord
 
 __all__ = [
     "LOG_COLUMNS",
+    "LOG_INSERT_COLUMNS",
     "RECORD_COLUMNS",
     "RESUMABLE_CLAUSE",
     "TABLES",
@@ -209,6 +210,8 @@ RECORD_COLUMNS = (
     _t.c.updated_at,
     _t.c.trace_context,
 )
+#: The columns a log row's ``INSERT ... SELECT`` fills (the checkpoint statements of PostgreSQL).
+LOG_INSERT_COLUMNS = ["saga_id", "step_name", "action", "status", "details", "response", "created_at"]
 LOG_COLUMNS = (
     _l.c.saga_id,
     _l.c.step_name,

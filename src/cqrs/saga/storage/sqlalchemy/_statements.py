@@ -33,8 +33,11 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
+from cqrs.saga.storage.models import StepEntry
+from cqrs.saga.storage.sqlalchemy._outbox_statements import OutboxStatements
 from cqrs.saga.storage.sqlalchemy._schema import (
     LOG_COLUMNS,
+    LOG_INSERT_COLUMNS,
     RECORD_COLUMNS,
     RESUMABLE_CLAUSE,
     Clock,
@@ -52,7 +55,6 @@ _l = saga_log
 _ZERO = sa.literal_column("0", sa.Integer())
 _ONE = sa.literal_column("1", sa.Integer())
 _NULL = sa.null()
-_LOG_INSERT_COLUMNS = ["saga_id", "step_name", "action", "status", "details", "response", "created_at"]
 
 
 def _integer(name: str) -> sa.BindParameter[int]:
@@ -121,6 +123,12 @@ class Statements:
         else:
             insert = pg_dialect.insert if self.postgres else sqlite_dialect.insert
             self.start = insert(t).values(new_saga).on_conflict_do_nothing(index_elements=[t.c.id])
+        self.outbox = OutboxStatements(self)
+        # PostgreSQL: a start with outbox messages is one statement too; their rows exist only if the
+        # saga's row was inserted. Elsewhere `start` runs, then the rows, in one transaction.
+        self.start_with_outbox: typing.Any = (
+            self.outbox.inserted_from(self.start.returning(t.c.id).cte("u")) if self.postgres else None
+        )
 
         claim = (
             sa.update(t)
@@ -207,7 +215,7 @@ class Statements:
         updated = update.returning(_t.c.id).cte("u")
         v = self.log_values
         return sa.insert(_l).from_select(
-            _LOG_INSERT_COLUMNS,
+            LOG_INSERT_COLUMNS,
             sa.select(updated.c.id, v["step_name"], v["action"], v["status"], v["details"], v["response"], self.now),
         )
 
@@ -229,17 +237,37 @@ class Statements:
             values["lease_expires_at"] = self.expiry
         return sa.update(t).where(self.holds).values(**values)
 
-    def checkpoint(self, entry: bool, context: bool, status: bool, error: bool, release: bool) -> typing.Any:
-        """The checkpoint statement: on PostgreSQL one statement even with a log entry.
+    def checkpoint(
+        self, entry: bool, context: bool, status: bool, error: bool, release: bool, outbox: bool = False
+    ) -> typing.Any:
+        """The checkpoint statement: on PostgreSQL one statement even with a log entry and outbox rows.
 
-        Elsewhere this is the ``UPDATE``; the caller appends the entry (`append`) if it matched.
+        Elsewhere this is the ``UPDATE``; the caller appends the entry (`append`) and inserts the
+        outbox rows (``outbox.insert``) if it matched. Without outbox rows the statement is the same
+        as ever (its cache key too): outbox rows cost nothing to a checkpoint that has none.
         """
+        if outbox and self.postgres:
+            return self._cached(
+                ("checkpoint+outbox", entry, context, status, error, release),
+                lambda: self.outbox.with_update(self.checkpoint_update(context, status, error, release), entry),
+            )
 
         def build() -> typing.Any:
             update = self.checkpoint_update(context, status, error, release)
             return self._logged(update) if entry and self.postgres else update
 
         return self._cached(("checkpoint", entry and self.postgres, context, status, error, release), build)
+
+    @staticmethod
+    def entry_params(entry: StepEntry) -> dict[str, typing.Any]:
+        """The parameters of a log entry (`append`, and the log row of a PostgreSQL checkpoint)."""
+        return {
+            "b_step_name": entry.step_name,
+            "b_action": entry.action,
+            "b_step_status": SagaStepStatus(entry.status).value,
+            "b_details": entry.details,
+            "b_response": entry.response,
+        }
 
     def claim_recoverable(self, names: bool, max_attempts: bool) -> typing.Any:
         """PostgreSQL and SQLite: the claiming ``UPDATE ... RETURNING`` (the histories are read after it)."""
@@ -424,11 +452,12 @@ class Statements:
         return _t.c.status.in_([literal(status.value) for status in sorted(statuses)])
 
     def purge(self, statuses: frozenset[SagaStatus]) -> tuple[typing.Any, ...]:
-        """The statements that delete the oldest finished sagas and their log rows, in one transaction.
+        """The statements that delete the oldest finished sagas, their log rows and their published outbox
+        rows, in one transaction (their unpublished outbox rows stay to be published).
 
-        PostgreSQL: one statement. SQLite: the log rows', then the sagas' ``DELETE``. MySQL: the
-        candidates (a plain read), those still purgeable locked by primary key (``SKIP LOCKED``),
-        then the two ``DELETE`` by id.
+        PostgreSQL: one statement. SQLite: the log rows', the outbox rows', then the sagas' ``DELETE``.
+        MySQL: the candidates (a plain read), those still purgeable locked by primary key (``SKIP
+        LOCKED``), then the three ``DELETE`` by id.
         """
 
         def build() -> tuple[typing.Any, ...]:
@@ -445,15 +474,21 @@ class Statements:
                 # transaction holds) are the ones whose log rows go.
                 picked = doomed.with_for_update(skip_locked=True).cte("doomed")
                 logs = sa.delete(lg).where(lg.c.saga_id.in_(sa.select(picked.c.id))).cte("doomed_log")
-                return (sa.delete(t).where(t.c.id.in_(sa.select(picked.c.id))).add_cte(logs),)
+                outbox = self.outbox.of_purged_sagas(sa.select(picked.c.id)).cte("doomed_outbox")
+                return (sa.delete(t).where(t.c.id.in_(sa.select(picked.c.id))).add_cte(logs).add_cte(outbox),)
             if self.mysql:
                 lock = (
                     sa.select(t.c.id).with_hint(t, "FORCE INDEX (PRIMARY)")
                     .where(t.c.id.in_(_ids()), *purgeable).with_for_update(skip_locked=True)
                 )
                 delete_log = sa.delete(lg).where(lg.c.saga_id.in_(_ids()))
-                return doomed, lock, delete_log, sa.delete(t).where(t.c.id.in_(_ids()))
-            # SQLite: the first DELETE takes the write lock, so the second one's subquery picks the same sagas.
-            return sa.delete(lg).where(lg.c.saga_id.in_(doomed)), sa.delete(t).where(t.c.id.in_(doomed))
+                delete_outbox = self.outbox.of_purged_sagas(_ids())
+                return doomed, lock, delete_log, delete_outbox, sa.delete(t).where(t.c.id.in_(_ids()))
+            # SQLite: the first DELETE takes the write lock, so the later ones' subqueries pick the same sagas.
+            return (
+                sa.delete(lg).where(lg.c.saga_id.in_(doomed)),
+                self.outbox.of_purged_sagas(doomed),
+                sa.delete(t).where(t.c.id.in_(doomed)),
+            )
 
         return typing.cast("tuple[typing.Any, ...]", self._cached(("purge", statuses), build))

@@ -8,7 +8,8 @@ statement once; asyncpg keeps prepared statements per connection):
   ``BEGIN``/``COMMIT`` is sent: `start_saga` is one round trip (``INSERT ...
   ON CONFLICT DO NOTHING``), a `checkpoint` is one round trip (``WITH u AS
   (UPDATE ... RETURNING id) INSERT INTO saga_log ... SELECT ... FROM u``, or
-  just the ``UPDATE`` without a log entry), and so are `renew_lease`,
+  just the ``UPDATE`` without a log entry; outbox messages join it, inserted
+  ``FROM u``: see `_outbox`), and so are `renew_lease`,
   `release_lease` and `amend_saga`. `claim_recoverable` is two statements a
   pass (the claim, then every claimed saga's history), `claim_saga` two (the
   claim, then the history), three when the lease is not granted.
@@ -42,15 +43,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from cqrs.outbox.models import OutboxMessage
 from cqrs.saga.exceptions import SagaNotFoundError
 from cqrs.saga.storage.compat import PythonCqrsStorageMethods
-from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, SagaStepStatus, purge_filter, status_set
+from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, purge_filter, status_set
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
 from cqrs.saga.storage.sqlalchemy import _transactions
 from cqrs.saga.storage.sqlalchemy._engines import SessionOrFactory, create_engine, engine_of
 from cqrs.saga.storage.sqlalchemy._executors import Executor, make_executor
+from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods
+from cqrs.saga.storage.sqlalchemy._outbox_schema import saga_outbox
 from cqrs.saga.storage.sqlalchemy._schema import TABLES, Base, claims, family, log_entry, record
 from cqrs.saga.storage.sqlalchemy._statements import Statements
 
 if typing.TYPE_CHECKING:
+    from cqrs.outbox.protocol import OutboxStorage
     from cqrs.saga.storage.protocol import SagaStorage, StatusFilter
 
 __all__ = ["SqlAlchemySagaStorage"]
@@ -61,8 +65,8 @@ _MYSQL_DUPLICATE_KEY = 1062
 _EARLIEST = datetime.datetime.min.replace(tzinfo=_UTC)
 
 
-class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
-    """Sagas in ``saga_executions`` and ``saga_log``, through SQLAlchemy Core.
+class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
+    """Sagas in ``saga_executions`` and ``saga_log`` (and their outbox in ``saga_outbox``), through SQLAlchemy Core.
 
     ``SqlAlchemySagaStorage(async_sessionmaker(engine))`` (preferred), or an
     ``AsyncSession`` (its engine is used; the storage never adds to the
@@ -132,7 +136,7 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
         return self._session
 
     async def create_tables(self) -> None:
-        """Create the saga tables and indexes that do not exist yet (``Base.metadata.create_all``)."""
+        """Create the saga and outbox tables and indexes that do not exist yet (``Base.metadata.create_all``)."""
         kind = self._sql.family
 
         def create(conn: sa.Connection) -> None:
@@ -144,7 +148,7 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
             else:
                 conn.execute(sa.text("SELECT GET_LOCK('cqrs_saga_tables', 60)"))
             try:
-                Base.metadata.create_all(conn, tables=TABLES)
+                Base.metadata.create_all(conn, tables=[*TABLES, saga_outbox])
             finally:
                 if kind == "mysql":  # a session lock: it would outlive the transaction
                     conn.execute(sa.text("SELECT RELEASE_LOCK('cqrs_saga_tables')"))
@@ -169,7 +173,8 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
     # -- engine --------------------------------------------------------------------------------------
 
     async def start_saga(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
-        """Insert ``saga`` leased to ``owner`` (epoch 1), in one commit; None if its id is taken."""
+        """Insert ``saga`` leased to ``owner`` (epoch 1) with its outbox rows, in one commit; None if its id is
+        taken (and then no outbox row is written)."""
         params = {
             "b_id": saga.saga_id,
             "b_name": saga.name,
@@ -181,6 +186,8 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
             "b_owner": owner,
             "b_lease_seconds": lease_seconds,
         }
+        if saga.outbox:
+            return Lease(owner=owner, epoch=1) if await self._start_with_outbox(saga, params) else None
         try:
             # INSERT ... ON CONFLICT (id) DO NOTHING: its rowcount tells whether the id was free.
             inserted = await self._executor.write(self._sql.start, params)
@@ -226,10 +233,9 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
         release: bool = False,
         outbox: typing.Sequence[OutboxMessage] = (),
     ) -> bool:
-        """Append ``entry``, store ``context``, ``status`` and ``error``, renew (or release) the lease, in one
-        commit; False, and nothing written, if ``lease`` is no longer the saga's."""
-        if outbox:
-            raise NotImplementedError("the SQL outbox is being written")
+        """Append ``entry``, store ``context``, ``status`` and ``error``, renew (or release) the lease and
+        insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no longer the
+        saga's."""
         # PostgreSQL: one autocommitted statement; the log row exists only if the fenced update matched.
         # SQLite and MySQL: UPDATE, then INSERT only if it matched, then COMMIT.
         params: dict[str, typing.Any] = {"b_id": saga_id, "b_owner": lease.owner, "b_epoch": lease.epoch}
@@ -241,6 +247,11 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
             params["b_status"] = SagaStatus(status).value
         if error is not None:
             params["b_error"] = error
+        if outbox:
+            statement = self._sql.checkpoint(
+                entry is not None, context is not None, status is not None, error is not None, release, outbox=True
+            )
+            return await self._checkpoint_with_outbox(statement, params, saga_id, entry, outbox)
         statement = self._sql.checkpoint(
             entry is not None, context is not None, status is not None, error is not None, release
         )
@@ -409,7 +420,7 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
         limit: int = 1000,
     ) -> int:
         """Delete up to ``limit`` finished sagas created more than ``older_than`` ago, oldest first,
-        with their step logs; returns how many sagas were deleted.
+        with their step logs and their published outbox rows; returns how many sagas were deleted.
 
         Without ``status``: ``completed`` and ``failed`` sagas. ``status=SagaStatus.PARKED``
         deletes parked ones; an unfinished status or a negative age raises ``ValueError``. A saga
@@ -431,13 +442,7 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
         """A conditional write with an optional log entry: one statement on PostgreSQL (``statement``
         holds the entry), else ``statement`` then the entry only if it matched, in one transaction."""
         if entry is not None:
-            entry_params = {
-                "b_step_name": entry.step_name,
-                "b_action": entry.action,
-                "b_step_status": SagaStepStatus(entry.status).value,
-                "b_details": entry.details,
-                "b_response": entry.response,
-            }
+            entry_params = self._sql.entry_params(entry)
             if not self._sql.postgres:
                 append, log_params = self._sql.append, {"b_id": saga_id, **entry_params}
                 return await self._executor.transaction(
@@ -450,4 +455,7 @@ class SqlAlchemySagaStorage(PythonCqrsStorageMethods):
 if typing.TYPE_CHECKING:
 
     def _implements_the_protocol(storage: SqlAlchemySagaStorage) -> SagaStorage:
+        return storage
+
+    def _implements_the_outbox(storage: SqlAlchemySagaStorage) -> OutboxStorage:
         return storage

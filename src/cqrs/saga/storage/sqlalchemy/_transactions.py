@@ -26,13 +26,21 @@ Params = typing.Mapping[str, typing.Any]
 
 
 def update_then_append(
-    conn: sa.Connection, update: typing.Any, params: Params, append: typing.Any, log_params: Params | None
+    conn: sa.Connection,
+    update: typing.Any,
+    params: Params,
+    append: typing.Any,
+    log_params: Params | None,
+    outbox: tuple[typing.Any, typing.Sequence[Params]] | None = None,
 ) -> bool:
-    """A checkpoint or an amendment: the conditional ``UPDATE``, then the log row only if it matched."""
+    """A checkpoint or an amendment: the conditional ``UPDATE``, then the log row and the outbox rows
+    (``outbox``: the insert and one parameter set per row) only if it matched."""
     if conn.execute(update, params).rowcount != 1:
         return False
     if log_params is not None:
         conn.execute(append, log_params)
+    if outbox is not None:
+        conn.execute(*outbox)
     return True
 
 
@@ -113,18 +121,20 @@ def claim_recoverable_mysql(
 
 
 def purge(conn: sa.Connection, sql: Statements, statements: tuple[typing.Any, ...], params: Params) -> int:
-    """`purge_sagas` on SQLite (two ``DELETE``) or MySQL (pick, lock, two ``DELETE`` by id); how many sagas went."""
+    """`purge_sagas` on SQLite (three ``DELETE``) or MySQL (pick, lock, three ``DELETE`` by id); how many sagas
+    went."""
     if not sql.mysql:
         deleted = 0
         for statement in statements:
             deleted = conn.execute(statement, params).rowcount  # the last one deletes the sagas
         return deleted
-    doomed, lock, delete_log, delete_sagas = statements
+    doomed, lock, *deletes, delete_sagas = statements
     candidates = list(conn.execute(doomed, params).scalars())
     if not candidates:
         return 0
     ids = list(conn.execute(lock, {"b_ids": candidates}).scalars())
     if not ids:
         return 0
-    conn.execute(delete_log, {"b_ids": ids})
+    for delete in deletes:  # the log rows, the published outbox rows
+        conn.execute(delete, {"b_ids": ids})
     return int(conn.execute(delete_sagas, {"b_ids": ids}).rowcount)
