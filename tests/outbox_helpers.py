@@ -11,7 +11,6 @@ import typing
 import uuid
 
 import sqlalchemy as sa
-from engine_helpers import FakeClock
 
 from cqrs.outbox.models import OutboxMessage, OutboxRecord, OutboxStatus
 from cqrs.saga.storage.enums import SagaStepStatus
@@ -20,6 +19,7 @@ from cqrs.saga.storage.models import Lease, NewSaga, StepEntry
 from cqrs.saga.storage.sqlalchemy import SqlAlchemySagaStorage
 from cqrs.saga.storage.sqlalchemy._outbox_schema import saga_outbox
 from cqrs.saga.storage.sqlalchemy._schema import family
+from saga.helpers import FakeClock
 
 Storage = MemorySagaStorage | SqlAlchemySagaStorage
 LEASE = 30.0

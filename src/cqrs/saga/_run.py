@@ -10,6 +10,11 @@ that lost the saga to another one stops without writing. Hooks
 Checkpoints per saga: one to start, one per completed step (the last one also
 stores the final status), and on failure one to enter compensation plus one
 per compensated step.
+
+The run is built up in layers, one concept each: its data and writes
+(`cqrs.saga._run_state`), its actions (`cqrs.saga._run_actions`), its
+compensation (`cqrs.saga._run_compensation`), and here the opening and the
+state machine itself.
 """
 
 from __future__ import annotations
@@ -19,43 +24,31 @@ import dataclasses
 import datetime
 import logging
 import typing
-import uuid
 
-from cqrs import correlation
-from cqrs.adapters.circuit_breaker import CircuitOpenError
-from cqrs.container import Container
 from cqrs.container.scope import RunScope
-from cqrs.events.event import INotificationEvent
-from cqrs.outbox.messages import outbox_message
-from cqrs.outbox.models import OutboxMessage
 from cqrs.response import Response
 from cqrs.saga import _serialization
-from cqrs.saga._hookset import HookSet, call_hooks
-from cqrs.saga._ownership import Heartbeat, local_runs, process_owner
+from cqrs.saga._hookset import call_hooks
+from cqrs.saga._ownership import local_runs
+from cqrs.saga._run_compensation import RunCompensation
+from cqrs.saga._run_state import _Done
 from cqrs.saga.exceptions import (
     ContextDeserializationError,
     SagaAlreadyRunningError,
     SagaCompensatedError,
-    SagaDeadlineExceededError,
     SagaIdConflictError,
     SagaNotFoundError,
     SagaNotRunnableError,
     SagaOwnershipLostError,
-    SagaStepTimeoutError,
-    StepContractError,
     UnknownSagaError,
 )
 from cqrs.saga.fallback import Fallback
-from cqrs.saga.hooks import Action, error_text
-from cqrs.saga.retry import NO_RETRY, RetryPolicy
-from cqrs.saga.saga import Saga, SagaEntry, StepType
-from cqrs.saga.settings import EngineSettings
+from cqrs.saga.saga import SagaEntry, StepType
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 from cqrs.saga.storage.models import Lease, NewSaga, SagaLogEntry, SagaRecord, StepEntry
-from cqrs.saga.storage.protocol import SagaEngineStorage
 
-__all__ = ["SagaRun", "correlation_scope"]
+__all__ = ["SagaRun"]
 
 logger = logging.getLogger("cqrs.saga")
 
@@ -63,117 +56,21 @@ T = typing.TypeVar("T")
 JsonDict = dict[str, typing.Any]
 Step = SagaStepHandler[typing.Any, typing.Any]
 Result = SagaStepResult[typing.Any, typing.Any]
-ContextBuilder = typing.Callable[[JsonDict], typing.Any]
-
 _UTC = datetime.timezone.utc
 #: `SagaRun.advance`'s "no new saga to open" (a context may be None).
 _NOT_NEW: typing.Any = object()
 
 
-@dataclasses.dataclass(slots=True)
-class _Done:
-    """A step completed in this run or an earlier one."""
-
-    index: int
-    step_type: StepType
-    instance: Step | None
-    response: JsonDict | None
-
-
-class SagaRun:
+class SagaRun(RunCompensation):
     """One attempt to advance one saga, from wherever it stands, as far as it goes.
 
     Build runs with the mediator's factory, never directly.
     """
 
-    __slots__ = (
-        "_busy",
-        "_current_step",
-        "_done",
-        "_factories",
-        "_heartbeat",
-        "_lease_fresh_until",
-        "_loop",
-        "_observed",
-        "_scope",
-        "_token",
-        "compensation_retry",
-        "container",
-        "context",
-        "context_builder",
-        "correlation_id",
-        "created_at",
-        "error",
-        "history",
-        "hooks",
-        "lease",
-        "lease_lost",
-        "outbox",
-        "owner",
-        "recovering",
-        "saga_id",
-        "saga_type",
-        "settings",
-        "status",
-        "storage",
-        "trace_context",
-    )
+    __slots__ = ()
 
-    def __init__(
-        self,
-        saga_type: type[Saga[typing.Any]],
-        saga_id: uuid.UUID,
-        *,
-        storage: SagaEngineStorage,
-        container: Container[typing.Any],
-        settings: EngineSettings,
-        hooks: HookSet,
-        correlation_id: str | None = None,
-        compensation_retry: RetryPolicy | None = None,
-        context_builder: ContextBuilder | None = None,
-        outbox: bool = False,
-    ) -> None:
-        self.saga_type = saga_type
-        self.outbox = outbox
-        self.saga_id = saga_id
-        self.storage = storage
-        self.container = container
-        self.settings = settings
-        self.hooks = hooks
-        self.correlation_id = correlation_id
-        self.compensation_retry = compensation_retry or saga_type.compensation_retry or settings.compensation_retry
-        self.context_builder = context_builder
-        self.owner = process_owner()
-        self.context: typing.Any = None
-        self.lease: Lease | None = None
-        self.status: SagaStatus = SagaStatus.RUNNING
-        self.error: str | None = None
-        self.history: list[SagaLogEntry] = []
-        self.created_at: datetime.datetime | None = None
-        self.trace_context: dict[str, str] | None = None
-        self.recovering = False
-        self.lease_lost = False
-        self._busy = False
-        self._lease_fresh_until = 0.0
-        self._token = object()
-        self._current_step: str | None = None
-        self._done: list[_Done] = []
-        self._heartbeat = Heartbeat(self)
-        self._scope = correlation_scope(self)  # reused: a run does one action at a time
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._observed = bool(hooks.attempt_started or hooks.attempt_finished)
-        # Step classes the container builds with a plain call (no await), when it says which.
-        self._factories: typing.Mapping[type[typing.Any], typing.Callable[[], typing.Any]] | None = getattr(
-            container, "plain_factories", None
-        )
 
-    @property
-    def saga_name(self) -> str:
-        return self.saga_type.name
 
-    @property
-    def lease_seconds(self) -> float:
-        return self.settings.lease_seconds
 
     # -- opening -----------------------------------------------------------------
 
@@ -314,10 +211,6 @@ class SagaRun:
                 saga_id=self.saga_id, fields=(),
             ) from error
 
-    def _granted(self, lease: Lease) -> None:
-        self.lease = lease
-        loop = self._loop = asyncio.get_running_loop()
-        self._lease_fresh_until = loop.time() + self.settings.lease_seconds / 2
 
     # -- the state machine ------------------------------------------------------------
 
@@ -470,335 +363,37 @@ class SagaRun:
             result = dataclasses.replace(result, saga_id=self.saga_id)
         hooks = self.hooks
         if hooks.step_completed:
-            hooked = call_hooks(hooks.step_completed, self, step_type.name, result, instance.events)
-            if hooked is not None:
-                await hooked
+            with self._scope:  # event handlers and hooks see the saga's correlation id and saga id
+                hooked = call_hooks(hooks.step_completed, self, step_type.name, result, instance.events)
+                if hooked is not None:
+                    await hooked
         if last and hooks.saga_finished:
             hooked = call_hooks(hooks.saga_finished, self, SagaStatus.COMPLETED, None)
             if hooked is not None:
                 await hooked
         return result
 
-    async def _act_entry(self, entry: SagaEntry) -> tuple[StepType, Step, Result]:
-        """Run an entry's action (the deadline checked first; a `Fallback`'s stand-in if need be)."""
-        if self.saga_type.deadline is not None:
-            self._check_deadline()
-        if isinstance(entry, Fallback):
-            return await self._run_fallback(entry)
-        instance = await self._resolve(entry)
-        return entry, instance, await self._act(entry, instance)
 
-    async def _run_fallback(self, entry: Fallback) -> tuple[StepType, Step, Result]:
-        breaker = entry.circuit_breaker
-        primary = entry.step
-        if breaker is None or not breaker.is_open(primary.name):
-            snapshot = _serialization.dump_context(self.context)
-            try:
-                instance = await self._resolve(primary)
-                if breaker is None:
-                    result = await self._act(primary, instance)
-                else:
-                    result = await breaker.call(primary.name, lambda: self._act(primary, instance))
-                return primary, instance, result
-            except (asyncio.CancelledError, SagaOwnershipLostError):
-                raise
-            except Exception as error:
-                if not (isinstance(error, CircuitOpenError) or entry.handles(error)):
-                    raise
-                logger.warning(
-                    "Saga %s: step %s failed (%s); running fallback %s",
-                    self.saga_id, primary.name, error_text(error), entry.fallback.name,
-                )
-                if self.hooks.step_failed:
-                    hooked = call_hooks(self.hooks.step_failed, self, primary.name, error)
-                    if hooked is not None:
-                        await hooked
-                _serialization.restore_in_place(self.context, snapshot)
-        if self.hooks.step_started:
-            hooked = call_hooks(self.hooks.step_started, self, entry.fallback.name)
-            if hooked is not None:
-                await hooked
-        instance = await self._resolve(entry.fallback)
-        return entry.fallback, instance, await self._act(entry.fallback, instance)
 
-    def _resolve(self, step_type: StepType) -> typing.Awaitable[Step]:
-        # Not a coroutine itself: one layer less on every step.
-        self._current_step = step_type.name
-        return self.container.resolve(step_type)
 
-    async def _act(self, step_type: StepType, instance: Step) -> Result:
-        self._current_step = step_type.name
-        heartbeat = self._heartbeat
-        heartbeat.begin()
-        try:
-            policy = step_type.retry
-            if policy is None and not self._observed and step_type.timeout is None and self.saga_type.deadline is None:
-                # One attempt, no time limit, nothing watching it: `_attempt` inlined.
-                events = getattr(instance, "_events", None)
-                events_before = len(events) if type(events) is list else -1
-                with self._scope:
-                    try:
-                        result = await instance.act(self.context)
-                    except BaseException:
-                        if events_before >= 0:  # a failed attempt's events describe what did not happen
-                            del typing.cast("list[object]", events)[events_before:]
-                        raise
-                if not isinstance(result, SagaStepResult):
-                    raise StepContractError(
-                        f"{step_type.__qualname__}.act returned {result!r}; "
-                        "return self._generate_step_result(response)"
-                    )
-                return result
-            return await self._retry(policy or NO_RETRY, step_type.name, "act", self._attempt, step_type, instance)
-        finally:
-            renewal = heartbeat.end()
-            if renewal is not None:
-                await renewal
 
-    async def _attempt(self, step_type: StepType, instance: Step) -> Result:
-        events = getattr(instance, "_events", None)
-        events_before = len(events) if isinstance(events, list) else 0
-        try:
-            if step_type.timeout is None and self.saga_type.deadline is None:
-                result = await instance.act(self.context)
-            else:
-                result = await self._with_deadline(step_type, instance.act(self.context))
-        except BaseException:
-            # A failed attempt's events describe something that did not happen.
-            if isinstance(events, list):
-                del events[events_before:]
-            raise
-        if not isinstance(result, SagaStepResult):
-            raise StepContractError(
-                f"{step_type.__qualname__}.act returned {result!r}; return self._generate_step_result(response)"
-            )
-        return result
 
-    async def _with_deadline(self, step_type: StepType, action: typing.Awaitable[T]) -> T:
-        timeout = step_type.timeout
-        remaining = self._deadline_remaining()
-        by_deadline = remaining is not None and (timeout is None or remaining < timeout)
-        limit = remaining if by_deadline else timeout
-        if limit is None:
-            return await action
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            return await asyncio.wait_for(action, max(limit, 0.0))
-        except asyncio.TimeoutError as exc:
-            if loop.time() - started < limit:
-                raise  # the step's own TimeoutError
-            if by_deadline:
-                raise SagaDeadlineExceededError(
-                    f"Saga {self.saga_id} passed its deadline during step {step_type.name}"
-                ) from exc
-            raise SagaStepTimeoutError(
-                f"Step {step_type.name} of saga {self.saga_id} took longer than {timeout}s"
-            ) from exc
 
-    async def _retry(
-        self,
-        policy: RetryPolicy,
-        step_name: str,
-        what: Action,
-        func: typing.Callable[..., typing.Awaitable[T]],
-        *args: typing.Any,
-    ) -> T:
-        """``await func(*args)`` in the saga's correlation scope, retried as ``policy`` says."""
-        hooks = self.hooks
-        observed = bool(hooks.attempt_started or hooks.attempt_finished)
-        attempt = 1
-        while True:
-            try:
-                with self._scope:
-                    if not observed:
-                        return await func(*args)
-                    return await self._observed_attempt(step_name, what, attempt, func, args)
-            except (asyncio.CancelledError, SagaOwnershipLostError):
-                raise
-            except Exception as error:
-                if attempt >= policy.attempts or not policy.should_retry(error):
-                    raise
-                delay = policy.delay_before(attempt)
-                logger.warning(
-                    "Saga %s: %s of step %s failed (attempt %d of %d: %s); retrying in %.3fs",
-                    self.saga_id, "compensation" if what == "compensate" else what, step_name, attempt,
-                    policy.attempts, error_text(error), delay,
-                )
-                attempt += 1
-                await self.settings.sleep(delay)
 
-    async def _observed_attempt(
-        self,
-        step_name: str,
-        what: Action,
-        attempt: int,
-        func: typing.Callable[..., typing.Awaitable[T]],
-        args: tuple[typing.Any, ...],
-    ) -> T:
-        hooks = self.hooks
-        if hooks.attempt_started:
-            hooked = call_hooks(hooks.attempt_started, self, step_name, what, attempt)
-            if hooked is not None:
-                await hooked
-        try:
-            outcome = await func(*args)
-        except BaseException as error:
-            if hooks.attempt_finished:
-                hooked = call_hooks(hooks.attempt_finished, self, step_name, what, attempt, error)
-                if hooked is not None:
-                    await hooked
-            raise
-        if hooks.attempt_finished:
-            hooked = call_hooks(hooks.attempt_finished, self, step_name, what, attempt, None)
-            if hooked is not None:
-                await hooked
-        return outcome
 
     # -- failure and compensation ------------------------------------------------------
 
-    async def _fail(self, done: list[_Done], error: BaseException, failed_step: str) -> None:
-        self.error = error_text(error)
-        logger.warning("Saga %s: step %s failed: %s", self.saga_id, failed_step, self.error)
-        hooks = self.hooks
-        if hooks.step_failed:
-            hooked = call_hooks(hooks.step_failed, self, failed_step, error)
-            if hooked is not None:
-                await hooked
-        entry = StepEntry(failed_step, "act", SagaStepStatus.FAILED, self.error)
-        if not done:
-            await self._checkpoint(entry, status=SagaStatus.FAILED, error=self.error, release=True)
-            self.status = SagaStatus.FAILED
-            if hooks.saga_finished:
-                hooked = call_hooks(hooks.saga_finished, self, SagaStatus.FAILED, self.error)
-                if hooked is not None:
-                    await hooked
-            return
-        await self._checkpoint(entry, status=SagaStatus.COMPENSATING, error=self.error)
-        self.status = SagaStatus.COMPENSATING
-        if hooks.compensation_started:
-            hooked = call_hooks(hooks.compensation_started, self, self.error)
-            if hooked is not None:
-                await hooked
-        await self._compensate(list(reversed(done)))
 
-    async def _compensate(self, pending: list[_Done]) -> None:
-        """Compensate ``pending`` (newest first); one checkpoint each, the last one final."""
-        hooks = self.hooks
-        if not pending:
-            await self._checkpoint(None, status=SagaStatus.FAILED, release=True)
-            self.status = SagaStatus.FAILED
-            if hooks.saga_finished:
-                hooked = call_hooks(hooks.saga_finished, self, SagaStatus.FAILED, self.error)
-                if hooked is not None:
-                    await hooked
-            return
-        any_failed = False
-        for position, item in enumerate(pending):
-            self._check_still_ours()
-            last = position == len(pending) - 1
-            name = item.step_type.name
-            failure: BaseException | None = None
-            events: list[object] = []
-            try:
-                instance = item.instance
-                if instance is None:  # completed in an earlier run: this run has no instance of it
-                    instance = await self.container.resolve(item.step_type)
-                events_before = len(instance.events)
-                async with self._heartbeat:
-                    await self._retry(self.compensation_retry, name, "compensate", instance.compensate, self.context)
-                events = instance.events[events_before:]
-            except (asyncio.CancelledError, SagaOwnershipLostError):
-                raise
-            except Exception as error:
-                any_failed = True
-                failure = error
-                logger.error("Saga %s: compensation of step %s failed: %s", self.saga_id, name, error_text(error))
-                entry = StepEntry(name, "compensate", SagaStepStatus.FAILED, error_text(error))
-            else:
-                entry = StepEntry(name, "compensate", SagaStepStatus.COMPENSATED)
-            if self.lease_lost:
-                raise SagaOwnershipLostError(self.saga_id)
-            final = (SagaStatus.COMPENSATION_FAILED if any_failed else SagaStatus.FAILED) if last else None
-            await self._checkpoint(
-                entry, status=final, release=last, outbox=self._messages(events) if self.outbox and events else ()
-            )
-            if failure is None:
-                if hooks.step_compensated:
-                    hooked = call_hooks(hooks.step_compensated, self, name, events)
-                    if hooked is not None:
-                        await hooked
-            elif hooks.compensation_failed:
-                hooked = call_hooks(hooks.compensation_failed, self, name, failure)
-                if hooked is not None:
-                    await hooked
-        self.status = SagaStatus.COMPENSATION_FAILED if any_failed else SagaStatus.FAILED
-        if hooks.saga_finished:
-            hooked = call_hooks(hooks.saga_finished, self, self.status, self.error)
-            if hooked is not None:
-                await hooked
 
     # -- storage --------------------------------------------------------------------
 
-    async def _checkpoint(
-        self,
-        entry: StepEntry | None,
-        *,
-        context: JsonDict | None = None,
-        status: SagaStatus | None = None,
-        error: str | None = None,
-        release: bool = False,
-        outbox: typing.Sequence[OutboxMessage] = (),
-    ) -> None:
-        assert self.lease is not None
-        if outbox:
-            ok = await self.storage.checkpoint(
-                self.saga_id, self.lease, entry=entry, context=context, status=status, error=error,
-                lease_seconds=self.settings.lease_seconds, release=release, outbox=outbox,
-            )
-        else:  # the storage's own default: a storage without an outbox still takes this call
-            ok = await self.storage.checkpoint(
-                self.saga_id, self.lease, entry=entry, context=context, status=status, error=error,
-                lease_seconds=self.settings.lease_seconds, release=release,
-            )
-        if not ok:
-            self.lease_lost = True
-            raise SagaOwnershipLostError(self.saga_id)
-        if self._loop is not None:
-            self._lease_fresh_until = self._loop.time() + self.settings.lease_seconds / 2
 
-    async def renew_lease(self) -> None:
-        assert self.lease is not None
-        if not await self.storage.renew_lease(self.saga_id, self.lease, self.settings.lease_seconds):
-            self.lease_lost = True
-            raise SagaOwnershipLostError(self.saga_id)
-        self._lease_fresh_until = asyncio.get_running_loop().time() + self.settings.lease_seconds / 2
 
-    async def release(self) -> None:
-        """Give the lease up (after an interruption), so another runner may take the saga at once."""
-        if self.lease is not None and not self.lease_lost:
-            await self.storage.release_lease(self.saga_id, self.lease)
 
-    def _hold(self) -> None:
-        """Mark this run as advancing its saga (this process claims it for no one else meanwhile)."""
-        if self.lease_lost or not local_runs.hold_latest(self.saga_id, self._token):
-            raise SagaOwnershipLostError(self.saga_id)
 
-    def _check_still_ours(self) -> None:
-        if self.lease_lost or not local_runs.is_latest(self.saga_id, self._token):
-            raise SagaOwnershipLostError(self.saga_id)
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _messages(self, events: typing.Iterable[object]) -> list[OutboxMessage]:
-        """The outbox messages of ``events``' notification events (other events are not sent anywhere)."""
-        return [
-            outbox_message(
-                e, saga_id=self.saga_id, correlation_id=self.correlation_id, trace_context=self.trace_context
-            )
-            for e in events
-            if isinstance(e, INotificationEvent)
-        ]
 
     def _done_steps(self) -> list[_Done]:
         if not self.history:  # a new saga
@@ -830,41 +425,8 @@ class SagaRun:
         response = _serialization.load_response(response_type, item.response)
         return SagaStepResult(response=response, step_type=item.step_type, saga_id=self.saga_id, replayed=True)
 
-    def _deadline_remaining(self) -> float | None:
-        deadline = self.saga_type.deadline
-        if deadline is None or self.created_at is None:
-            return None
-        return deadline - (datetime.datetime.now(_UTC) - self.created_at).total_seconds()
-
-    def _check_deadline(self) -> None:
-        remaining = self._deadline_remaining()
-        if remaining is not None and remaining <= 0:
-            raise SagaDeadlineExceededError(f"Saga {self.saga_id} passed its deadline of {self.saga_type.deadline}s")
 
 
-class correlation_scope:
-    """Sets the saga's correlation id and saga id for step code and log records."""
-
-    __slots__ = ("_correlation_token", "_run", "_saga_token")
-
-    def __init__(self, run: SagaRun) -> None:
-        self._run = run
-
-    def __enter__(self) -> None:
-        run = self._run
-        wanted = run.correlation_id
-        # Only set what differs: each set and reset costs, and this runs around every action.
-        self._correlation_token = (
-            correlation._correlation_id.set(wanted)
-            if wanted is not None and wanted != correlation._correlation_id.get()
-            else None
-        )
-        self._saga_token = correlation._saga_id.set(run.saga_id)
-
-    def __exit__(self, *exc: object) -> None:
-        correlation._saga_id.reset(self._saga_token)
-        if self._correlation_token is not None:
-            correlation._correlation_id.reset(self._correlation_token)
 
 
 def _entry_name(entry: SagaEntry) -> str:

@@ -10,7 +10,8 @@ from cqrs import correlation
 from cqrs.container import Container, as_container
 from cqrs.container.scope import RunScope, ScopeStrategy
 from cqrs.saga._hookset import HookSet
-from cqrs.saga._run import ContextBuilder, SagaRun
+from cqrs.saga._run import SagaRun
+from cqrs.saga._run_state import ContextBuilder
 from cqrs.saga.exceptions import SagaCompensatedError, SagaNotFoundError, UnknownSagaError
 from cqrs.saga.hooks import Listener, ListenerHook
 from cqrs.saga.map import SagaMap
