@@ -164,8 +164,8 @@ def load_webhooks(raw: typing.Any) -> WebhookEndpoint | None:
         if not isinstance(secret, (str, bytes)) or not secret:
             what = "missing" if secret is None else "empty" if not secret else f"a {type(secret).__name__}"
             raise ImproperlyConfigured(
-                f"{setting}['SECRET'] is {what}: deliveries could not be verified. Set it (is its environment variable unset?); a source "
-                "that cannot sign goes in INSECURE_UNSIGNED_SOURCES"
+                f"{setting}['SECRET'] is {what}: deliveries could not be verified. Set it (is its "
+                "environment variable unset?); a source that cannot sign goes in INSECURE_UNSIGNED_SOURCES"
             )
         try:
             verifier = SignatureVerifier(
