@@ -45,7 +45,7 @@ class Problem(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = dict(headers or {})
-        super().__init__(detail)
+        Exception.__init__(self, detail)
 
     @property
     def title(self) -> str:

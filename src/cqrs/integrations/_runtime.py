@@ -157,7 +157,7 @@ class SagaRuntime:
         self._open_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[typing.Any]] = set()
         self.recovery: RecoveryWorker | None = None
-        self._recovery_task: asyncio.Task[None] | None = None
+        self.recovery_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class SagaRuntime:
                 elif callable(wanted):
                     self.recovery = wanted(mediator)
                 if self.recovery is not None:
-                    self._recovery_task = asyncio.ensure_future(self.recovery.run())
+                    self.recovery_task = asyncio.ensure_future(self.recovery.run())
                 self._mediator = mediator
         return self._mediator
 
@@ -240,9 +240,9 @@ class SagaRuntime:
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-            if self._recovery_task is not None:
+            if self.recovery_task is not None:
                 try:
-                    await self._recovery_task
+                    await self.recovery_task
                 except Exception:
                     logger.exception("The saga recovery worker stopped with an error")
         finally:

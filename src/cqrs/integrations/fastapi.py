@@ -129,9 +129,11 @@ async def saga_lifespan(
         setattr(app.state, _STATE_ATTR, runtime)
         yield runtime
     finally:
-        with contextlib.suppress(AttributeError):
-            delattr(app.state, _STATE_ATTR)
-        await runtime.aclose()
+        try:
+            await runtime.aclose()
+        finally:
+            with contextlib.suppress(AttributeError):
+                delattr(app.state, _STATE_ATTR)
 
 
 def create_lifespan(
@@ -186,6 +188,35 @@ def init_app(
 
 
 # -- answers -------------------------------------------------------------------------------------
+
+
+class _HTTPProblem(Problem, StarletteHTTPException):
+    """A `Problem` FastAPI answers even without `init_app` (as ``{"detail": ...}``)."""
+
+    def __init__(self, problem: Problem) -> None:
+        StarletteHTTPException.__init__(self, problem.status, problem.detail, problem.headers or None)
+        Problem.__init__(self, problem.status, problem.detail, problem.errors, headers=problem.headers)
+
+
+class _HTTPStillRunning(SagaStillRunning, StarletteHTTPException):
+    """A `SagaStillRunning` FastAPI answers 202 with the status link even without `init_app`."""
+
+    def __init__(self, error: SagaStillRunning) -> None:
+        StarletteHTTPException.__init__(self, 202, str(error), {"Location": error.status_url})
+        SagaStillRunning.__init__(self, error.saga_id, error.timeout, error.status_url)
+
+
+@contextlib.contextmanager
+def _answerable() -> typing.Iterator[None]:
+    """Re-raise problems as exceptions FastAPI answers by itself (`init_app` answers them as problem details)."""
+    try:
+        yield
+    except (_HTTPProblem, _HTTPStillRunning):
+        raise
+    except Problem as problem:
+        raise _HTTPProblem(problem) from None
+    except SagaStillRunning as error:
+        raise _HTTPStillRunning(error) from None
 
 
 def _render(answer: Answer) -> Response:
@@ -279,29 +310,26 @@ async def read_saga_context(request: Request, context_type: type[C], *, max_byte
     no database stores); 422 naming each field that does not fit.
     """
     limit = max_bytes if max_bytes is not None else get_config(request).max_body_bytes
-    data = parse_json_object(await _read_body(request, limit), max_bytes=limit)
-    return typing.cast(C, build_context(context_type, data))
+    with _answerable():
+        data = parse_json_object(await _read_body(request, limit), max_bytes=limit)
+        return typing.cast(C, build_context(context_type, data))
 
 
-def saga_context(context_type: type[C], *, max_bytes: int | None = None) -> typing.Callable[..., typing.Any]:
+def saga_context(
+    context_type: type[C], *, max_bytes: int | None = None
+) -> typing.Callable[[Request], typing.Awaitable[C]]:
     """Dependency factory: ``context: OrderContext = Depends(saga_context(OrderContext))``.
 
-    The body is declared as ``context_type`` (so OpenAPI documents it and
-    FastAPI validates it, naming each bad field); ``max_bytes`` lowers the
-    app's body limit for this endpoint (413).
+    Reads the body itself, whatever its content type (see `read_saga_context`
+    for the checks and the problems). OpenAPI does not see such a body:
+    where the schema matters, declare a pydantic model as the endpoint's body
+    parameter instead (FastAPI then validates it; `init_app` answers its
+    errors as problem details naming each field).
     """
 
-    async def dependency(request: Request, **values: typing.Any) -> C:
-        if max_bytes is not None and len(await request.body()) > max_bytes:
-            raise Problem(413, f"The request body is over the limit of {max_bytes} bytes")
-        return typing.cast(C, values["body"])
+    async def dependency(request: Request) -> C:
+        return await read_saga_context(request, context_type, max_bytes=max_bytes)
 
-    dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [
-            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
-            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=context_type, default=fastapi.Body()),
-        ]
-    )
     dependency.__name__ = f"saga_context_{context_type.__name__}"
     return dependency
 
@@ -319,9 +347,10 @@ async def run_saga(
     timeout: float | None = None,
 ) -> SagaResult:
     """Run a new saga to its end: `SagaRuntime.run_saga` of the app (`SagaStillRunning` after ``timeout``)."""
-    return await get_runtime(request).run_saga(
-        saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id, timeout=timeout
-    )
+    with _answerable():
+        return await get_runtime(request).run_saga(
+            saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id, timeout=timeout
+        )
 
 
 async def start_saga(
@@ -333,29 +362,34 @@ async def start_saga(
     correlation_id: str | None = None,
 ) -> uuid.UUID:
     """Record a new saga and run it in the background: `SagaRuntime.start_saga` of the app."""
-    return await get_runtime(request).start_saga(
-        saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id
-    )
+    with _answerable():
+        return await get_runtime(request).start_saga(
+            saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id
+        )
 
 
 async def saga_status(request: Request, saga_id: uuid.UUID | str) -> dict[str, typing.Any]:
     """The stored saga as JSON: `SagaRuntime.saga_status` of the app."""
-    return await get_runtime(request).saga_status(saga_id)
+    with _answerable():
+        return await get_runtime(request).saga_status(saga_id)
 
 
 async def saga_history(request: Request, saga_id: uuid.UUID | str) -> dict[str, typing.Any]:
     """The saga's step log: `SagaRuntime.saga_history` of the app."""
-    return await get_runtime(request).saga_history(saga_id)
+    with _answerable():
+        return await get_runtime(request).saga_history(saga_id)
 
 
 async def saga_diagram(request: Request, saga_id: uuid.UUID | str) -> str:
     """Mermaid source of the saga's run: `SagaRuntime.saga_diagram` of the app."""
-    return await get_runtime(request).saga_diagram(saga_id)
+    with _answerable():
+        return await get_runtime(request).saga_diagram(saga_id)
 
 
 async def list_sagas(request: Request, **filters: typing.Any) -> dict[str, typing.Any]:
     """A page of stored sagas: `SagaRuntime.list_sagas` of the app."""
-    return await get_runtime(request).list_sagas(**filters)
+    with _answerable():
+        return await get_runtime(request).list_sagas(**filters)
 
 
 async def saga_event_stream(
@@ -376,9 +410,10 @@ async def saga_event_stream(
     ``failed`` or ``interrupted``. A client that disconnects stops
     receiving, not the saga. The saga id is in ``X-Saga-ID``.
     """
-    start, feed = await get_runtime(request).event_feed(
-        saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id
-    )
+    with _answerable():
+        start, feed = await get_runtime(request).event_feed(
+            saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id
+        )
     return StreamingResponse(
         feed.sse(start, keepalive=keepalive),
         media_type="text/event-stream",
