@@ -77,7 +77,15 @@ def load_example(name: str) -> types.ModuleType:
         sys.modules.pop(module, None)
     sys.path.insert(0, folder)
     try:
-        return importlib.import_module("main")
+        main = importlib.import_module("main")
+        # Contexts' type adapters resolve their annotations in their module: build them while it is
+        # the ``sagas`` module, before another example's takes the name.
+        from cqrs.saga import _serialization
+
+        for value in vars(sys.modules["sagas"]).values():
+            if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == "sagas":
+                _serialization._adapter(value)
+        return main
     finally:
         sys.path.remove(folder)
         for module in ("main", "sagas"):

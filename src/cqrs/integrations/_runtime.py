@@ -296,7 +296,7 @@ class SagaRuntime:
         cid = correlation.accept_correlation_id(correlation_id or correlation.get_correlation_id())
         if not await mediator.record(saga_type, context, saga_id, correlation_id=cid):
             raise Problem(409, f"Saga id {saga_id} is already used by a stored saga")
-        _log_accepted(saga_id, saga_type.name, cid)
+        log_accepted(saga_id, saga_type.name, cid)
         return saga_id, cid
 
     async def start_saga(
@@ -550,7 +550,7 @@ class SagaRuntime:
         mediator = await self.open()
         accepted = await dispatcher.accept(mediator, source, body, headers, correlation_id=correlation_id)
         for saga in accepted.started:
-            _log_accepted(saga.saga_id, saga.saga, saga.correlation_id)
+            log_accepted(saga.saga_id, saga.saga, saga.correlation_id)
             self.spawn(saga.saga_id)
         return accepted
 
@@ -562,7 +562,11 @@ class SagaRuntime:
         return await dispatcher.status((await self.open()).storage, source, correlation_id)
 
 
-def _log_accepted(saga_id: uuid.UUID, name: str, correlation_id: str | None) -> None:
+def log_accepted(saga_id: uuid.UUID, name: str, correlation_id: str | None) -> None:
+    """The integrations' INFO record of a saga accepted (recorded to run), with its saga and correlation ids.
+
+    The run's own story (started, resumed, completed, failed) is told by the run hooks.
+    """
     token = correlation._correlation_id.set(correlation_id)
     saga_token = correlation._saga_id.set(saga_id)
     try:

@@ -36,6 +36,15 @@ def render(answer: Answer) -> typing.Any:
     return response
 
 
+def _as_problem(response: typing.Any) -> typing.Any:
+    """Django's own HTML answers to an unknown URL (404) or method (405), as problem details."""
+    if response.status_code not in (404, 405) or not response.get("Content-Type", "").startswith("text/html"):
+        return response
+    detail = "No such URL" if response.status_code == 404 else "Method not allowed here"
+    headers = {"Allow": response["Allow"]} if response.has_header("Allow") else {}
+    return render(problem_answer(Problem(response.status_code, detail, headers=headers)))
+
+
 class CorrelationIdMiddleware:
     """Gives each request a correlation id, as the FastAPI and Flask integrations do.
 
@@ -54,7 +63,8 @@ class CorrelationIdMiddleware:
 
     A view that raises `Problem` (the saga helpers do, for bad input) is
     answered with its problem details, and one that raises `SagaStillRunning`
-    with 202 and the status link, as in the other integrations.
+    with 202 and the status link, as in the other integrations; Django's own
+    HTML 404 and 405 answers become problem details too.
 
     Works in both sync and async middleware chains.
     """
@@ -80,7 +90,7 @@ class CorrelationIdMiddleware:
         correlation_id = self._accept(request)
         token = correlation.set_correlation_id(correlation_id)
         try:
-            response = self.get_response(request)
+            response = _as_problem(self.get_response(request))
         finally:
             correlation.reset_correlation_id(token)
         response[self.header_name] = correlation_id
@@ -101,7 +111,7 @@ class CorrelationIdMiddleware:
         correlation_id = self._accept(request)
         token = correlation.set_correlation_id(correlation_id)
         try:
-            response = await self.get_response(request)
+            response = _as_problem(await self.get_response(request))
         finally:
             correlation.reset_correlation_id(token)
         response[self.header_name] = correlation_id

@@ -20,6 +20,7 @@ from django.db import transaction  # type: ignore[import-untyped]
 from cqrs import correlation
 from cqrs.integrations._loop import shared_loop_thread
 from cqrs.integrations._requests import check_json
+from cqrs.integrations._runtime import log_accepted
 from cqrs.integrations.django import _runtime
 from cqrs.saga import _serialization
 from cqrs.saga.storage.enums import SagaStatus
@@ -107,6 +108,7 @@ def atomic_saga_start(
     insert = _insert_for(connection)
     with connection.cursor() as cursor:
         cursor.execute(insert.sql, insert.parameters(row))
+    log_accepted(row.saga_id, row.name, row.correlation_id)
     if settings.run_on_commit:
         transaction.on_commit(functools.partial(sagas.hand_off, row.saga_id), using=alias, robust=True)
     return row.saga_id
