@@ -29,7 +29,7 @@ from cqrs.integrations._endpoints import (
 )
 from cqrs.integrations._loop import await_in_loop, block, iterate
 from cqrs.integrations._requests import Problem, check_content_length
-from cqrs.integrations._runtime import SagaResult, SagaRuntime
+from cqrs.integrations._runtime import SagaResult, SagaRuntime, SagaStillRunning
 
 if typing.TYPE_CHECKING:
     from cqrs.integrations._webhooks import WebhookEndpoint
@@ -58,6 +58,8 @@ class SyncSagaApi:
         runtime = self.runtime_of()
         try:
             return block(make(runtime), timeout, refuse=self.refuse)
+        except SagaStillRunning:
+            raise
         except concurrent.futures.TimeoutError:
             raise Problem(503, f"The saga storage did not answer within {timeout:g}s") from None
 

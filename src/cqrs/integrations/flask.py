@@ -48,7 +48,7 @@ from cqrs.integrations._endpoints import (
     routes_for,
     still_running_answer,
 )
-from cqrs.integrations._loop import block
+from cqrs.integrations._loop import block, shared_loop_thread
 from cqrs.integrations._requests import Problem, build_context, parse_json_object
 from cqrs.integrations._runtime import RecoveryOption, SagaResult, SagaRuntime, SagaStillRunning
 from cqrs.integrations._sync import SyncSagaApi, read_limited
@@ -170,7 +170,8 @@ class SagaExtension:
         app.register_error_handler(Problem, lambda error: _render(problem_answer(error)))
         app.register_error_handler(SagaStillRunning, lambda error: _render(still_running_answer(error)))
         app.register_error_handler(HTTPException, _http_error)
-        if not self._exit_hook:  # after shared_loop_thread(): atexit runs this first, then stops the loop
+        if not self._exit_hook:
+            shared_loop_thread()  # made first, so its exit hook (stopping the loop) runs after this one
             atexit.register(_close_at_exit, weakref.ref(self))
             self._exit_hook = True
 
