@@ -385,6 +385,7 @@ class SagaRuntime:
     async def _start_logged(
         self, saga_type: SagaType, context: typing.Any, saga_id: uuid.UUID, correlation_id: str | None
     ) -> None:
+        correlation.set_correlation_id(correlation_id)  # this task's own context: as a request's would be
         try:
             await self.start_saga(saga_type, context, saga_id=saga_id, correlation_id=correlation_id)
         except Exception:

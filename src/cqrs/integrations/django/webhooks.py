@@ -123,7 +123,15 @@ def _patterns(endpoint_of: typing.Callable[[], WebhookEndpoint], prefix: str = "
 
 
 _from_settings = _FromSettings()
-_from_settings()  # a missing or invalid CQRS_SAGA_WEBHOOKS stops the start-up (and `manage.py check`)
 
-#: ``include("cqrs.integrations.django.webhooks")``: options from ``CQRS_SAGA_WEBHOOKS``.
-urlpatterns = _patterns(_from_settings)
+
+def __getattr__(name: str) -> typing.Any:
+    """``urlpatterns``, for ``include("cqrs.integrations.django.webhooks")``: options from ``CQRS_SAGA_WEBHOOKS``.
+
+    Read when the URLconf loads (at start-up, and in ``manage.py check``), so
+    a missing or invalid setting stops the start instead of failing deliveries.
+    """
+    if name == "urlpatterns":
+        _from_settings()
+        return _patterns(_from_settings)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
