@@ -14,7 +14,6 @@ import time
 import typing
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 

@@ -311,7 +311,7 @@ def test_invalid_settings_fail_checks_and_helpers(saga_db: Database, settings: t
         ({"LEASE_SECONDS": [1]}, "LEASE_SECONDS must be a positive number"),
         ({"RECOVERY": "sometimes"}, "RECOVERY must be true or false"),
         ({"MAX_BODY_BYTES": 0}, "MAX_BODY_BYTES must be a whole number of bytes"),
-        ({"CORELATION_HEADER": "X"}, r"Unknown key CQRS_SAGA\['CORELATION_HEADER'\]; did you mean CORRELATION_HEADER\?"),
+        ({"CORELATION_HEADER": "X"}, r"CQRS_SAGA\['CORELATION_HEADER'\]; did you mean CORRELATION_HEADER\?"),
         ({"DATABASE": "other"}, "not in DATABASES"),
     ],
 )

@@ -82,7 +82,8 @@ DECLINED = {"amount": 20_000.0}  # over the example's payment limit
 
 def order(n: int, **extra: typing.Any) -> dict[str, typing.Any]:
     return {
-        "order_id": f"E-{n}", "user_id": "U-1", "items": [{"sku": "book", "quantity": 1}, {"sku": "pen", "quantity": 2}],
+        "order_id": f"E-{n}", "user_id": "U-1",
+        "items": [{"sku": "book", "quantity": 1}, {"sku": "pen", "quantity": 2}],
         "amount": 10.0 + n, **extra,
     }
 

@@ -41,7 +41,6 @@ from cqrs.integrations.flask import (
     run_saga,
     saga_status,
 )
-from cqrs.saga.exceptions import SagaDefinitionError
 from cqrs.saga.saga import Saga
 from cqrs.saga.storage.enums import SagaStatus
 from log_capture import Capture, capturing
@@ -585,7 +584,9 @@ def test_health_route_and_custom_paths(make_app: typing.Callable[..., Served]) -
     assert served.client.get(f"/admin/sagas/{done['saga_id']}").json["status"] == "completed"  # type: ignore[index]
 
 
-def test_health_is_503_when_the_storage_cannot_open(make_app: typing.Callable[..., Served], tmp_path: pathlib.Path) -> None:
+def test_health_is_503_when_the_storage_cannot_open(
+    make_app: typing.Callable[..., Served], tmp_path: pathlib.Path
+) -> None:
     served = make_app(CQRS_SAGA_STORAGE_URL=f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'dir' / 'db.sqlite3'}")
     response = served.client.get("/health")
     assert response.status_code == 503 and response.content_type == "application/problem+json"

@@ -280,7 +280,9 @@ async def test_a_delivery_that_finds_some_sagas_started_joins_their_correlation_
     )
     assert [s.saga for s in early.started] == ["webhook_order"]
 
-    late = await TriggerDispatcher(SAGAS, **UNSIGNED).accept(mediator, "order_created", payload, {}, correlation_id="late")
+    late = await TriggerDispatcher(SAGAS, **UNSIGNED).accept(
+        mediator, "order_created", payload, {}, correlation_id="late"
+    )
 
     assert late.status == "accepted" and late.correlation_id == "early"
     assert [(s.saga, s.duplicate) for s in late.sagas] == [("webhook_order", True), ("webhook_audit", False)]

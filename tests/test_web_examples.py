@@ -139,7 +139,7 @@ def test_the_same_validation_everywhere(served_sqlite: Served) -> None:
         assert sorted(e["field"] for e in refused["errors"]) == ["amount", "items"]
         assert_problem(post(served_sqlite, path, {**order(5), "amount": "lots"}), 422, "amount")
         assert_problem(post(served_sqlite, path, {"order_id": "A-5"}), 422)
-        assert_problem(served_sqlite.request("POST", path, content=b"{nope", headers={"content-type": "application/json"}), 400)
+        assert_problem(served_sqlite.request("POST", path, content=b"{nope", headers=JSON), 400)
         assert_problem(post(served_sqlite, path, [1, 2]), 400, "JSON object")
     assert served_sqlite.stored() == []
 
@@ -183,8 +183,9 @@ HOSTILE_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
     "900-deep value": (DEEP_EVENT, JSON),
     "NUL in a field": (json.dumps(order(30, user_id="a\u0000b")).encode(), JSON),
     "NUL in an item": (json.dumps(order(31, items=[{"sku": "\u0000", "quantity": 1}])).encode(), JSON),
-    "lone surrogate": (b'{"order_id": "A-32", "user_id": "\\ud800", "items": [{"sku": "b", "quantity": 1}], "amount": 1}',
-                       JSON),
+    "lone surrogate": (
+        b'{"order_id": "A-32", "user_id": "\\ud800", "items": [{"sku": "b", "quantity": 1}], "amount": 1}', JSON
+    ),
     "not UTF-8": (b'{"order_id": "\xff\xfe"}', JSON),
     "NaN": (b'{"order_id": "A-33", "user_id": "U", "items": [{"sku": "b", "quantity": 1}], "amount": NaN}', JSON),
     "overflowing float": (b'{"order_id": "A-34", "user_id": "U", "items": [{"sku": "b", "quantity": 1}], '

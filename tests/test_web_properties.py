@@ -41,8 +41,9 @@ SCALARS = (
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | TEXT
     | st.just(_HUGE)
 )
-JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-                           max_leaves=20)
+JSON_VALUES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=20
+)
 ORDER_LIKE = st.fixed_dictionaries(
     {"order_id": TEXT, "user_id": TEXT, "items": st.lists(st.fixed_dictionaries({"sku": TEXT, "quantity": SCALARS}),
                                                            max_size=3), "amount": SCALARS},

@@ -190,7 +190,7 @@ def init_app(
 # -- answers -------------------------------------------------------------------------------------
 
 
-class _HTTPProblem(Problem, StarletteHTTPException):
+class _HTTPProblem(Problem, StarletteHTTPException):  # type: ignore[misc]  # both keep the headers
     """A `Problem` FastAPI answers even without `init_app` (as ``{"detail": ...}``)."""
 
     def __init__(self, problem: Problem) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
+import logging
+import threading
 import typing
 
 from django.core.management.base import CommandError  # type: ignore[import-untyped]
@@ -13,6 +16,9 @@ from cqrs.integrations._requests import parse_duration as _parse_duration
 from cqrs.integrations.django import _runtime
 from cqrs.integrations.django._settings import redact
 from cqrs.saga.storage.protocol import SagaStorage
+
+logger = logging.getLogger("cqrs.integrations.django")
+T = typing.TypeVar("T")
 
 
 def parse_duration(text: str) -> datetime.timedelta:
@@ -93,3 +99,30 @@ async def probe(storage: SagaStorage, config: SagaConfig) -> None:
             f"Cannot use the saga database {redact(config.storage_url)}: {one_line(error)} "
             "(is the database up, and `python manage.py migrate` run?)"
         ) from None
+
+
+def run(coro: typing.Coroutine[typing.Any, typing.Any, T]) -> T:
+    """``asyncio.run(coro)`` for a command, without stray tracebacks from database driver threads.
+
+    A driver that runs connections in threads (aiosqlite) may report a failed
+    connect after the command's loop has closed ("Event loop is closed" in
+    its thread); the command has already reported the failure in one line,
+    so such a late report is logged at debug level instead of printed.
+    """
+    previous_thread_hook = threading.excepthook
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
+            logger.debug("A database driver thread reported after the command's loop closed", exc_info=args.exc_value)
+            return
+        previous_thread_hook(args)
+
+    threading.excepthook = thread_hook
+    try:
+        return asyncio.run(coro)
+    finally:
+        # Driver threads still finishing report through the hook above; give them the time to.
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and thread.daemon and "aiosqlite" in repr(thread):
+                thread.join(timeout=1)
+        threading.excepthook = previous_thread_hook

@@ -54,7 +54,7 @@ from cqrs.integrations.django._settings import load_webhooks
 from cqrs.integrations.webhooks import SignatureVerifier
 from cqrs.saga.saga import Saga
 
-__all__ = ["SETTING", "urlpatterns", "webhook_routes"]
+__all__ = ["SETTING", "urlpatterns", "webhook_routes"]  # noqa: F822  (urlpatterns: see __getattr__)
 
 #: The Django setting with the webhook options.
 SETTING = "CQRS_SAGA_WEBHOOKS"

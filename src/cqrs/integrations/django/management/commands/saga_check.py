@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import typing
@@ -10,7 +9,7 @@ import typing
 from django.core.management.base import BaseCommand, CommandError  # type: ignore[import-untyped]
 
 from cqrs.config import SagaConfig
-from cqrs.integrations.django._commands import aware, command_config, duration_option, humanize, one_line, opened
+from cqrs.integrations.django._commands import aware, command_config, duration_option, humanize, one_line, opened, run
 from cqrs.integrations.django._settings import redact
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.models import SagaRecord
@@ -56,7 +55,7 @@ class Command(BaseCommand):  # type: ignore[misc]
             checks.append(
                 Check("configuration", True, f"sagas: {names}; storage {redact(config.storage_url)}")
             )
-            checks += asyncio.run(self._probe(config, options["stuck_after"], options["limit"]))
+            checks += run(self._probe(config, options["stuck_after"], options["limit"]))
         for check in checks:
             word = "OK" if check.ok else ("SKIP" if check.ok is None else "FAIL")
             style = self.style.SUCCESS if check.ok else (self.style.WARNING if check.ok is None else self.style.ERROR)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import typing
 
@@ -17,6 +16,7 @@ from cqrs.integrations.django._commands import (
     one_line,
     opened,
     probe,
+    run,
     table,
 )
 from cqrs.saga.storage.enums import SagaStatus
@@ -44,7 +44,7 @@ class Command(BaseCommand):  # type: ignore[misc]
             raise CommandError(f"--limit must be at least 1, got {options['limit']}")
         config = command_config()
         try:
-            records = asyncio.run(self._list(config, options))
+            records = run(self._list(config, options))
         except CommandError:
             raise
         except Exception as error:

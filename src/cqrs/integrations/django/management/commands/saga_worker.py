@@ -9,7 +9,7 @@ import typing
 from django.core.management.base import BaseCommand, CommandError  # type: ignore[import-untyped]
 
 from cqrs.config import SagaConfig
-from cqrs.integrations.django._commands import command_config, one_line, opened, probe
+from cqrs.integrations.django._commands import command_config, one_line, opened, probe, run
 from cqrs.integrations.django._settings import redact
 
 
@@ -54,7 +54,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         if not config.saga_map.sagas():
             raise CommandError("CQRS_SAGA['SAGAS'] lists no sagas: the worker would have nothing to run")
         try:
-            asyncio.run(self._main(config, options))
+            run(self._main(config, options))
         except CommandError:
             raise
         except Exception as error:
