@@ -102,19 +102,21 @@ def block(
     coro: typing.Coroutine[typing.Any, typing.Any, T],
     timeout: float | None = None,
     *,
-    refuse: typing.Callable[[str], BaseException] = RuntimeError,
+    refuse: typing.Callable[[str], BaseException] | None = None,
 ) -> T:
     """Run ``coro`` on the shared saga loop and wait for it, from synchronous code.
 
-    The caller's context (its correlation id) goes along. From code running
-    an event loop in this thread it raises ``refuse(message)`` instead: a
-    blocking call there would stall that loop.
+    The caller's context (its correlation id) goes along. With ``refuse``,
+    code running an event loop in this thread gets ``refuse(message)``
+    instead (Django's rule: a blocking call there would stall that loop).
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         pass
     else:
+        if refuse is None:
+            return shared_loop_thread().run(coro, timeout)
         coro.close()
         raise refuse(
             "This saga helper blocks; from async code use its awaitable twin "
@@ -133,7 +135,7 @@ async def await_in_loop(coro: typing.Coroutine[typing.Any, typing.Any, T]) -> T:
 
 
 def iterate(
-    agen: typing.AsyncIterator[T], *, refuse: typing.Callable[[str], BaseException] = RuntimeError
+    agen: typing.AsyncIterator[T], *, refuse: typing.Callable[[str], BaseException] | None = None
 ) -> typing.Iterator[T]:
     """Iterate an async iterator that lives on the shared saga loop, from synchronous code (a streamed body)."""
     try:

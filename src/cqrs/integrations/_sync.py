@@ -42,13 +42,13 @@ QUERY_TIMEOUT = 30.0
 
 
 class SyncSagaApi:
-    """The blocking and awaitable saga helpers over ``runtime_of()``; ``refuse`` makes the error
-    a blocking helper raises when called from async code."""
+    """The blocking and awaitable saga helpers over ``runtime_of()``; ``refuse`` (if given) makes the
+    error a blocking helper raises when called from a thread running an event loop."""
 
     def __init__(
         self,
         runtime_of: typing.Callable[[], SagaRuntime],
-        refuse: typing.Callable[[str], BaseException] = RuntimeError,
+        refuse: typing.Callable[[str], BaseException] | None = None,
     ) -> None:
         self.runtime_of = runtime_of
         self.refuse = refuse
