@@ -35,22 +35,40 @@ if typing.TYPE_CHECKING:
     from cqrs.integrations._webhooks import WebhookEndpoint
 
 T = typing.TypeVar("T")
+R = typing.TypeVar("R")
 Make = typing.Callable[[SagaRuntime], typing.Coroutine[typing.Any, typing.Any, T]]
+
+#: What every integration exports under the same names (FastAPI's take the request first).
+VOCABULARY = (
+    "OperatorAction", "Problem", "SagaResult", "SagaStillRunning", "list_sagas", "operator_routes",
+    "read_saga_context", "run_saga", "saga_diagram", "saga_event_stream", "saga_history", "saga_status",
+    "start_saga",
+)
+#: What the synchronous integrations add: the awaitable twins and waiting for background runs.
+ASYNC_TWINS = (
+    "alist_sagas", "arun_saga", "asaga_diagram", "asaga_history", "asaga_status", "astart_saga", "wait_for_sagas",
+)
 
 #: How long status, history, diagram, list and health queries may wait for the storage (then 503).
 QUERY_TIMEOUT = 30.0
 
 
-class SyncSagaApi:
-    """The blocking and awaitable saga helpers over ``runtime_of()``; ``refuse`` (if given) makes the
-    error a blocking helper raises when called from a thread running an event loop."""
+class SyncSagaApi(typing.Generic[R]):
+    """The blocking and awaitable saga helpers over ``runtime_of()``.
+
+    ``stream_response(saga_id, chunks)`` makes the framework's streamed
+    response of Server-Sent Events; ``refuse`` (if given) makes the error a
+    blocking helper raises when called from a thread running an event loop.
+    """
 
     def __init__(
         self,
         runtime_of: typing.Callable[[], SagaRuntime],
+        stream_response: typing.Callable[[uuid.UUID, typing.Iterator[str]], R],
         refuse: typing.Callable[[str], BaseException] | None = None,
     ) -> None:
         self.runtime_of = runtime_of
+        self.stream_response = stream_response
         self.refuse = refuse
 
     def call(self, make: Make[T], timeout: float | None = None) -> T:
@@ -141,7 +159,7 @@ class SyncSagaApi:
             lambda r: r.start_saga(saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id)
         )
 
-    def event_stream(
+    def saga_event_stream(
         self,
         saga_or_context: typing.Any,
         context: typing.Any = None,
@@ -149,16 +167,37 @@ class SyncSagaApi:
         saga_id: uuid.UUID | None = None,
         correlation_id: str | None = None,
         keepalive: float | None = 15.0,
-    ) -> tuple[uuid.UUID, typing.Iterator[str]]:
-        """Record a new saga, run it in the background, and return its id and its Server-Sent Events.
+    ) -> R:
+        """Record a new saga, run it in the background, and answer with its progress as Server-Sent Events.
 
-        The saga is stored before this returns; the events are ``start``,
-        each step's, and last ``completed``, ``failed`` or ``interrupted``.
+        The saga is stored before this returns. The events are those of
+        `cqrs.integrations.fastapi.saga_event_stream`: ``start``, each step's,
+        and last ``completed``, ``failed`` or ``interrupted``; the saga id is
+        in the ``X-Saga-ID`` header.
         """
         start, feed = self.call(
             lambda r: r.event_feed(saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id)
         )
-        return feed.saga_id, iterate(feed.sse(start, keepalive=keepalive), refuse=self.refuse)
+        return self.stream_response(feed.saga_id, iterate(feed.sse(start, keepalive=keepalive), refuse=self.refuse))
+
+    def vocabulary(self) -> tuple[
+        typing.Callable[..., SagaResult], typing.Callable[..., typing.Awaitable[SagaResult]],
+        typing.Callable[..., uuid.UUID], typing.Callable[..., typing.Awaitable[uuid.UUID]],
+        typing.Callable[..., R],
+        typing.Callable[..., dict[str, typing.Any]], typing.Callable[..., typing.Awaitable[dict[str, typing.Any]]],
+        typing.Callable[..., dict[str, typing.Any]], typing.Callable[..., typing.Awaitable[dict[str, typing.Any]]],
+        typing.Callable[..., str], typing.Callable[..., typing.Awaitable[str]],
+        typing.Callable[..., dict[str, typing.Any]], typing.Callable[..., typing.Awaitable[dict[str, typing.Any]]],
+        typing.Callable[..., bool],
+    ]:
+        """The helpers a framework module exports, in this order: `run_saga`, `arun_saga`, `start_saga`,
+        `astart_saga`, `saga_event_stream`, `saga_status`, `asaga_status`, `saga_history`, `asaga_history`,
+        `saga_diagram`, `asaga_diagram`, `list_sagas`, `alist_sagas`, `wait_for_sagas`."""
+        return (
+            self.run_saga, self.arun_saga, self.start_saga, self.astart_saga, self.saga_event_stream,
+            self.saga_status, self.asaga_status, self.saga_history, self.asaga_history,
+            self.saga_diagram, self.asaga_diagram, self.list_sagas, self.alist_sagas, self.wait_for_sagas,
+        )
 
     def wait_for_sagas(self, timeout: float | None = None) -> bool:
         """Wait for the background runs started so far; False if some still run after ``timeout``."""

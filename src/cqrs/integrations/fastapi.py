@@ -60,6 +60,7 @@ from cqrs.integrations._endpoints import (
 )
 from cqrs.integrations._requests import Problem, build_context, check_content_length, parse_json_object
 from cqrs.integrations._runtime import RecoveryOption, SagaResult, SagaRuntime, SagaStillRunning
+from cqrs.integrations._sync import VOCABULARY
 from cqrs.integrations._webhooks import WebhookEndpoint
 from cqrs.integrations.webhooks import SignatureVerifier
 from cqrs.saga.mediator import SagaMediator
@@ -67,31 +68,8 @@ from cqrs.saga.saga import Saga
 from cqrs.saga.storage.protocol import SagaStorage
 
 __all__ = [
-    "OperatorAction",
-    "Problem",
-    "Runtime",
-    "SagaContextMiddleware",
-    "SagaResult",
-    "SagaRuntime",
-    "SagaStillRunning",
-    "create_lifespan",
-    "get_config",
-    "get_mediator",
-    "get_runtime",
-    "get_storage",
-    "init_app",
-    "list_sagas",
-    "operator_routes",
-    "read_saga_context",
-    "run_saga",
-    "saga_context",
-    "saga_diagram",
-    "saga_event_stream",
-    "saga_history",
-    "saga_lifespan",
-    "saga_status",
-    "start_saga",
-    "webhook_routes",
+    *VOCABULARY, "Runtime", "SagaContextMiddleware", "SagaRuntime", "create_lifespan", "get_config", "get_mediator",
+    "get_runtime", "get_storage", "init_app", "saga_context", "saga_lifespan", "webhook_routes",
 ]
 
 C = typing.TypeVar("C")

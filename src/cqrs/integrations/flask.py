@@ -43,44 +43,22 @@ from cqrs.config import SETTABLE, SagaConfig, unknown_key
 from cqrs.integrations._endpoints import (
     Answer,
     Authorize,
-    OperatorAction,
     problem_answer,
     routes_for,
     still_running_answer,
 )
+from cqrs.integrations._endpoints import OperatorAction as OperatorAction
 from cqrs.integrations._loop import block, shared_loop_thread
 from cqrs.integrations._requests import Problem, build_context, parse_json_object
-from cqrs.integrations._runtime import RecoveryOption, SagaResult, SagaRuntime, SagaStillRunning
-from cqrs.integrations._sync import SyncSagaApi, read_limited
+from cqrs.integrations._runtime import RecoveryOption, SagaRuntime, SagaStillRunning
+from cqrs.integrations._runtime import SagaResult as SagaResult
+from cqrs.integrations._sync import ASYNC_TWINS, VOCABULARY, SyncSagaApi, read_limited
 from cqrs.integrations._webhooks import WebhookEndpoint
 from cqrs.integrations.webhooks import SignatureVerifier
 from cqrs.saga.mediator import SagaMediator
 from cqrs.saga.saga import Saga
 
-__all__ = [
-    "OperatorAction",
-    "Problem",
-    "SagaExtension",
-    "SagaResult",
-    "SagaStillRunning",
-    "alist_sagas",
-    "arun_saga",
-    "asaga_diagram",
-    "asaga_history",
-    "asaga_status",
-    "astart_saga",
-    "list_sagas",
-    "operator_routes",
-    "read_saga_context",
-    "run_saga",
-    "saga_diagram",
-    "saga_event_stream",
-    "saga_history",
-    "saga_status",
-    "start_saga",
-    "wait_for_sagas",
-    "webhook_routes",
-]
+__all__ = [*VOCABULARY, *ASYNC_TWINS, "SagaExtension", "webhook_routes"]
 
 logger = logging.getLogger("cqrs.integrations.flask")
 
@@ -229,39 +207,14 @@ def _current_runtime() -> SagaRuntime:
     return extension.runtime()
 
 
-_api = SyncSagaApi(_current_runtime)
-run_saga = _api.run_saga
-arun_saga = _api.arun_saga
-start_saga = _api.start_saga
-astart_saga = _api.astart_saga
-saga_status = _api.saga_status
-asaga_status = _api.asaga_status
-saga_history = _api.saga_history
-asaga_history = _api.asaga_history
-saga_diagram = _api.saga_diagram
-asaga_diagram = _api.asaga_diagram
-list_sagas = _api.list_sagas
-alist_sagas = _api.alist_sagas
-wait_for_sagas = _api.wait_for_sagas
+def _sse_response(saga_id: uuid.UUID, chunks: typing.Iterator[str]) -> flask.Response:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Saga-ID": str(saga_id)}
+    return flask.Response(chunks, mimetype="text/event-stream", headers=headers)
 
 
-def saga_event_stream(
-    saga_or_context: typing.Any,
-    context: typing.Any = None,
-    *,
-    saga_id: uuid.UUID | None = None,
-    correlation_id: str | None = None,
-    keepalive: float | None = 15.0,
-) -> flask.Response:
-    """Record a new saga, run it in the background, and answer with its progress as Server-Sent Events
-    (the events of `cqrs.integrations.fastapi.saga_event_stream`; the saga id in ``X-Saga-ID``)."""
-    recorded, chunks = _api.event_stream(
-        saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id, keepalive=keepalive
-    )
-    return flask.Response(
-        chunks, mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Saga-ID": str(recorded)},
-    )
+_api = SyncSagaApi(_current_runtime, _sse_response)
+(run_saga, arun_saga, start_saga, astart_saga, saga_event_stream, saga_status, asaga_status, saga_history,
+ asaga_history, saga_diagram, asaga_diagram, list_sagas, alist_sagas, wait_for_sagas) = _api.vocabulary()
 
 
 def _read_body(limit: int) -> bytes:

@@ -56,10 +56,13 @@ from django.urls import re_path  # type: ignore[import-untyped]
 from django.views.decorators.csrf import csrf_exempt  # type: ignore[import-untyped]
 
 from cqrs.config import SagaConfig
-from cqrs.integrations._endpoints import Authorize, OperatorAction, problem_answer, routes_for
-from cqrs.integrations._requests import Problem, build_context, parse_json_object
-from cqrs.integrations._runtime import SagaResult, SagaStillRunning
-from cqrs.integrations._sync import SyncSagaApi, read_limited
+from cqrs.integrations._endpoints import Authorize, problem_answer, routes_for
+from cqrs.integrations._endpoints import OperatorAction as OperatorAction
+from cqrs.integrations._requests import Problem as Problem
+from cqrs.integrations._requests import build_context, parse_json_object
+from cqrs.integrations._runtime import SagaResult as SagaResult
+from cqrs.integrations._runtime import SagaStillRunning as SagaStillRunning
+from cqrs.integrations._sync import ASYNC_TWINS, VOCABULARY, SyncSagaApi, read_limited
 from cqrs.integrations.django import _runtime
 from cqrs.integrations.django._runtime import setup, shutdown
 from cqrs.integrations.django.middleware import CorrelationIdMiddleware
@@ -67,34 +70,8 @@ from cqrs.integrations.django.middleware import render as render
 from cqrs.integrations.django.transaction import atomic_saga_start, start_saga_on_commit
 
 __all__ = [
-    "CorrelationIdMiddleware",
-    "OperatorAction",
-    "Problem",
-    "SagaResult",
-    "SagaStillRunning",
-    "alist_sagas",
-    "arun_saga",
-    "asaga_diagram",
-    "asaga_history",
-    "asaga_status",
-    "astart_saga",
-    "atomic_saga_start",
-    "get_saga_config",
-    "list_sagas",
-    "operator_routes",
-    "problem_response",
-    "read_json",
-    "read_saga_context",
-    "run_saga",
-    "saga_diagram",
-    "saga_event_stream",
-    "saga_history",
-    "saga_status",
-    "setup",
-    "shutdown",
-    "start_saga",
-    "start_saga_on_commit",
-    "wait_for_sagas",
+    *VOCABULARY, *ASYNC_TWINS, "CorrelationIdMiddleware", "atomic_saga_start", "get_saga_config",
+    "problem_response", "read_json", "setup", "shutdown", "start_saga_on_commit",
 ]
 
 C = typing.TypeVar("C")
@@ -106,40 +83,17 @@ def get_saga_config() -> SagaConfig:
     return settings.prepare(settings.config)
 
 
-_api = SyncSagaApi(_runtime.current_runtime, refuse=SynchronousOnlyOperation)
-run_saga = _api.run_saga
-arun_saga = _api.arun_saga
-start_saga = _api.start_saga
-astart_saga = _api.astart_saga
-saga_status = _api.saga_status
-asaga_status = _api.asaga_status
-saga_history = _api.saga_history
-asaga_history = _api.asaga_history
-saga_diagram = _api.saga_diagram
-asaga_diagram = _api.asaga_diagram
-list_sagas = _api.list_sagas
-alist_sagas = _api.alist_sagas
-wait_for_sagas = _api.wait_for_sagas
-
-
-def saga_event_stream(
-    saga_or_context: typing.Any,
-    context: typing.Any = None,
-    *,
-    saga_id: uuid.UUID | None = None,
-    correlation_id: str | None = None,
-    keepalive: float | None = 15.0,
-) -> typing.Any:
-    """Record a new saga, run it in the background, and answer with its progress as Server-Sent Events
-    (a ``StreamingHttpResponse``; the events of `cqrs.integrations.fastapi.saga_event_stream`)."""
-    recorded, chunks = _api.event_stream(
-        saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id, keepalive=keepalive
-    )
+def _sse_response(saga_id: uuid.UUID, chunks: typing.Iterator[str]) -> typing.Any:
     response = StreamingHttpResponse(chunks, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    response["X-Saga-ID"] = str(recorded)
+    for name, value in (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"), ("X-Saga-ID", str(saga_id))):
+        response[name] = value
     return response
+
+
+_api = SyncSagaApi(_runtime.current_runtime, _sse_response, refuse=SynchronousOnlyOperation)
+run_saga, arun_saga, start_saga, astart_saga, saga_event_stream = _api.vocabulary()[:5]
+saga_status, asaga_status, saga_history, asaga_history, saga_diagram, asaga_diagram = _api.vocabulary()[5:11]
+list_sagas, alist_sagas, wait_for_sagas = _api.vocabulary()[11:]
 
 
 # -- request bodies and errors ------------------------------------------------------------------
