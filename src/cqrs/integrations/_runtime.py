@@ -10,6 +10,9 @@ this process's lease) before the caller answers, and run by the mediator.
 
 FastAPI awaits it on the app's loop; Flask and Django call it on the
 process's shared saga loop (`cqrs.integrations._loop`).
+
+It is over 500 lines because it is the one place all of that lives: split
+by concern, each framework would again need to know how the pieces meet.
 """
 
 from __future__ import annotations

@@ -11,9 +11,20 @@ from __future__ import annotations
 import threading
 import typing
 
+import typing_extensions
+
 from cqrs.config import SagaConfig
 from cqrs.integrations.webhooks import SignatureVerifier, TriggerDispatcher
 from cqrs.saga.saga import Saga
+
+
+class WebhookOptions(typing_extensions.TypedDict, total=False):
+    """The options of every framework's ``webhook_routes(...)`` (see `WebhookEndpoint`)."""
+
+    verifier: SignatureVerifier | None
+    sagas: typing.Sequence[type[Saga[typing.Any]]] | None
+    max_body_bytes: int | None
+    insecure_unsigned_sources: typing.Iterable[str]
 
 
 class WebhookEndpoint:

@@ -18,6 +18,11 @@ maps it onto FastAPI's idioms::
         return {"saga_id": str(saga_id)}
 
 Needs ``pip install 'cqrs-saga[fastapi]'``.
+
+Longer than the Flask and Django adapters because FastAPI wants more
+declared: signatures it can document in OpenAPI, exception handlers, and a
+pure ASGI middleware (correlation ids and body limits); the work itself is
+all in the shared runtime and endpoints.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import inspect
 import typing
 import uuid
 
+import typing_extensions
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -61,10 +67,8 @@ from cqrs.integrations._endpoints import (
 from cqrs.integrations._requests import Problem, build_context, check_content_length, parse_json_object
 from cqrs.integrations._runtime import RecoveryOption, SagaResult, SagaRuntime, SagaStillRunning
 from cqrs.integrations._sync import VOCABULARY
-from cqrs.integrations._webhooks import WebhookEndpoint
-from cqrs.integrations.webhooks import SignatureVerifier
+from cqrs.integrations._webhooks import WebhookEndpoint, WebhookOptions
 from cqrs.saga.mediator import SagaMediator
-from cqrs.saga.saga import Saga
 from cqrs.saga.storage.protocol import SagaStorage
 
 __all__ = [
@@ -495,12 +499,9 @@ _OBJECT = {"type": "object", "description": "the event, a JSON object"}
 def webhook_routes(
     *,
     prefix: str = "/webhooks",
-    verifier: SignatureVerifier | None = None,
-    sagas: typing.Sequence[type[Saga[typing.Any]]] | None = None,
-    max_body_bytes: int | None = None,
-    insecure_unsigned_sources: typing.Iterable[str] = (),
     tags: typing.Sequence[str] = ("webhooks",),
     dependencies: typing.Sequence[_fastapi_params.Depends] | None = None,
+    **options: typing_extensions.Unpack[WebhookOptions],
 ) -> fastapi.APIRouter:
     """An `APIRouter` starting sagas from signed events (see `cqrs.triggers` and docs/triggers.md).
 
@@ -510,13 +511,12 @@ def webhook_routes(
     context (422); then every saga with a ``@trigger(source=...)`` is
     recorded and ``202`` answered, and the sagas run in the background.
     ``GET {prefix}/{source}/status/{correlation_id}``: what that event
-    started. A ``verifier`` is required; a source that cannot sign is
-    accepted unsigned only when listed in ``insecure_unsigned_sources``.
+    started. ``options`` (`WebhookEndpoint`'s): a ``verifier`` is required;
+    a source that cannot sign is accepted unsigned only when listed in
+    ``insecure_unsigned_sources``; ``sagas`` and ``max_body_bytes`` default
+    to the app's.
     """
-    endpoint = WebhookEndpoint(
-        sagas=sagas, verifier=verifier, max_body_bytes=max_body_bytes,
-        insecure_unsigned_sources=insecure_unsigned_sources,
-    )
+    endpoint = WebhookEndpoint(**options)
     router = fastapi.APIRouter(tags=list(tags), dependencies=list(dependencies or ()))
     prefix = prefix.rstrip("/")
 

@@ -36,6 +36,7 @@ import typing
 import uuid
 import weakref
 
+import typing_extensions
 from werkzeug.exceptions import HTTPException
 
 from cqrs import correlation
@@ -53,10 +54,8 @@ from cqrs.integrations._requests import Problem, build_context, parse_json_objec
 from cqrs.integrations._runtime import RecoveryOption, SagaRuntime, SagaStillRunning
 from cqrs.integrations._runtime import SagaResult as SagaResult
 from cqrs.integrations._sync import ASYNC_TWINS, VOCABULARY, SyncSagaApi, read_limited
-from cqrs.integrations._webhooks import WebhookEndpoint
-from cqrs.integrations.webhooks import SignatureVerifier
+from cqrs.integrations._webhooks import WebhookEndpoint, WebhookOptions
 from cqrs.saga.mediator import SagaMediator
-from cqrs.saga.saga import Saga
 
 __all__ = [*VOCABULARY, *ASYNC_TWINS, "SagaExtension", "webhook_routes"]
 
@@ -279,21 +278,12 @@ def operator_routes(
 
 
 def webhook_routes(
-    *,
-    prefix: str = "/webhooks",
-    verifier: SignatureVerifier | None = None,
-    sagas: typing.Sequence[type[Saga[typing.Any]]] | None = None,
-    max_body_bytes: int | None = None,
-    insecure_unsigned_sources: typing.Iterable[str] = (),
-    name: str = "cqrs_webhooks",
+    *, prefix: str = "/webhooks", name: str = "cqrs_webhooks", **options: typing_extensions.Unpack[WebhookOptions]
 ) -> flask.Blueprint:
     """A blueprint starting sagas from signed events: the routes of
-    `cqrs.integrations.fastapi.webhook_routes`, the sagas run on the shared saga loop
-    (`wait_for_sagas` and `SagaExtension.close` wait for them)."""
-    endpoint = WebhookEndpoint(
-        sagas=sagas, verifier=verifier, max_body_bytes=max_body_bytes,
-        insecure_unsigned_sources=insecure_unsigned_sources,
-    )
+    `cqrs.integrations.fastapi.webhook_routes` (``options`` are the same), the sagas run on the shared
+    saga loop (`wait_for_sagas` and `SagaExtension.close` wait for them)."""
+    endpoint = WebhookEndpoint(**options)
     bp = flask.Blueprint(name, __name__)
     prefix = prefix.rstrip("/")
 

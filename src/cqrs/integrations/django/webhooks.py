@@ -43,16 +43,15 @@ from __future__ import annotations
 import threading
 import typing
 
+import typing_extensions
 from django.conf import settings as django_settings  # type: ignore[import-untyped]
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 from django.urls import re_path  # type: ignore[import-untyped]
 from django.views.decorators.csrf import csrf_exempt  # type: ignore[import-untyped]
 
-from cqrs.integrations._webhooks import WebhookEndpoint
+from cqrs.integrations._webhooks import WebhookEndpoint, WebhookOptions
 from cqrs.integrations.django import _api, _body, allow, django_path, render
 from cqrs.integrations.django._settings import load_webhooks
-from cqrs.integrations.webhooks import SignatureVerifier
-from cqrs.saga.saga import Saga
 
 __all__ = ["SETTING", "urlpatterns", "webhook_routes"]  # noqa: F822  (urlpatterns: see __getattr__)
 
@@ -84,23 +83,13 @@ class _FromSettings:
             return self._cached[1]
 
 
-def webhook_routes(
-    *,
-    prefix: str = "",
-    verifier: SignatureVerifier | None = None,
-    sagas: typing.Sequence[type[Saga[typing.Any]]] | None = None,
-    max_body_bytes: int | None = None,
-    insecure_unsigned_sources: typing.Iterable[str] = (),
-) -> list[typing.Any]:
-    """URL patterns like this module's, with these options instead of ``CQRS_SAGA_WEBHOOKS``.
+def webhook_routes(*, prefix: str = "", **options: typing_extensions.Unpack[WebhookOptions]) -> list[typing.Any]:
+    """URL patterns like this module's, with ``options`` (those of `WebhookEndpoint`) instead of
+    ``CQRS_SAGA_WEBHOOKS``: ``path("hooks/", include(webhook_routes(verifier=SignatureVerifier(secret))))``.
 
-    ``path("hooks/", include(webhook_routes(verifier=SignatureVerifier(secret))))``.
     ``sagas`` must be listed in ``CQRS_SAGA["SAGAS"]`` too (so ``saga_worker`` can recover them).
     """
-    endpoint = WebhookEndpoint(
-        sagas=sagas, verifier=verifier, max_body_bytes=max_body_bytes,
-        insecure_unsigned_sources=insecure_unsigned_sources,
-    )
+    endpoint = WebhookEndpoint(**options)
     return _patterns(lambda: endpoint, prefix)
 
 
