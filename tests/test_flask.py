@@ -1,4 +1,4 @@
-"""The Flask integration: both init forms, config keys, run_sync, the shared loop, correlation ids,
+"""The Flask integration: both init forms, config keys, run_saga, the shared loop, correlation ids,
 status/diagram/health routes, request bodies, shutdown.
 
 Requests go through Flask's test client; sagas run on the process's shared
@@ -269,10 +269,10 @@ def test_the_storage_opens_on_first_use_and_closes(make_app: typing.Callable[...
         served.ext.initialize(served.app)
 
 
-# -- run_sync --------------------------------------------------------------------------------------
+# -- run_saga --------------------------------------------------------------------------------------
 
 
-def test_run_sync_returns_id_status_and_step_results(make_app: typing.Callable[..., Served]) -> None:
+def test_run_saga_returns_id_status_and_step_results(make_app: typing.Callable[..., Served]) -> None:
     served = make_app()
     with served.app.app_context():
         result = run_saga(OrderSaga, OrderContext(order_id="A", amount=3.0))
