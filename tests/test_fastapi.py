@@ -863,3 +863,14 @@ async def test_on_sqlite_lifespan_runs_and_closes_the_storage(
     finally:
         await reopened.close()
     assert records == {background["saga_id"]: SagaStatus.COMPLETED, streamed[0][1]["saga_id"]: SagaStatus.FAILED}
+
+
+async def test_the_middleware_reads_the_configured_header() -> None:
+    config = make_config(Probe(), correlation_header="X-Request-ID")
+    app = make_app(config)
+    async with serve(app) as client:
+        response = await client.post("/orders", json=ORDER, headers={"X-Request-ID": "req-77"})
+        assert response.headers["X-Request-ID"] == "req-77" and "X-Correlation-ID" not in response.headers
+        await runtime(app).wait_idle()
+        record = await runtime(app).storage.get_saga(uuid.UUID(response.json()["saga_id"]))
+    assert record is not None and record.correlation_id == "req-77"

@@ -62,12 +62,6 @@ def still_running_answer(error: SagaStillRunning) -> Answer:
     return json_answer(error.to_dict(), 202, {"Location": error.status_url})
 
 
-def accepted_answer(saga_id: typing.Any, status_url: str, **fields: typing.Any) -> Answer:
-    """202 for a saga started in the background: ``saga_id``, ``status``, ``status_url`` and ``Location``."""
-    body = {"saga_id": str(saga_id), "status": "accepted", "status_url": status_url, **fields}
-    return json_answer(body, 202, {"Location": status_url})
-
-
 # -- operator routes ---------------------------------------------------------------------------
 
 
