@@ -121,8 +121,14 @@ def run(coro: typing.Coroutine[typing.Any, typing.Any, T]) -> T:
     try:
         return asyncio.run(coro)
     finally:
-        # Driver threads still finishing report through the hook above; give them the time to.
-        for thread in threading.enumerate():
-            if thread is not threading.current_thread() and thread.daemon and "aiosqlite" in repr(thread):
-                thread.join(timeout=1)
-        threading.excepthook = previous_thread_hook
+        # Driver threads still finishing report through the hook above: let them, then restore it.
+        late = [t for t in threading.enumerate() if t is not threading.current_thread() and _driver_thread(t)]
+        for thread in late:
+            thread.join(timeout=2)
+        if not any(thread.is_alive() for thread in late):
+            threading.excepthook = previous_thread_hook
+
+
+def _driver_thread(thread: threading.Thread) -> bool:
+    target = getattr(thread, "_target", None)
+    return str(getattr(target, "__module__", "")).startswith("aiosqlite") or "_connection_worker" in thread.name
