@@ -148,7 +148,7 @@ def test_saga_check_healthy_exits_zero(saga_db: Database) -> None:
         "configuration": "OK", "database": "OK", "tables": "OK", "stuck sagas": "OK", "needs attention": "OK",
     }
     assert checked.stdout.rstrip().endswith("Healthy.")
-    assert "sagas: OrderSaga, EchoSaga, SlowSaga, StubbornSaga" in checked.stdout
+    assert "sagas: order, EchoSaga, SlowSaga, StubbornSaga" in checked.stdout
 
 
 def test_saga_check_fails_on_a_stuck_saga(saga_db: Database) -> None:
@@ -297,7 +297,7 @@ def test_saga_worker_finishes_in_flight_sagas_on_sigterm(saga_db: Database, pend
         if worker.poll() is None:
             worker.kill()
     out, err = worker.communicate()
-    assert "saga_worker: running OrderSaga, EchoSaga, SlowSaga, StubbornSaga" in out, err
+    assert "saga_worker: running order, EchoSaga, SlowSaga, StubbornSaga" in out, err
     assert "SIGTERM: no more claims; finishing in-flight sagas" in out
     assert out.rstrip().endswith("saga_worker: stopped: completed=1")
     assert record(slow).status == SagaStatus.COMPLETED

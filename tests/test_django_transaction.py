@@ -36,7 +36,7 @@ from django_project.testing import (
 ORDER = {
     "order_id": "ORD-001",
     "user_id": "USER-123",
-    "items": [{"id": "ITEM-1", "name": "Widget", "quantity": 2}],
+    "items": [{"sku": "ITEM-1", "quantity": 2}],
     "amount": 99.99,
 }
 ORDER_STEPS = ["reserve_inventory", "charge_payment", "ship_order"]
@@ -46,7 +46,7 @@ def order_context(order_id: str = "ORD-001", amount: float = 99.99) -> typing.An
     from orders.sagas import OrderContext, OrderItem
 
     return OrderContext(
-        order_id=order_id, user_id="USER-123", items=[OrderItem("ITEM-1", "Widget", 2)], amount=amount
+        order_id=order_id, user_id="USER-123", items=[OrderItem("ITEM-1", 2)], amount=amount
     )
 
 
@@ -206,7 +206,7 @@ def test_commit_then_killed_web_process_is_finished_by_saga_worker(saga_db: Data
     assert "saga_worker: SIGTERM: no more claims" in out, out + err
     assert out.rstrip().endswith("saga_worker: stopped: completed=1"), out + err
     # The steps' log records carry the request's correlation id (the example logs it to stderr).
-    assert "[killed-123] orders.sagas: order ORD-001: shipped as trk-ORD-001" in err, err
+    assert "[killed-123] orders: order ORD-001: shipped as trk-ORD-001" in err, err
 
     stored = record(saga_id)
     assert stored.status == SagaStatus.COMPLETED
@@ -230,7 +230,7 @@ def test_atomic_start_refuses_what_it_cannot_make_atomic(saga_db: Database, sett
         atomic_saga_start(EchoSaga, EchoContext(text="x"), using="other")
 
     settings.CQRS_SAGA = {**settings.CQRS_SAGA, "SAGAS": ["django_project.sagas.EchoSaga"]}
-    with pytest.raises(ImproperlyConfigured, match=r"OrderSaga is not in CQRS_SAGA\['SAGAS'\]"):
+    with pytest.raises(ImproperlyConfigured, match=r"OrderSaga is not among the app's sagas.*CQRS_SAGA\['SAGAS'\]"):
         atomic_saga_start(OrderSaga, order_context())
 
     settings.CQRS_SAGA = {**settings.CQRS_SAGA, "STORAGE_URL": "memory://"}

@@ -90,12 +90,15 @@ def test_sync_view_reports_a_failed_saga(saga_db: Database, client: typing.Any) 
         (b'{"text": ["a"]}', "text"),
     ],
 )
-def test_helpers_answer_bad_bodies_with_400(saga_db: Database, client: typing.Any, payload: bytes, needle: str) -> None:
+def test_helpers_answer_bad_bodies_with_problems(
+    saga_db: Database, client: typing.Any, payload: bytes, needle: str
+) -> None:
     from django.db import connection
 
     response = client.post("/t/run/", payload, content_type=JSON)
-    assert response.status_code == 400
-    assert needle in response.json()["error"]
+    assert response.status_code == (422 if needle == "text" else 400)
+    assert response["Content-Type"] == "application/problem+json"
+    assert needle in response.json()["detail"]
     with connection.cursor() as cursor:
         cursor.execute("SELECT COUNT(*) FROM saga_executions")
         assert cursor.fetchone()[0] == 0
@@ -148,7 +151,7 @@ async def test_async_views_start_sagas_and_read_status_and_diagrams(
     assert missing.status_code == 404
     malformed = await async_client.get("/t/astatus/not-a-uuid/")
     assert malformed.status_code == 422
-    assert "not a saga id" in malformed.json()["error"]
+    assert "not a saga id" in malformed.json()["detail"]
 
 
 async def test_blocking_helpers_refuse_to_run_inside_an_event_loop(saga_db: Database) -> None:
@@ -260,8 +263,8 @@ def test_the_app_configures_cqrs_from_settings(saga_db: Database) -> None:
     from cqrs.integrations.django import get_saga_config
 
     config = get_saga_config()
-    assert get_config() is config
-    assert [s.name for s in config.saga_map.sagas()] == ["OrderSaga", "EchoSaga", "SlowSaga", "StubbornSaga"]
+    assert get_config().sagas == config.sagas  # the storage URL is derived from the database when used
+    assert [s.name for s in config.saga_map.sagas()] == ["order", "EchoSaga", "SlowSaga", "StubbornSaga"]
     assert config.compensation_retry_count == 2
     assert config.lease_seconds == 5
     assert config.create_tables is False  # the migration made them
@@ -289,7 +292,8 @@ def test_invalid_settings_fail_checks_and_helpers(saga_db: Database, settings: t
     errors = [e for e in checks.run_checks() if e.id == "cqrs_saga.E001"]
     assert len(errors) == 1
     assert "STORAGE_URLL" in errors[0].msg
-    with pytest.raises(ImproperlyConfigured, match="Unknown saga setting"):
+    assert "did you mean STORAGE_URL?" in errors[0].msg
+    with pytest.raises(ImproperlyConfigured, match="Unknown key"):
         run_saga(EchoContext(text="x"))
     # The middleware still works, with the default header.
     assert client.get("/t/whoami/", headers={"X-Correlation-ID": "still"}).json()["current"] == "still"
@@ -303,7 +307,11 @@ def test_invalid_settings_fail_checks_and_helpers(saga_db: Database, settings: t
         ({"SAGAS": ["django_project.sagas.EchoContext"]}, "not a Saga subclass"),
         ({"SAGAS": "orders.sagas.OrderSaga"}, "must be a list of dotted paths"),
         ({"CONTAINER": "django_project.sagas.EchoContext"}, r"CONTAINER'\]"),
-        ({"COMPENSATION_RETRY_COUNT": "many"}, "must be a number"),
+        ({"COMPENSATION_RETRY_COUNT": "many"}, "COMPENSATION_RETRY_COUNT must be a whole number"),
+        ({"LEASE_SECONDS": [1]}, "LEASE_SECONDS must be a positive number"),
+        ({"RECOVERY": "sometimes"}, "RECOVERY must be true or false"),
+        ({"MAX_BODY_BYTES": 0}, "MAX_BODY_BYTES must be a whole number of bytes"),
+        ({"CORELATION_HEADER": "X"}, r"CQRS_SAGA\['CORELATION_HEADER'\]; did you mean CORRELATION_HEADER\?"),
         ({"DATABASE": "other"}, "not in DATABASES"),
     ],
 )
@@ -369,9 +377,11 @@ def test_import_error_names_the_extra_when_django_is_missing() -> None:
 # -- the public surface ------------------------------------------------------------------------------
 
 DJANGO_PUBLIC = {
-    "BadRequest", "CorrelationIdMiddleware", "arun_saga", "asaga_diagram", "asaga_status", "astart_saga",
-    "atomic_saga_start", "error_response", "get_saga_config", "read_json", "read_saga_context", "run_saga",
-    "saga_diagram", "saga_status", "setup", "shutdown", "start_saga", "wait_for_sagas",
+    "CorrelationIdMiddleware", "OperatorAction", "Problem", "SagaResult", "SagaStillRunning", "alist_sagas",
+    "arun_saga", "asaga_diagram", "asaga_history", "asaga_status", "astart_saga", "atomic_saga_start",
+    "get_saga_config", "list_sagas", "operator_routes", "problem_response", "read_json", "read_saga_context",
+    "run_saga", "saga_diagram", "saga_event_stream", "saga_history", "saga_status", "setup", "shutdown",
+    "start_saga", "start_saga_on_commit", "wait_for_sagas",
 }
 
 

@@ -33,7 +33,7 @@ def order_body(n: int, **extra: typing.Any) -> dict[str, typing.Any]:
     return {
         "order_id": f"E2E-{n:03d}",
         "user_id": f"USER-{n % 7}",
-        "items": [{"id": f"ITEM-{n % 5}", "name": "Widget", "quantity": 1 + n % 3}],
+        "items": [{"sku": f"ITEM-{n % 5}", "quantity": 1 + n % 3}],
         "amount": 10.0 + n,
         **extra,
     }
@@ -48,7 +48,7 @@ def test_example_serves_concurrent_orders(
     try:
         server.wait_until_healthy()
         assert f"curl -s -X POST {server.base_url}/orders" in server.output
-        assert f"curl -s {server.base_url}/orders/ORD-001/diagram" in server.output
+        assert f"curl -s {server.base_url}/sagas/<saga_id>/diagram" in server.output
 
         limits = httpx.Limits(max_connections=CLIENT_THREADS, max_keepalive_connections=CLIENT_THREADS)
         with httpx.Client(base_url=server.base_url, timeout=60, limits=limits) as client:
@@ -62,7 +62,9 @@ def test_example_serves_concurrent_orders(
                     in_flight[0] += 1
                     in_flight[1] = max(in_flight)
                 try:
-                    response = client.post("/orders", json=order_body(n), headers={"X-Correlation-ID": correlation_id})
+                    response = client.post(
+                        "/orders/wait", json=order_body(n), headers={"X-Correlation-ID": correlation_id}
+                    )
                 finally:
                     with lock:
                         in_flight[0] -= 1
@@ -74,7 +76,7 @@ def test_example_serves_concurrent_orders(
             assert in_flight[1] > 1, "the orders were not sent concurrently"
             sent: dict[str, str] = {}  # saga id -> correlation id
             for n, correlation_id, response in answers:
-                assert response.status_code == 201, response.text
+                assert response.status_code == 200, response.text
                 assert response.headers["X-Correlation-ID"] == correlation_id
                 body = response.json()
                 assert body["status"] == "completed"
@@ -84,31 +86,32 @@ def test_example_serves_concurrent_orders(
                 sent[body["saga_id"]] = correlation_id
             assert len(sent) == ORDERS
 
-            # Declined, compensated: 422; bad input: 400 and nothing stored.
-            declined = client.post("/orders", json=order_body(999, amount=50_000), headers={"X-Correlation-ID": "no"})
-            assert declined.status_code == 422 and declined.headers["X-Correlation-ID"] == "no"
+            # Declined, compensated: a result that says so; bad input: problem details and nothing stored.
+            declined = client.post(
+                "/orders/wait", json=order_body(999, amount=50_000), headers={"X-Correlation-ID": "no"}
+            )
+            assert declined.status_code == 200 and declined.headers["X-Correlation-ID"] == "no"
             assert declined.json()["status"] == "failed" and "PaymentDeclined" in declined.json()["error"]
             bad = client.post("/orders", json={"order_id": "E2E-BAD", "user_id": "U", "items": [], "amount": 1})
-            assert bad.status_code == 400 and "items" in bad.json()["error"]
+            assert bad.status_code == 422 and "items" in bad.json()["detail"]
+            assert bad.headers["content-type"] == "application/problem+json"
             assert client.post("/orders", content=b"nope").status_code == 400
 
-            # Repeating an order answers with its saga; nothing runs again.
+            # An order id is used once: repeating an order is a 409; nothing runs again.
             again = client.post("/orders", json=order_body(0))
-            assert again.status_code == 201 and again.json()["saga_id"] == answers[0][2].json()["saga_id"]
+            assert again.status_code == 409 and answers[0][2].json()["saga_id"] in again.json()["detail"]
 
             # Status and diagrams while the server runs.
             some_id = answers[5][2].json()["saga_id"]
             status = client.get(f"/sagas/{some_id}").json()
             assert status["status"] == "completed" and status["correlation_id"] == answers[5][1]
             assert [s["step"] for s in status["completed_steps"]] == STEPS
-            assert client.get("/orders/E2E-005").json()["saga_id"] == some_id
-            diagram = client.get("/orders/E2E-005/diagram")
+            diagram = client.get(f"/sagas/{some_id}/diagram")
             assert diagram.status_code == 200 and diagram.text.startswith("flowchart")
-            assert client.get(f"/sagas/{some_id}/diagram").text == diagram.text
-            assert client.get("/orders/NOPE/diagram").status_code == 404
             assert client.get(f"/sagas/{uuid.uuid4()}").status_code == 404
             assert client.get("/sagas/not-a-uuid").status_code == 422
-            assert client.get("/health").json() == {"status": "ok"}
+            assert client.get("/health").json()["status"] == "ok"
+            assert len(client.get("/sagas?status=completed&limit=500").json()["sagas"]) == ORDERS
 
         assert server.stop() == 0, server.output
     finally:

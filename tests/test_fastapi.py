@@ -22,6 +22,7 @@ import fastapi
 import httpx
 import pytest
 from di.dependent import Dependent
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 
@@ -83,15 +84,17 @@ Config = typing.Annotated[SagaConfig, fastapi.Depends(saga_api.get_config)]
 
 
 def make_app(config: SagaConfig, *, middleware: bool = True, **lifespan: typing.Any) -> fastapi.FastAPI:
-    app = fastapi.FastAPI(lifespan=saga_api.create_lifespan(config, **lifespan))
-    if middleware:
-        app.add_middleware(saga_api.SagaContextMiddleware)
-    app.include_router(saga_api.saga_router(prefix="/sagas"))
+    if middleware:  # the whole integration: lifespan, middleware, problem answers
+        app = fastapi.FastAPI(lifespan=lifespan.pop("lifespan", None))
+        saga_api.init_app(app, config, **lifespan)
+    else:
+        app = fastapi.FastAPI(lifespan=saga_api.create_lifespan(config, **lifespan))
+    app.include_router(saga_api.operator_routes(prefix="/sagas"))
 
     @app.post("/orders", status_code=202)
     async def create_order(request: Request, order: Order) -> dict[str, str]:
         logging.getLogger("tests.fastapi.endpoint").info("accepting order %s", order.order_id)
-        return {"saga_id": str(await saga_api.run_saga_background(request, order))}
+        return {"saga_id": str(await saga_api.start_saga(request, order))}
 
     @app.post("/orders/stream")
     async def stream_order(request: Request, order: Order) -> fastapi.responses.StreamingResponse:
@@ -105,7 +108,7 @@ def make_app(config: SagaConfig, *, middleware: bool = True, **lifespan: typing.
 
     @app.get("/config")
     async def show_config(config: Config) -> dict[str, typing.Any]:
-        return {"id": id(config), "header": config.correlation_header, "open": config.storage is not None}
+        return {"id": id(config), "header": config.correlation_header, "open": True}
 
     return app
 
@@ -194,15 +197,14 @@ async def test_lifespan_opens_storage_at_startup_and_closes_it_at_shutdown(monke
     monkeypatch.setattr(MemorySagaStorage, "close", close)
     config = make_config(Probe())
     app = make_app(config)
-    assert config.storage is None
+    assert not hasattr(app.state, "saga")
     async with serve(app) as client:
-        storage = config.storage
+        storage = runtime(app).storage
         assert isinstance(storage, MemorySagaStorage)
         body = (await client.get("/config")).json()
         assert body == {"id": id(config), "header": "X-Correlation-ID", "open": True}
         assert not closed
     assert closed == [storage]
-    assert config.storage is None
     assert not hasattr(app.state, "saga")
 
 
@@ -213,9 +215,9 @@ async def test_lifespan_composes_with_the_users_own_lifespan() -> None:
     @contextlib.asynccontextmanager
     async def mine(app: fastapi.FastAPI) -> typing.AsyncIterator[dict[str, str]]:
         # The saga storage is open for the whole of the user's lifespan.
-        seen.append(f"start open={config.storage is not None}")
+        seen.append(f"start open={runtime(app).opened}")
         yield {"greeting": "hello"}
-        seen.append(f"stop open={config.storage is not None}")
+        seen.append(f"stop open={runtime(app).opened}")
 
     app = make_app(config, lifespan=mine)
 
@@ -227,7 +229,7 @@ async def test_lifespan_composes_with_the_users_own_lifespan() -> None:
         assert (await client.get("/greeting")).json() == {"greeting": "hello"}
         assert (await client.post("/orders/inline", json=ORDER)).json()["status"] == "completed"
     assert seen == ["start open=True", "stop open=True"]
-    assert config.storage is None
+    assert not hasattr(app.state, "saga")
 
 
 async def test_saga_lifespan_inside_a_hand_written_lifespan() -> None:
@@ -247,7 +249,7 @@ async def test_saga_lifespan_inside_a_hand_written_lifespan() -> None:
 
     async with serve(app) as client:
         assert (await client.post("/orders/inline", json=ORDER)).json() == {"status": "completed"}
-    assert config.storage is None
+    assert not hasattr(app.state, "saga")
 
 
 async def test_lifespan_uses_the_globally_configured_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,19 +277,19 @@ async def test_shutdown_waits_for_background_runs() -> None:
     async with httpx.AsyncClient(transport=lifespan.transport(), base_url="http://app") as client:
         saga_id = uuid.UUID((await client.post("/orders", json=ORDER)).json()["saga_id"])
     await probe.event(probe.entered, "ship").wait()
-    storage = config.require_storage()
+    storage = runtime(app).storage
 
     shutdown = asyncio.ensure_future(lifespan.shutdown())
     for _ in range(100):  # let the loop run: shutdown gets as far as it can without the saga
         await asyncio.sleep(0)
     assert not shutdown.done()
-    assert config.storage is storage  # not closed under the running saga
+    assert runtime(app).opened  # not closed under the running saga
 
     probe.event(probe.release, "ship").set()
     await shutdown
     record = await storage.get_saga(saga_id)
     assert record is not None and record.status == SagaStatus.COMPLETED
-    assert config.storage is None
+    assert not hasattr(app.state, "saga")
 
 
 async def test_runs_past_the_shutdown_grace_are_left_recoverable_and_recovery_finishes_them() -> None:
@@ -327,17 +329,17 @@ async def test_runs_past_the_shutdown_grace_are_left_recoverable_and_recovery_fi
 
 
 async def test_recovery_worker_follows_config_and_stops_at_shutdown() -> None:
-    built: list[SagaConfig] = []
+    built: list[cqrs.SagaMediator] = []
 
-    def factory(config: SagaConfig) -> cqrs.saga.recovery.RecoveryWorker:
-        built.append(config)
-        return config.recovery_worker(poll_interval=60.0)
+    def factory(mediator: cqrs.SagaMediator) -> cqrs.saga.recovery.RecoveryWorker:
+        built.append(mediator)
+        return mediator.recovery_worker(poll_interval=60.0)
 
     config = make_config(Probe())
     app = make_app(config, recovery=factory)
     async with serve(app):
         state = runtime(app)
-        assert built == [config] and state.recovery is not None
+        assert built == [state.mediator] and state.recovery is not None
         assert state.recovery_task is not None and not state.recovery_task.done()
     # stop() makes the worker leave its 60s poll wait at once: shutdown did not cancel it.
     assert state.recovery_task.done() and not state.recovery_task.cancelled()
@@ -359,8 +361,8 @@ async def test_dependencies_give_the_apps_mediator_storage_and_config() -> None:
     async with serve(app) as client:
         body = (await client.post("/orders/inline", json=ORDER)).json()
         assert body["status"] == body["stored"] == "completed"
-        assert runtime(app).mediator.storage is config.storage
-        record = await config.require_storage().get_saga(uuid.UUID(body["saga_id"]))
+        assert runtime(app).mediator.storage is runtime(app).storage
+        record = await runtime(app).storage.get_saga(uuid.UUID(body["saga_id"]))
         assert record is not None and record.name == "order"
 
 
@@ -435,9 +437,9 @@ async def test_correlation_id_reaches_the_saga_record_step_code_and_logs(capture
         response = await client.post("/orders", json=ORDER, headers={"X-Correlation-ID": "order-req-7"})
         assert response.headers["x-correlation-id"] == "order-req-7"
         saga_id = uuid.UUID(response.json()["saga_id"])
-        await runtime(app).runner.wait()
-        record = await config.require_storage().get_saga(saga_id)
-        by_correlation = await config.require_storage().list_sagas(correlation_id="order-req-7")
+        await runtime(app).wait_idle()
+        record = await runtime(app).storage.get_saga(saga_id)
+        by_correlation = await runtime(app).storage.list_sagas(correlation_id="order-req-7")
     assert record is not None and record.correlation_id == "order-req-7"
     assert [r.saga_id for r in by_correlation] == [saga_id]
     assert probe.correlation_ids == ["order-req-7"] * 3
@@ -456,7 +458,7 @@ async def test_stream_of_a_successful_saga() -> None:
     app = make_app(config)
     async with serve(app) as client:
         response = await client.post("/orders/stream", json=ORDER, headers={"X-Correlation-ID": "sse-1"})
-        record = await config.require_storage().get_saga(uuid.UUID(response.headers["x-saga-id"]))
+        record = await runtime(app).storage.get_saga(uuid.UUID(response.headers["x-saga-id"]))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["cache-control"] == "no-cache"
@@ -502,7 +504,7 @@ async def test_client_disconnecting_mid_stream_does_not_stop_the_saga() -> None:
     config = make_config(probe)
     app = make_app(config)
     async with serve(app):
-        storage = config.require_storage()
+        storage = runtime(app).storage
         body = json.dumps(ORDER).encode()
         chunks: list[bytes] = []
         got_charge = asyncio.Event()
@@ -543,14 +545,14 @@ async def test_client_disconnecting_mid_stream_does_not_stop_the_saga() -> None:
         ]
 
         probe.event(probe.release, "ship").set()
-        await runtime(app).runner.wait()
+        await runtime(app).wait_idle()
         record = await storage.get_saga(saga_id)
         history = await storage.get_step_history(saga_id)
     assert record is not None and record.status == SagaStatus.COMPLETED
     assert [(e.step_name, e.status) for e in history] == [(name, SagaStepStatus.COMPLETED) for name in STEP_NAMES]
 
 
-async def test_stream_of_a_saga_already_final_replays_its_outcome() -> None:
+async def test_streaming_with_a_used_saga_id_is_a_409_and_starts_nothing() -> None:
     config = make_config(Probe())
     app = make_app(config)
     saga_id = uuid.uuid4()
@@ -561,10 +563,11 @@ async def test_stream_of_a_saga_already_final_replays_its_outcome() -> None:
 
     async with serve(app) as client:
         first = parse_sse((await client.post(f"/orders/{saga_id}/stream", json=ORDER)).text)
-        again = parse_sse((await client.post(f"/orders/{saga_id}/stream", json=ORDER)).text)
-    assert first[-1][0] == "completed"
-    assert [name for name, _ in again] == ["start", "completed"]
-    assert again[0][1]["saga_id"] == str(saga_id)
+        again = await client.post(f"/orders/{saga_id}/stream", json=ORDER)
+        stored = await runtime(app).storage.list_sagas()
+    assert first[-1][0] == "completed" and first[0][1]["saga_id"] == str(saga_id)
+    assert again.status_code == 409 and str(saga_id) in again.json()["detail"]
+    assert [r.saga_id for r in stored] == [saga_id]
 
 
 async def test_keepalive_comments_while_a_step_runs() -> None:
@@ -599,17 +602,17 @@ async def test_background_run_is_stored_before_the_202_and_then_finishes() -> No
     config = make_config(probe)
     app = make_app(config)
     async with serve(app) as client:
-        storage = config.require_storage()
+        storage = runtime(app).storage
         response = await client.post("/orders", json=ORDER)
         assert response.status_code == 202
         saga_id = uuid.UUID(response.json()["saga_id"])
         record = await storage.get_saga(saga_id)
-        assert record is not None and record.status == SagaStatus.RUNNING
+        assert record is not None and record.status in (SagaStatus.PENDING, SagaStatus.RUNNING)
         assert record.context["order_id"] == "A-1"
         assert await storage.get_step_history(saga_id) == []
 
         probe.event(probe.release, "reserve").set()
-        await runtime(app).runner.wait()
+        await runtime(app).wait_idle()
         status = (await client.get(f"/sagas/{saga_id}")).json()
     assert status["status"] == "completed"
     assert [s["step"] for s in status["completed_steps"]] == STEP_NAMES
@@ -624,7 +627,7 @@ async def test_background_run_of_a_failing_saga_compensates() -> None:
         response = await client.post("/orders", json=DECLINED)
         assert response.status_code == 202
         saga_id = response.json()["saga_id"]
-        await runtime(app).runner.wait()
+        await runtime(app).wait_idle()
         status = (await client.get(f"/sagas/{saga_id}")).json()
     assert status["status"] == "failed"
     assert status["failed_step"] == "charge"
@@ -642,7 +645,7 @@ async def test_reusing_the_id_of_a_running_saga_is_a_409() -> None:
 
     @app.post("/orders/{saga_id}", status_code=202)
     async def create_with_id(saga_id: uuid.UUID, request: Request, order: Order) -> dict[str, str]:
-        return {"saga_id": str(await saga_api.run_saga_background(request, order, saga_id=saga_id))}
+        return {"saga_id": str(await saga_api.start_saga(request, order, saga_id=saga_id))}
 
     async with serve(app) as client:
         assert (await client.post(f"/orders/{saga_id}", json=ORDER)).status_code == 202
@@ -697,10 +700,13 @@ async def test_status_and_diagram_routes() -> None:
 
     for response in not_found:
         assert response.status_code == 404
-        assert response.json() == {"detail": f"No saga with id {unknown}"}
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json() == {
+            "type": "about:blank", "title": "Not Found", "status": 404, "detail": f"No saga with id {unknown}"
+        }
     for response in [*malformed, bad_format]:
         assert response.status_code == 422
-        assert response.headers["content-type"] == "application/json"
+        assert response.headers["content-type"] == "application/problem+json"
         assert isinstance(response.json()["detail"], str)
 
 
@@ -712,7 +718,7 @@ async def test_router_dependencies_guard_the_routes() -> None:
             raise fastapi.HTTPException(status_code=401, detail="no")
 
     app = fastapi.FastAPI(lifespan=saga_api.create_lifespan(config))
-    app.include_router(saga_api.saga_router(prefix="/admin/sagas", dependencies=[fastapi.Depends(token)]))
+    app.include_router(saga_api.operator_routes(prefix="/admin/sagas", dependencies=[fastapi.Depends(token)]))
     async with serve(app) as client:
         saga_id = await runtime(app).mediator.start(OrderContext("A-9", 1.0))
         assert (await client.get(f"/admin/sagas/{saga_id}")).status_code == 401
@@ -723,8 +729,8 @@ async def test_router_dependencies_guard_the_routes() -> None:
 # -- bad input -------------------------------------------------------------------------------------
 
 
-async def assert_no_sagas(config: SagaConfig) -> None:
-    assert await config.require_storage().list_sagas() == []
+async def assert_no_sagas(app: fastapi.FastAPI) -> None:
+    assert await runtime(app).storage.list_sagas() == []
 
 
 @pytest.mark.parametrize("path", ["/orders", "/orders/stream", "/orders/inline"])
@@ -749,22 +755,22 @@ async def test_bad_bodies_are_4xx_json_and_store_nothing(path: str) -> None:
             "too large, no length": await client.post(path, content=oversized_stream()),
             "bad length": await client.post(path, content=b"{}", headers={"content-length": "abc"}),
         }
-        await assert_no_sagas(config)
+        await assert_no_sagas(app)
 
     expected = {
         "not json": (400, "not valid JSON"),
         "not an object": (400, "must be a JSON object"),
-        "wrong type": (400, "amount"),
-        "missing field": (400, "amount: Field required"),
+        "wrong type": (422, "amount"),
+        "missing field": (422, "amount: Field required"),
         "empty": (400, "not valid JSON"),
-        "too large": (413, "limit is 256"),
+        "too large": (413, "limit of 256"),
         "too large, no length": (413, "limit of 256"),
         "bad length": (400, "Content-Length"),
     }
     for case, response in cases.items():
         status, fragment = expected[case]
         assert response.status_code == status, (case, response.text)
-        assert response.headers["content-type"] == "application/json", case
+        assert response.headers["content-type"] == "application/problem+json", case
         assert fragment in response.json()["detail"], (case, response.json())
 
 
@@ -785,11 +791,11 @@ async def test_body_larger_than_its_content_length_is_a_413() -> None:
             "type": "http", "method": "POST", "path": "/orders", "query_string": b"", "app": app,
             "headers": [(b"content-length", b"20")],
         }
-        with pytest.raises(fastapi.HTTPException) as raised:
+        with pytest.raises(saga_api.Problem) as raised:
             await saga_api.read_saga_context(Request(scope, receive), OrderContext)
-        assert raised.value.status_code == 413
+        assert raised.value.status == 413 and isinstance(raised.value, StarletteHTTPException)
         assert len(chunks) == 1  # it stopped reading once past the limit
-        await assert_no_sagas(config)
+        await assert_no_sagas(app)
 
 
 async def test_saga_context_limit_can_be_set_per_endpoint() -> None:
@@ -829,20 +835,21 @@ async def test_on_sqlite_lifespan_runs_and_closes_the_storage(
     config = make_config(probe, storage_url=sqlite_url)
     app = make_app(config)
     async with serve(app) as client:
-        storage = config.storage
+        storage = runtime(app).storage
         assert isinstance(storage, SqlAlchemySagaStorage)
         background = (await client.post("/orders", json=ORDER, headers={"X-Correlation-ID": "lite-1"})).json()
         record = await storage.get_saga(uuid.UUID(background["saga_id"]))
-        assert record is not None and record.status == SagaStatus.RUNNING and record.correlation_id == "lite-1"
+        assert record is not None and record.status in (SagaStatus.PENDING, SagaStatus.RUNNING)
+        assert record.correlation_id == "lite-1"
         probe.event(probe.release, "ship").set()
         streamed = parse_sse((await client.post("/orders/stream", json=DECLINED)).text)
-        await runtime(app).runner.wait()
+        await runtime(app).wait_idle()
         status = (await client.get(f"/sagas/{background['saga_id']}")).json()
         diagram = await client.get(f"/sagas/{streamed[0][1]['saga_id']}/diagram")
-        assert (await client.post("/orders", json={"order_id": 1})).status_code == 400
+        assert (await client.post("/orders", json={"order_id": 1})).status_code == 422
         pool = storage.engine.sync_engine.pool
         assert pool.checkedin() > 0  # idle connections the shutdown must close
-    assert closed == [storage] and config.storage is None
+    assert closed == [storage] and not hasattr(app.state, "saga")
     assert pool.checkedin() == 0 and pool.checkedout() == 0  # the engine was disposed
     assert storage.engine.sync_engine.pool is not pool
 
@@ -856,3 +863,14 @@ async def test_on_sqlite_lifespan_runs_and_closes_the_storage(
     finally:
         await reopened.close()
     assert records == {background["saga_id"]: SagaStatus.COMPLETED, streamed[0][1]["saga_id"]: SagaStatus.FAILED}
+
+
+async def test_the_middleware_reads_the_configured_header() -> None:
+    config = make_config(Probe(), correlation_header="X-Request-ID")
+    app = make_app(config)
+    async with serve(app) as client:
+        response = await client.post("/orders", json=ORDER, headers={"X-Request-ID": "req-77"})
+        assert response.headers["X-Request-ID"] == "req-77" and "X-Correlation-ID" not in response.headers
+        await runtime(app).wait_idle()
+        record = await runtime(app).storage.get_saga(uuid.UUID(response.json()["saga_id"]))
+    assert record is not None and record.correlation_id == "req-77"

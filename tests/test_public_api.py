@@ -60,7 +60,7 @@ MODULE_ALL = {
     "cqrs.saga.hooks": {"Listener", "ListenerHook", "RunInfo", "SagaEvent", "SagaHook"},
     "cqrs.saga.settings": {"DEFAULT_COMPENSATION_RETRY", "EngineSettings"},
     "cqrs.saga.transaction": {"SagaTransaction"},
-    "cqrs.saga.views": {"saga_view"},
+    "cqrs.saga.views": {"history_view", "saga_summary", "saga_view"},
     "cqrs.saga.storage": {
         "ISagaStorage", "Lease", "SagaLogEntry", "SagaRecord", "SagaStatus", "SagaStepStatus", "SagaStorage",
     },
@@ -157,25 +157,35 @@ MODULE_ALL = {
     "cqrs.adapters.circuit_breaker": {"AioBreakerAdapter", "CircuitBreaker", "CircuitOpenError"},
     "cqrs.adapters.di": {"DIContainer"},
     "cqrs.integrations.fastapi": {
-        "SagaContextMiddleware", "SagaRuntime", "create_lifespan", "get_config", "get_mediator", "get_runner",
-        "get_storage", "read_saga_context", "run_saga_background", "saga_context", "saga_event_stream",
-        "saga_lifespan", "saga_router", "webhook_router",
+        "OperatorAction", "Problem", "Runtime", "SagaContextMiddleware", "SagaResult", "SagaRuntime",
+        "SagaStillRunning", "create_lifespan", "get_config", "get_mediator", "get_runtime", "get_storage", "init_app",
+        "list_sagas", "operator_routes", "read_saga_context", "run_saga", "saga_context", "saga_diagram",
+        "saga_event_stream", "saga_history", "saga_lifespan", "saga_status", "start_saga", "webhook_routes",
     },
     "cqrs.integrations.flask": {
-        "BadRequest", "SagaExtension", "SagaHandle", "SagaResult", "SagaRunTimeout", "read_saga_context",
-        "register_webhook_blueprint",
+        "OperatorAction", "Problem", "SagaExtension", "SagaResult", "SagaStillRunning", "alist_sagas", "arun_saga",
+        "asaga_diagram", "asaga_history", "asaga_status", "astart_saga", "list_sagas", "operator_routes",
+        "read_saga_context", "run_saga", "saga_diagram", "saga_event_stream", "saga_history", "saga_status",
+        "start_saga", "wait_for_sagas", "webhook_routes",
     },
     "cqrs.integrations.django": {
-        "BadRequest", "CorrelationIdMiddleware", "arun_saga", "asaga_diagram", "asaga_status", "astart_saga",
-        "atomic_saga_start", "error_response", "get_saga_config", "read_json", "read_saga_context", "run_saga",
-        "saga_diagram", "saga_status", "setup", "shutdown", "start_saga", "wait_for_sagas",
+        "CorrelationIdMiddleware", "OperatorAction", "Problem", "SagaResult", "SagaStillRunning", "alist_sagas",
+        "arun_saga", "asaga_diagram", "asaga_history", "asaga_status", "astart_saga", "atomic_saga_start",
+        "get_saga_config", "list_sagas", "operator_routes", "problem_response", "read_json", "read_saga_context",
+        "run_saga", "saga_diagram", "saga_event_stream", "saga_history", "saga_status", "setup", "shutdown",
+        "start_saga", "start_saga_on_commit", "wait_for_sagas",
     },
     "cqrs.integrations.django.transaction": {
         "atomic_saga_start", "create_saga_tables", "drop_saga_tables", "prepare_sqlite_connection",
+        "start_saga_on_commit",
     },
     "cqrs.integrations.django.middleware": {"CorrelationIdMiddleware"},
-    "cqrs.integrations.django.webhooks": {"SETTING", "urlpatterns", "webhook_urlpatterns"},
+    "cqrs.integrations.django.webhooks": {"SETTING", "urlpatterns", "webhook_routes"},
 }
+
+
+# Names a module makes when first read: Django's webhook URLconf reads its settings then.
+LAZY = {("cqrs.integrations.django.webhooks", "urlpatterns")}
 
 
 def test_every_public_module_exports_exactly_its_pinned_names() -> None:
@@ -183,6 +193,8 @@ def test_every_public_module_exports_exactly_its_pinned_names() -> None:
         module = importlib.import_module(module_name)
         assert set(module.__all__) == names, module_name
         for name in names:
+            if (module_name, name) in LAZY:
+                continue
             assert hasattr(module, name), f"{module_name}.__all__ lists missing {name}"
 
 

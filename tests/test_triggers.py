@@ -14,8 +14,8 @@ import uuid
 import di
 import pytest
 
-from cqrs.config import SagaConfig
-from cqrs.integrations._requests import BadRequest
+from cqrs.config import SagaConfig, open_storage
+from cqrs.integrations._requests import Problem
 from cqrs.integrations.webhooks import SignatureVerifier, TriggerDispatcher
 from cqrs.saga.mediator import SagaMediator
 from cqrs.saga.storage.enums import SagaStatus
@@ -29,16 +29,28 @@ def _reset() -> None:
     webhook_sagas.reset()
 
 
+#: The routing tests take deliveries unsigned (signatures have their own tests).
+UNSIGNED: dict[str, typing.Any] = {"insecure_unsigned_sources": ["order_created", "payment_due", "nope"]}
+
+
+def test_a_dispatcher_without_a_verifier_or_named_unsigned_sources_is_refused() -> None:
+    with pytest.raises(ValueError, match="must be signed"):
+        TriggerDispatcher(SAGAS)
+    with pytest.raises(ValueError, match="non-empty secret"):
+        SignatureVerifier("")
+    with pytest.raises(TypeError, match="not one string"):
+        TriggerDispatcher(SAGAS, insecure_unsigned_sources="order_created")
+
 
 @pytest.fixture
 async def mediator(storage_url: str) -> typing.AsyncIterator[SagaMediator]:
     url = storage_url
     config = SagaConfig(storage_url=url, sagas=SAGAS, container=di.Container(), compensation_retry_delay=0.0)
-    await config.initialize()
+    storage = await open_storage(url)
     try:
-        yield config.mediator()
+        yield config.mediator(storage)
     finally:
-        await config.close()
+        await storage.close()
 
 
 def body(**event: typing.Any) -> bytes:
@@ -73,7 +85,7 @@ def test_triggers_are_found_on_the_saga_and_its_subclasses() -> None:
 
     assert [b.saga_type for b in triggers_of(Renamed)] == [Renamed]
     assert triggers_of(Silenced) == []
-    dispatcher = TriggerDispatcher(SAGAS)
+    dispatcher = TriggerDispatcher(SAGAS, **UNSIGNED)
     assert dispatcher.sources == ["order_created", "payment_due"]
     assert [b.saga_type for b in dispatcher.router.bindings("order_created")] == [WebhookOrderSaga, WebhookAuditSaga]
 
@@ -149,7 +161,7 @@ def test_bad_signatures_are_401(
     verifier = SignatureVerifier(webhook_sagas.SECRET, clock=Clock())
     payload = body(order_id="O-1")
     headers, sent = change(verifier.headers(payload), payload)
-    with pytest.raises(BadRequest, match=message) as caught:
+    with pytest.raises(Problem, match=message) as caught:
         verifier.verify(sent, headers)
     assert caught.value.status == 401
 
@@ -162,10 +174,10 @@ def test_stale_and_future_timestamps_are_replays() -> None:
     clock.now += 60
     verifier.verify(payload, headers)  # at the edge of the window
     clock.now += 1
-    with pytest.raises(BadRequest, match="outside the allowed window"):
+    with pytest.raises(Problem, match="outside the allowed window"):
         verifier.verify(payload, headers)
     clock.now -= 122
-    with pytest.raises(BadRequest, match="outside the allowed window"):
+    with pytest.raises(Problem, match="outside the allowed window"):
         verifier.verify(payload, headers)
 
 
@@ -179,7 +191,7 @@ def test_the_default_verifier_is_sha256_on_x_signature_with_a_300_second_window(
     clock.now += 300
     verifier.verify(payload, headers)
     clock.now += 1
-    with pytest.raises(BadRequest, match="outside the allowed window"):
+    with pytest.raises(Problem, match="outside the allowed window"):
         verifier.verify(payload, headers)
 
 
@@ -201,7 +213,7 @@ def test_other_header_algorithm_and_body_only_signatures() -> None:
     headers = verifier.headers(payload)
     assert list(headers) == ["X-Hub-Signature-512"] and headers["X-Hub-Signature-512"].startswith("sha512=")
     verifier.verify(payload, headers)
-    with pytest.raises(BadRequest):
+    with pytest.raises(Problem):
         verifier.verify(payload, {"X-Hub-Signature-512": SignatureVerifier(b"other", timestamp_header=None,
                                                                            algorithm="sha512").sign(payload)})
     with pytest.raises(ValueError, match="not an HMAC algorithm"):
@@ -214,7 +226,7 @@ def test_other_header_algorithm_and_body_only_signatures() -> None:
 
 
 async def test_one_event_starts_each_of_its_sagas_once(mediator: SagaMediator) -> None:
-    dispatcher = TriggerDispatcher(SAGAS)
+    dispatcher = TriggerDispatcher(SAGAS, **UNSIGNED)
     payload = body(order_id="O-1", amount=12.5)
 
     first = await dispatcher.accept(mediator, "order_created", payload, {}, correlation_id="delivery-1")
@@ -244,7 +256,7 @@ async def test_one_event_starts_each_of_its_sagas_once(mediator: SagaMediator) -
 
 
 async def test_fifty_concurrent_copies_start_one_saga(mediator: SagaMediator) -> None:
-    dispatcher = TriggerDispatcher(SAGAS)
+    dispatcher = TriggerDispatcher(SAGAS, **UNSIGNED)
     payload = body(order_id="O-7", amount=7)
 
     answers = await asyncio.gather(
@@ -263,12 +275,14 @@ async def test_fifty_concurrent_copies_start_one_saga(mediator: SagaMediator) ->
 async def test_a_delivery_that_finds_some_sagas_started_joins_their_correlation_id(mediator: SagaMediator) -> None:
     payload = body(order_id="O-9", amount=9)
     # An earlier delivery got as far as the first saga (or the second trigger is new since).
-    early = await TriggerDispatcher([WebhookOrderSaga]).accept(
+    early = await TriggerDispatcher([WebhookOrderSaga], **UNSIGNED).accept(
         mediator, "order_created", payload, {}, correlation_id="early"
     )
     assert [s.saga for s in early.started] == ["webhook_order"]
 
-    late = await TriggerDispatcher(SAGAS).accept(mediator, "order_created", payload, {}, correlation_id="late")
+    late = await TriggerDispatcher(SAGAS, **UNSIGNED).accept(
+        mediator, "order_created", payload, {}, correlation_id="late"
+    )
 
     assert late.status == "accepted" and late.correlation_id == "early"
     assert [(s.saga, s.duplicate) for s in late.sagas] == [("webhook_order", True), ("webhook_audit", False)]
@@ -280,7 +294,7 @@ async def test_a_delivery_that_finds_some_sagas_started_joins_their_correlation_
 
 
 async def test_ignored_and_refused_events_store_nothing(mediator: SagaMediator) -> None:
-    dispatcher = TriggerDispatcher(SAGAS, max_body_bytes=200)
+    dispatcher = TriggerDispatcher(SAGAS, max_body_bytes=200, **UNSIGNED)
     ignored = await dispatcher.accept(mediator, "order_created", body(order_id="O-1", test_event=True), {})
     assert ignored.status == "ignored" and ignored.sagas == []
 
@@ -288,7 +302,7 @@ async def test_ignored_and_refused_events_store_nothing(mediator: SagaMediator) 
         ("nope", body(order_id="O-1", amount=1), 404, "Unknown event source"),
         ("order_created", b"{not json", 400, "not valid JSON"),
         ("order_created", b"[1, 2]", 400, "must be a JSON object"),
-        ("order_created", b"x" * 201, 413, "limit is 200"),
+        ("order_created", b"x" * 201, 413, "limit of 200"),
         ("order_created", body(amount=1), 422, "no idempotency field 'order_id'"),
         ("order_created", body(order_id="", amount=1), 422, "no idempotency field"),
         ("order_created", body(order_id=["O"], amount=1), 422, "is a list"),
@@ -297,7 +311,7 @@ async def test_ignored_and_refused_events_store_nothing(mediator: SagaMediator) 
         ("payment_due", body(invoice={"amount": 3}), 422, "no idempotency field 'invoice.id'"),
     ]
     for source, payload, status, message in refusals:
-        with pytest.raises(BadRequest, match=message) as caught:
+        with pytest.raises(Problem, match=message) as caught:
             await dispatcher.accept(mediator, source, payload, {})
         assert caught.value.status == status, (source, payload)
     assert await mediator.storage.list_sagas() == []
@@ -308,10 +322,10 @@ async def test_the_signature_is_checked_before_anything_else(mediator: SagaMedia
     dispatcher = TriggerDispatcher(SAGAS, verifier=verifier)
     payload = body(order_id="O-1", amount=1)
     for source in ("order_created", "unknown"):
-        with pytest.raises(BadRequest) as caught:
+        with pytest.raises(Problem) as caught:
             await dispatcher.accept(mediator, source, payload, {"X-Signature": "sha256=00"})
         assert caught.value.status == 401
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(Problem) as caught:
         await dispatcher.accept(mediator, "unknown", payload, verifier.headers(payload))
     assert caught.value.status == 404
     assert await mediator.storage.list_sagas() == []
@@ -320,7 +334,7 @@ async def test_the_signature_is_checked_before_anything_else(mediator: SagaMedia
 
 
 async def test_a_failed_key_is_retried_once_per_failure_when_allowed(mediator: SagaMediator) -> None:
-    dispatcher = TriggerDispatcher(SAGAS)
+    dispatcher = TriggerDispatcher(SAGAS, **UNSIGNED)
     payload = body(invoice={"id": 42, "amount": 9.5})
     webhook_sagas.FLAKY["42"] = 1
 
@@ -352,14 +366,14 @@ async def test_a_failed_key_is_retried_once_per_failure_when_allowed(mediator: S
 
 
 async def test_retries_stop_at_max_attempts_and_other_sagas_never_retry(mediator: SagaMediator) -> None:
-    dispatcher = TriggerDispatcher(SAGAS)
+    dispatcher = TriggerDispatcher(SAGAS, **UNSIGNED)
     payload = body(invoice={"id": "I-9", "amount": 1})
     webhook_sagas.FLAKY["I-9"] = 10
     for attempt in range(3):
         accepted = await dispatcher.accept(mediator, "payment_due", payload, {})
         assert accepted.sagas[0].attempt == attempt
         await run_started(mediator, accepted)
-    with pytest.raises(BadRequest, match="failed 3 times") as caught:
+    with pytest.raises(Problem, match="failed 3 times") as caught:
         await dispatcher.accept(mediator, "payment_due", payload, {})
     assert caught.value.status == 409
 
@@ -372,7 +386,7 @@ async def test_retries_stop_at_max_attempts_and_other_sagas_never_retry(mediator
 
 
 async def test_status_shows_failure_with_error_and_compensations(mediator: SagaMediator) -> None:
-    dispatcher = TriggerDispatcher(SAGAS)
+    dispatcher = TriggerDispatcher(SAGAS, **UNSIGNED)
     accepted = await dispatcher.accept(
         mediator, "order_created", body(order_id="O-3", amount=3, fail=True), {}, correlation_id="bad-order"
     )
@@ -389,10 +403,10 @@ async def test_status_shows_failure_with_error_and_compensations(mediator: SagaM
     assert order["failed_step"] == "charge"
     assert order["compensated_steps"] == ["reserve"]
     assert order["completed_steps"][0]["response"] == {"reservation_id": "res-O-3"}
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(Problem) as caught:
         await dispatcher.status(mediator.storage, "order_created", "no-such-event")
     assert caught.value.status == 404
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(Problem) as caught:
         await dispatcher.status(mediator.storage, "payment_due", "bad-order")  # not that source's sagas
     assert caught.value.status == 404
 
@@ -401,7 +415,7 @@ async def test_sagas_with_triggers_must_be_registered(mediator: SagaMediator) ->
     class Unregistered(WebhookPaymentSaga):
         name = "unregistered"
 
-    dispatcher = TriggerDispatcher([Unregistered])
+    dispatcher = TriggerDispatcher([Unregistered], insecure_unsigned_sources=["payment_due"])
     with pytest.raises(RuntimeError, match="not among the app's sagas"):
         await dispatcher.accept(mediator, "payment_due", body(invoice={"id": 1, "amount": 1}), {})
 
@@ -415,4 +429,4 @@ async def test_a_trigger_returning_the_wrong_type_is_a_programming_error(mediato
             return 42
 
     with pytest.raises(TypeError, match="returned a int"):
-        await TriggerDispatcher([Wrong]).accept(mediator, "wrong", b"{}", {})
+        await TriggerDispatcher([Wrong], insecure_unsigned_sources=["wrong"]).accept(mediator, "wrong", b"{}", {})

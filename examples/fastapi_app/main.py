@@ -1,4 +1,4 @@
-"""An order service on FastAPI: sagas in the background, live over SSE, with status pages.
+"""The order service on FastAPI: the same service as the Flask and Django examples.
 
     python examples/fastapi_app/main.py [--port 8000] [--data-dir ./var]
 
@@ -6,16 +6,21 @@ Sagas are stored in SQLite (``<data-dir>/orders.sqlite3``) unless
 ``CQRS_SAGA_STORAGE_URL`` names another storage, for example
 ``postgresql+asyncpg://postgres@127.0.0.1:5432/orders``. Other
 ``CQRS_SAGA_*`` variables tune the engine (``CQRS_SAGA_LEASE_SECONDS``,
-``CQRS_SAGA_RECOVERY_INTERVAL``, ...). A recovery worker runs in the app, so
-sagas interrupted by a crash are finished after a restart.
+``CQRS_SAGA_RECOVERY_INTERVAL``, ...; an unknown one stops the start). A
+recovery worker runs in the app, so sagas interrupted by a crash are
+finished after a restart.
 
-Endpoints:
+Endpoints (request bodies are documented at ``/docs``):
 
 - ``POST /orders``: 202 with the saga id; the saga runs in the background.
+- ``POST /orders/wait``: runs the saga and answers when it has ended (202
+  with the status link if it takes longer than ``WAIT_SECONDS``).
 - ``POST /orders/stream``: runs the saga, streaming its progress as Server-Sent Events.
-- ``POST /orders/wait``: runs the saga and answers when it has ended.
-- ``GET /sagas/{id}``, ``GET /sagas/{id}/diagram``: status JSON and Mermaid diagram.
-- ``GET /health``: 200 when the storage answers.
+- ``GET /sagas`` (filters ``status``, ``name``, ``correlation_id``, ``older_than``;
+  ``cursor``), ``GET /sagas/{id}``, ``/sagas/{id}/history``, ``/sagas/{id}/diagram``,
+  ``GET /health``: the read-only operator routes.
+
+An order id is used once: a second order with it is a 409.
 """
 
 from __future__ import annotations
@@ -26,26 +31,27 @@ import logging
 import os
 import pathlib
 import typing
+import uuid
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from sagas import OrderContext, OrderRequest, OrderSaga, build_container
 
 from cqrs.config import SagaConfig
 from cqrs.correlation import CorrelationIdFilter
 from cqrs.integrations import fastapi as saga_api
-from cqrs.saga.mediator import SagaMediator
-from cqrs.saga.storage.protocol import SagaStorage
-
-logger = logging.getLogger("orders")
-
-# What the endpoints get from the integration, as FastAPI dependencies.
-Order = typing.Annotated[OrderRequest, Depends(saga_api.saga_context(OrderRequest))]
-Mediator = typing.Annotated[SagaMediator, Depends(saga_api.get_mediator)]
-Storage = typing.Annotated[SagaStorage, Depends(saga_api.get_storage)]
 
 DEFAULT_PORT = 8000
+#: How long ``POST /orders/wait`` waits before answering 202 with the status link.
+WAIT_SECONDS = 10.0
+#: Saga ids are derived from order ids in this namespace: one saga per order.
+ORDER_NAMESPACE = uuid.UUID("6f1d3c64-2b0e-4d4a-9a57-0b6c1f0e8e21")
+
+
+def order_saga_id(order_id: str) -> uuid.UUID:
+    """The saga id of an order: the same order id always names the same saga."""
+    return uuid.uuid5(ORDER_NAMESPACE, order_id)
 
 
 def storage_url(data_dir: pathlib.Path) -> str:
@@ -57,6 +63,49 @@ def storage_url(data_dir: pathlib.Path) -> str:
     return f"sqlite+aiosqlite:///{(data_dir / 'orders.sqlite3').resolve()}"
 
 
+def create_app(url: str, *, base_url: str = f"http://127.0.0.1:{DEFAULT_PORT}") -> FastAPI:
+    """The order service over the saga storage at ``url``."""
+    config = SagaConfig.from_env(storage_url=url, sagas=[OrderSaga], container=build_container())
+
+    @contextlib.asynccontextmanager
+    async def announce(app: FastAPI) -> typing.AsyncIterator[None]:
+        # Run inside the saga lifespan: the storage is open here.
+        print(_banner(base_url, _describe(url)), flush=True)
+        yield
+        print("order service: shutting down (running sagas are finished first)", flush=True)
+
+    app = FastAPI(title="Order service (cqrs-saga example)", lifespan=announce)
+    saga_api.init_app(app, config, recovery=True)
+    app.include_router(saga_api.operator_routes())
+
+    @app.post("/orders", status_code=202, response_model=None)
+    async def create_order(order: OrderRequest, runtime: saga_api.Runtime) -> JSONResponse:
+        """Start the order's saga in the background; 202 once it is stored."""
+        saga_id = await runtime.start_saga(OrderContext.from_request(order), saga_id=order_saga_id(order.order_id))
+        status_url = runtime.status_url(saga_id)
+        return JSONResponse(
+            {"order_id": order.order_id, "saga_id": str(saga_id), "status": "accepted", "status_url": status_url},
+            status_code=202,
+            headers={"Location": status_url},
+        )
+
+    @app.post("/orders/wait")
+    async def run_order(order: OrderRequest, runtime: saga_api.Runtime) -> dict[str, typing.Any]:
+        """Run the order's saga and report how it ended (202 with the status link if it runs longer)."""
+        result = await runtime.run_saga(
+            OrderContext.from_request(order), saga_id=order_saga_id(order.order_id), timeout=WAIT_SECONDS
+        )
+        return {"order_id": order.order_id, **result.to_dict()}
+
+    @app.post("/orders/stream", response_model=None)
+    async def stream_order(order: OrderRequest, request: Request) -> StreamingResponse:
+        """Run the order's saga, streaming each step as a Server-Sent Event."""
+        context = OrderContext.from_request(order)
+        return await saga_api.saga_event_stream(request, context, saga_id=order_saga_id(order.order_id))
+
+    return app
+
+
 def _describe(url: str) -> str:
     if "@" in url:  # hide credentials
         scheme, rest = url.split("://", 1)
@@ -64,90 +113,27 @@ def _describe(url: str) -> str:
     return url
 
 
-def create_app(url: str, *, base_url: str = f"http://127.0.0.1:{DEFAULT_PORT}") -> FastAPI:
-    """The order service over the saga storage at ``url``."""
-    config = SagaConfig.from_env(storage_url=url, sagas=[OrderSaga], container=build_container())
-
-    @contextlib.asynccontextmanager
-    async def announce(app: FastAPI) -> typing.AsyncIterator[None]:
-        # Our own lifespan, run inside the saga lifespan: the storage is open here.
-        print(_banner(base_url, _describe(url)), flush=True)
-        yield
-        print("order service: shutting down (running sagas are finished first)", flush=True)
-
-    app = FastAPI(
-        title="Order service (cqrs-saga example)",
-        lifespan=saga_api.create_lifespan(config, recovery=True, lifespan=announce),
-    )
-    app.add_middleware(saga_api.SagaContextMiddleware, header_name=config.correlation_header)
-    app.include_router(saga_api.saga_router(prefix="/sagas"))
-
-    def links(saga_id: str) -> dict[str, str]:
-        return {"status_url": f"/sagas/{saga_id}", "diagram_url": f"/sagas/{saga_id}/diagram"}
-
-    @app.post("/orders", status_code=202)
-    async def create_order(request: Request, order: Order) -> JSONResponse:
-        """Start the order saga in the background; answers 202 once the saga is stored."""
-        saga_id = str(await saga_api.run_saga_background(request, OrderContext.from_request(order)))
-        return JSONResponse(
-            {"saga_id": saga_id, "status": "accepted", **links(saga_id)},
-            status_code=202,
-            headers={"Location": f"/sagas/{saga_id}"},
-        )
-
-    @app.post("/orders/stream")
-    async def stream_order(request: Request, order: Order) -> StreamingResponse:
-        """Run the order saga, streaming each step as a Server-Sent Event."""
-        return await saga_api.saga_event_stream(request, OrderContext.from_request(order))
-
-    @app.post("/orders/wait")
-    async def run_order(
-        order: Order,
-        mediator: Mediator,
-    ) -> dict[str, typing.Any]:
-        """Run the order saga within the request and report how it ended."""
-        outcome = await mediator.run(OrderContext.from_request(order))
-        saga_id = str(outcome.saga_id)
-        return {
-            "saga_id": saga_id,
-            "status": outcome.status.value,
-            "steps": {r.step_type.name: r.response.model_dump(mode="json") for r in outcome.results},
-            "error": None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}",
-            **links(saga_id),
-        }
-
-    @app.get("/health")
-    async def health(storage: Storage) -> JSONResponse:
-        """200 when the saga storage answers a query, 503 when it does not."""
-        try:
-            await storage.list_sagas(limit=1)
-        except Exception as error:
-            logger.warning("health check: storage unavailable: %s", error)
-            return JSONResponse({"status": "unavailable", "error": str(error)}, status_code=503)
-        return JSONResponse({"status": "ok"})
-
-    return app
-
-
 def _banner(base: str, storage: str) -> str:
-    order = '{"order_id": "A-1", "items": ["book", "pen"], "amount": 42.5}'
-    declined = '{"order_id": "A-2", "items": ["piano"], "amount": 12000, "fail_payment": true}'
-    slow = '{"order_id": "A-3", "items": ["lamp"], "amount": 30, "ship_delay": 2}'
+    order = '{"order_id": "A-1", "user_id": "U-1", "items": [{"sku": "book", "quantity": 2}], "amount": 42.5}'
+    declined = order.replace("A-1", "A-2").replace("42.5", "12000")
+    slow = order.replace("A-1", "A-3").replace("42.5}", '42.5, "ship_delay": 2}')
     waited = order.replace("A-1", "A-4")
     json_header = "-H 'Content-Type: application/json'"
     return f"""
-order service on {base} (sagas stored in {storage})
+order service on {base} (sagas stored in {storage}); request bodies documented at {base}/docs
 
   # start an order in the background (202 with its saga id)
   curl -s -X POST {base}/orders {json_header} -d '{order}'
-  # a declined payment: the reservation is released (compensation)
+  # over the payment limit: declined, the reservation is released (compensation)
   curl -s -X POST {base}/orders {json_header} -d '{declined}'
   # watch a saga step by step (Server-Sent Events)
   curl -N -X POST {base}/orders/stream {json_header} -d '{slow}'
   # run one and wait for the outcome
   curl -s -X POST {base}/orders/wait {json_header} -d '{waited}'
-  # status and Mermaid diagram of a saga (use an id printed above)
+  # the sagas: list, status, history, Mermaid diagram (use an id printed above), health
+  curl -s '{base}/sagas?status=failed'
   curl -s {base}/sagas/<saga_id>
+  curl -s {base}/sagas/<saga_id>/history
   curl -s {base}/sagas/<saga_id>/diagram
   curl -s {base}/health
 """

@@ -1,4 +1,4 @@
-"""An order service on Flask: sagas run from plain synchronous views, with status pages.
+"""The order service on Flask: the same service as the FastAPI and Django examples.
 
     python examples/flask_app/main.py [--port 5000] [--data-dir ./var]
     flask --app main run            # from examples/flask_app (create_app is found by name)
@@ -7,17 +7,21 @@ Sagas are stored in SQLite (``<data-dir>/orders.sqlite3``) unless
 ``CQRS_SAGA_STORAGE_URL`` names another storage, for example
 ``postgresql+asyncpg://postgres@127.0.0.1:5432/orders``. Other
 ``CQRS_SAGA_*`` variables tune the engine (``CQRS_SAGA_LEASE_SECONDS``,
-``CQRS_SAGA_MAX_BODY_BYTES``, ...). A recovery worker runs in the app, so
-sagas interrupted by a crash are finished after a restart.
+``CQRS_SAGA_MAX_BODY_BYTES``, ...; an unknown one stops the start). A
+recovery worker runs in the app, so sagas interrupted by a crash are
+finished after a restart.
 
 Endpoints:
 
-- ``POST /orders``: runs the order saga and answers when it has ended
-  (201 completed, 422 declined and compensated). The saga id is derived from
-  the order id, so repeating a POST answers with that order's saga.
-- ``GET /orders/<order_id>``, ``GET /orders/<order_id>/diagram``: status JSON and Mermaid diagram.
-- ``GET /sagas/<saga_id>``, ``GET /sagas/<saga_id>/diagram``: the same, by saga id.
-- ``GET /health``: 200 when the storage answers.
+- ``POST /orders``: 202 with the saga id; the saga runs in the background.
+- ``POST /orders/wait``: runs the saga and answers when it has ended (202
+  with the status link if it takes longer than ``WAIT_SECONDS``).
+- ``POST /orders/stream``: runs the saga, streaming its progress as Server-Sent Events.
+- ``GET /sagas`` (filters ``status``, ``name``, ``correlation_id``, ``older_than``;
+  ``cursor``), ``GET /sagas/<id>``, ``/sagas/<id>/history``, ``/sagas/<id>/diagram``,
+  ``GET /health``: the read-only operator routes.
+
+An order id is used once: a second order with it is a 409.
 """
 
 from __future__ import annotations
@@ -36,11 +40,18 @@ from sagas import OrderContext, OrderRequest, OrderSaga, build_container
 from werkzeug.serving import make_server
 
 from cqrs.correlation import CorrelationIdFilter
-from cqrs.integrations.flask import BadRequest, SagaExtension, read_saga_context
+from cqrs.integrations import flask as sagas
 
 DEFAULT_PORT = 5000
+#: How long ``POST /orders/wait`` waits before answering 202 with the status link.
+WAIT_SECONDS = 10.0
 #: Saga ids are derived from order ids in this namespace: one saga per order.
 ORDER_NAMESPACE = uuid.UUID("6f1d3c64-2b0e-4d4a-9a57-0b6c1f0e8e21")
+
+
+def order_saga_id(order_id: str) -> uuid.UUID:
+    """The saga id of an order: the same order id always names the same saga."""
+    return uuid.uuid5(ORDER_NAMESPACE, order_id)
 
 
 def storage_url(data_dir: pathlib.Path) -> str:
@@ -52,79 +63,63 @@ def storage_url(data_dir: pathlib.Path) -> str:
     return f"sqlite+aiosqlite:///{(data_dir / 'orders.sqlite3').resolve()}"
 
 
-def order_saga_id(order_id: str) -> uuid.UUID:
-    """The saga id of an order: the same order id always names the same saga."""
-    return uuid.uuid5(ORDER_NAMESPACE, order_id)
-
-
 def create_app(url: str | None = None, *, data_dir: pathlib.Path = pathlib.Path("var")) -> flask.Flask:
     """The order service over the saga storage at ``url`` (default: see `storage_url`)."""
     app = flask.Flask(__name__)
     app.config.update({k: v for k, v in os.environ.items() if k.startswith("CQRS_SAGA_")})
     app.config["CQRS_SAGA_STORAGE_URL"] = url or storage_url(data_dir)
-    sagas = SagaExtension(app, sagas=[OrderSaga], container=build_container(), recovery=True)
-    sagas.register_routes(prefix="/sagas", health="/health")
+    sagas.SagaExtension(app, sagas=[OrderSaga], container=build_container(), recovery=True)
+    app.register_blueprint(sagas.operator_routes())
 
-    def links(order_id: str, saga_id: uuid.UUID | str) -> dict[str, str]:
-        return {
-            "status_url": f"/sagas/{saga_id}",
-            "order_url": f"/orders/{order_id}",
-            "diagram_url": f"/orders/{order_id}/diagram",
-        }
+    def order() -> tuple[OrderRequest, OrderContext]:
+        body = sagas.read_saga_context(OrderRequest)  # 400 / 413 / 422 problem details; nothing stored
+        return body, OrderContext.from_request(body)
 
     @app.post("/orders")
     def create_order() -> flask.Response:
-        """Run the order saga within the request; 201 when it completed, 422 when it was compensated."""
-        order = read_saga_context(OrderRequest)  # 400 / 413 as JSON; nothing stored
-        saga = sagas.create_saga(OrderSaga)
-        result = sagas.run_sync(saga, OrderContext.from_request(order), saga_id=order_saga_id(order.order_id))
-        body = {"order_id": order.order_id, **result.to_dict(), **links(order.order_id, result["saga_id"])}
-        response = flask.jsonify(body)
-        response.status_code = 201 if result.succeeded else 422
-        response.headers["Location"] = f"/sagas/{result.saga_id}"
+        """Start the order's saga in the background; 202 once it is stored."""
+        body, context = order()
+        saga_id = sagas.start_saga(context, saga_id=order_saga_id(body.order_id))
+        status_url = f"/sagas/{saga_id}"
+        response = flask.jsonify(
+            {"order_id": body.order_id, "saga_id": str(saga_id), "status": "accepted", "status_url": status_url}
+        )
+        response.status_code = 202
+        response.headers["Location"] = status_url
         return response
 
-    def known_order(order_id: str) -> uuid.UUID:
-        saga_id = order_saga_id(order_id)
-        try:
-            sagas.saga_status(saga_id)
-        except BadRequest as error:
-            if error.status == 404:
-                raise BadRequest(404, f"No order {order_id!r}") from None
-            raise
-        return saga_id
+    @app.post("/orders/wait")
+    def run_order() -> dict[str, typing.Any]:
+        """Run the order's saga and report how it ended (202 with the status link if it runs longer)."""
+        body, context = order()
+        result = sagas.run_saga(context, saga_id=order_saga_id(body.order_id), timeout=WAIT_SECONDS)
+        return {"order_id": body.order_id, **result.to_dict()}
 
-    @app.get("/orders/<order_id>")
-    def order_status(order_id: str) -> dict[str, typing.Any]:
-        """The order's saga: status, completed steps with their responses, failed step, error."""
-        return {"order_id": order_id, **sagas.saga_status(known_order(order_id))}
-
-    @app.get("/orders/<order_id>/diagram")
-    def order_diagram(order_id: str) -> flask.Response:
-        """Mermaid flowchart of the order's saga run, each step marked by outcome."""
-        return flask.Response(sagas.saga_diagram(known_order(order_id)), mimetype="text/plain")
+    @app.post("/orders/stream")
+    def stream_order() -> flask.Response:
+        """Run the order's saga, streaming each step as a Server-Sent Event."""
+        body, context = order()
+        return sagas.saga_event_stream(context, saga_id=order_saga_id(body.order_id))
 
     return app
 
 
 def banner(base: str, storage: str) -> str:
-    order = (
-        '{"order_id": "ORD-001", "user_id": "USER-123", '
-        '"items": [{"id": "ITEM-1", "name": "Widget", "quantity": 2}], "amount": 99.99}'
-    )
-    declined = order.replace("ORD-001", "ORD-002").replace("99.99", "25000")
+    order = '{"order_id": "A-1", "user_id": "U-1", "items": [{"sku": "book", "quantity": 2}], "amount": 42.5}'
+    declined = order.replace("A-1", "A-2").replace("42.5", "12000")
+    waited = order.replace("A-1", "A-4")
     json_header = "-H 'Content-Type: application/json'"
     return f"""
 order service on {base} (sagas stored in {storage}); Ctrl+C stops it
 
-  # place an order: runs the saga, answers when it has ended (201)
+  # start an order in the background (202 with its saga id)
   curl -s -X POST {base}/orders {json_header} -H 'X-Correlation-ID: my-trace-123' -d '{order}'
-  # over the payment limit: declined, the reservation is released (422)
+  # over the payment limit: declined, the reservation is released (compensation)
   curl -s -X POST {base}/orders {json_header} -d '{declined}'
-  # the order's saga: status and Mermaid diagram
-  curl -s {base}/orders/ORD-001
-  curl -s {base}/orders/ORD-001/diagram
-  # by saga id (from the answers above)
+  # run one and wait for the outcome
+  curl -s -X POST {base}/orders/wait {json_header} -d '{waited}'
+  # the sagas: list, status, history, Mermaid diagram (use an id printed above), health
+  curl -s '{base}/sagas?status=failed'
   curl -s {base}/sagas/<saga_id>
   curl -s {base}/sagas/<saga_id>/diagram
   curl -s {base}/health
@@ -164,15 +159,15 @@ def main(argv: typing.Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _configure_logging()
     app = create_app(data_dir=args.data_dir)
-    sagas: SagaExtension = app.extensions["cqrs_saga"]
-    sagas.initialize(app)  # open the storage now: a wrong URL fails here, not on the first order
+    extension: sagas.SagaExtension = app.extensions["cqrs_saga"]
+    extension.initialize(app)  # open the storage now: a wrong URL fails here, not on the first order
     server = make_server(args.host, args.port, app, threaded=True)
     signal.signal(signal.SIGTERM, _stop)
     base = f"http://{args.host}:{server.server_port}"
     print(banner(base, _describe(app.config["CQRS_SAGA_STORAGE_URL"])), flush=True)
     server.serve_forever()  # returns on Ctrl+C / SIGTERM
     print("order service: shutting down (running sagas are finished first)", flush=True)
-    sagas.close()
+    extension.close()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
-"""The order saga of the Flask example: reserve inventory, charge payment, ship.
+"""The order service's saga: reserve the items, charge the card, ship; undone in reverse when a step fails.
 
-The services are in-memory stand-ins. A payment over ``PAYMENT_LIMIT`` is
-declined, so the saga fails and the reservation is released (compensation).
+The same order service (payload, routes, validation, saga) is in each of
+``examples/fastapi_app``, ``examples/flask_app`` and ``examples/django_app``,
+so the frameworks can be compared side by side; each example is complete on
+its own. The services are in-memory stand-ins: a payment over
+``PAYMENT_LIMIT`` is declined (the saga fails and the reservation is
+released), and ``ship_delay`` makes shipping take that many seconds (to watch
+a stream, or stop the server mid-saga and see it finished after a restart).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import typing
@@ -22,13 +28,67 @@ from cqrs.saga.step import SagaStepHandler, SagaStepResult
 logger = logging.getLogger("orders")
 
 PAYMENT_LIMIT = 10_000.0
+MAX_SHIP_DELAY = 30.0
 
 
 class PaymentDeclined(Exception):
     """The payment provider said no: a business failure, so the saga compensates."""
 
 
-# -- services (in-memory stand-ins; they run on the saga loop thread only) -----------------------------
+# -- the request body ----------------------------------------------------------------------------------
+
+
+class OrderItemIn(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+
+    sku: str = pydantic.Field(min_length=1, max_length=64)
+    quantity: int = pydantic.Field(ge=1, le=10_000)
+
+
+class OrderRequest(pydantic.BaseModel):
+    """The body of ``POST /orders``, ``/orders/wait`` and ``/orders/stream``; strict: ``"9.5"`` is no amount."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+
+    order_id: str = pydantic.Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    user_id: str = pydantic.Field(min_length=1, max_length=64)
+    items: list[OrderItemIn] = pydantic.Field(min_length=1, max_length=100)
+    amount: float = pydantic.Field(gt=0, le=1_000_000, allow_inf_nan=False)
+    ship_delay: float = pydantic.Field(default=0.0, ge=0, le=MAX_SHIP_DELAY, allow_inf_nan=False)
+
+
+# -- the saga's context --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class OrderItem:
+    sku: str
+    quantity: int
+
+
+@dataclasses.dataclass
+class OrderContext(SagaContext):
+    order_id: str
+    user_id: str
+    items: list[OrderItem]
+    amount: float
+    ship_delay: float = 0.0
+    reservation_id: str | None = None
+    payment_id: str | None = None
+    tracking_number: str | None = None
+
+    @classmethod
+    def from_request(cls, order: OrderRequest) -> OrderContext:
+        return cls(
+            order_id=order.order_id,
+            user_id=order.user_id,
+            items=[OrderItem(sku=item.sku, quantity=item.quantity) for item in order.items],
+            amount=order.amount,
+            ship_delay=order.ship_delay,
+        )
+
+
+# -- services (in-memory stand-ins; they run on the saga loop only) ----------------------------------
 
 
 class Inventory:
@@ -60,45 +120,13 @@ class Payments:
 
 
 class Shipping:
-    async def ship(self, order_id: str) -> str:
+    async def ship(self, order_id: str, delay: float) -> str:
+        if delay > 0:
+            await asyncio.sleep(delay)
         return f"trk-{order_id}"
 
 
-# -- the request body and the saga's context -------------------------------------------------------------
-
-OrderId = typing.Annotated[str, pydantic.Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
-
-
-@dataclasses.dataclass
-class Item:
-    id: str
-    name: str
-    quantity: typing.Annotated[int, pydantic.Field(gt=0)]
-
-
-@dataclasses.dataclass
-class OrderRequest:
-    """The body of ``POST /orders``."""
-
-    order_id: OrderId
-    user_id: str
-    items: typing.Annotated[list[Item], pydantic.Field(min_length=1)]
-    amount: typing.Annotated[float, pydantic.Field(ge=0)]
-
-
-@dataclasses.dataclass
-class OrderContext(SagaContext):
-    order_id: str
-    user_id: str
-    items: list[Item]
-    amount: float
-    reservation_id: str | None = None
-    payment_id: str | None = None
-    tracking_number: str | None = None
-
-    @classmethod
-    def from_request(cls, request: OrderRequest) -> OrderContext:
-        return cls(order_id=request.order_id, user_id=request.user_id, items=list(request.items), amount=request.amount)
+# -- steps --------------------------------------------------------------------------------------------
 
 
 class Reserved(cqrs.Response):
@@ -114,9 +142,6 @@ class Shipped(cqrs.Response):
     tracking_number: str
 
 
-# -- steps ----------------------------------------------------------------------------------------------
-
-
 class ReserveInventory(SagaStepHandler[OrderContext, Reserved]):
     name = "reserve_inventory"
 
@@ -124,7 +149,7 @@ class ReserveInventory(SagaStepHandler[OrderContext, Reserved]):
         self.inventory = inventory
 
     async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Reserved]:
-        quantities = {item.id: item.quantity for item in context.items}
+        quantities = {item.sku: item.quantity for item in context.items}
         context.reservation_id = await self.inventory.reserve(context.order_id, quantities)
         logger.info("order %s: reserved %s", context.order_id, quantities)
         return self._generate_step_result(Reserved(reservation_id=context.reservation_id))
@@ -159,7 +184,7 @@ class ShipOrder(SagaStepHandler[OrderContext, Shipped]):
         self.shipping = shipping
 
     async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Shipped]:
-        context.tracking_number = await self.shipping.ship(context.order_id)
+        context.tracking_number = await self.shipping.ship(context.order_id, context.ship_delay)
         logger.info("order %s: shipped as %s", context.order_id, context.tracking_number)
         return self._generate_step_result(Shipped(tracking_number=context.tracking_number))
 

@@ -1,8 +1,17 @@
-"""One configuration object for every integration: storage, sagas, container, knobs."""
+"""One configuration object for every integration: storage, sagas, container, event handlers, knobs.
+
+`SagaConfig` is immutable data: nothing is opened or cached on it behind
+the caller's back, so ``dataclasses.replace(config, ...)`` is a complete
+copy. What a config opens (the storage, the mediator, a recovery worker)
+belongs to the runtime that opened it (`cqrs.integrations` keep one per app).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import math
 import os
 import typing
 
@@ -14,26 +23,37 @@ from cqrs.saga.settings import EngineSettings
 from cqrs.saga.storage.protocol import SagaStorage
 
 if typing.TYPE_CHECKING:
+    from cqrs.events import EventMap
+    from cqrs.message_brokers.protocol import MessageBroker
     from cqrs.saga.recovery import RecoveryWorker
 
 __all__ = ["SagaConfig", "configure", "get_config"]
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SagaConfig:
-    """Everything the web integrations need, framework-agnostic.
+    """Everything the web integrations need, framework-agnostic; immutable.
 
     ``storage_url`` picks the storage: ``memory://``,
     ``sqlite+aiosqlite:///path.db``, ``postgresql+asyncpg://user@host/db`` or
     ``mysql+asyncmy://user@host/db`` (``sqlite:///``, ``postgresql://``,
-    ``mysql://`` and ``mariadb://`` get the async driver added).
+    ``mysql://`` and ``mariadb://`` get the async driver added); or give a
+    ready ``storage`` (its owner closes it, not the integration).
     ``sagas`` are registered by name (for recovery) and by context type;
     ``container`` is a ``di.Container`` or any `cqrs.Container`.
 
-    Call `initialize` once at startup (opens pools, creates tables when
-    ``create_tables``) and `close` at shutdown.
+    What every run gets, on every path (requests, background runs, webhooks,
+    recovery): ``event_map`` (an `cqrs.EventMap`) or ``domain_events_mapper``
+    (a function filling one, as `cqrs.bootstrap` takes it) for the domain
+    events' handlers, ``message_broker`` for notification events, and
+    ``hooks`` (`cqrs.SagaHook`).
+
+    Every value is checked when the config is made: a wrong type, a number
+    out of range or (in `from_mapping` / `from_env`) an unknown key is a
+    `ValueError` naming it and, for a key, the closest valid one.
     """
 
     storage_url: str = "memory://"
@@ -50,69 +70,64 @@ class SagaConfig:
     max_body_bytes: int = 1_048_576
     logging: bool = True
     storage: SagaStorage | None = None
+    event_map: EventMap | None = None
+    domain_events_mapper: typing.Callable[[EventMap], None] | None = None
+    message_broker: MessageBroker | None = None
+    hooks: typing.Sequence[object] = ()
+
+    def __post_init__(self) -> None:
+        for name, kind in _KINDS.items():
+            _check(name, getattr(self, name), kind)
+        object.__setattr__(self, "sagas", tuple(self.sagas))
+        object.__setattr__(self, "hooks", tuple(self.hooks))
+        storage_url(self.storage_url)  # an unsupported URL is refused now, not at first use
+        if not self.correlation_header or not all(c.isalnum() or c == "-" for c in self.correlation_header):
+            raise ValueError(
+                f"Saga setting CORRELATION_HEADER must be an HTTP header name, got {self.correlation_header!r}"
+            )
 
     @classmethod
     def from_env(cls, prefix: str = "CQRS_SAGA_", **overrides: typing.Any) -> SagaConfig:
-        """Read ``{prefix}STORAGE_URL``, ``{prefix}CORRELATION_HEADER``, ``{prefix}LEASE_SECONDS``, ... ."""
-        values: dict[str, typing.Any] = {}
-        for name in _SETTABLE:
-            raw = os.environ.get(prefix + name.upper())
-            if raw is not None:
-                values[name] = raw
-        return cls.from_mapping(values, **overrides)
+        """Read ``{prefix}STORAGE_URL``, ``{prefix}CORRELATION_HEADER``, ``{prefix}LEASE_SECONDS``, ... .
+
+        An environment variable under ``prefix`` that names no setting is an
+        error (naming it and the closest setting), not a silent default.
+        """
+        values = {key[len(prefix):]: value for key, value in os.environ.items() if key.startswith(prefix)}
+        return cls.from_mapping(values, where=f"environment variable {prefix}", **overrides)
 
     @classmethod
-    def from_mapping(cls, settings: typing.Mapping[str, typing.Any], **overrides: typing.Any) -> SagaConfig:
+    def from_mapping(
+        cls, settings: typing.Mapping[str, typing.Any], *, where: str = "", **overrides: typing.Any
+    ) -> SagaConfig:
         """Build from a mapping with upper- or lower-case keys (Flask ``app.config``, Django settings).
 
-        Unknown keys raise `ValueError` naming them, so a typo does not pass silently.
+        Strings are read as the field's type (``"30"``, ``"true"``); other
+        values must already be of it. Unknown keys raise `ValueError` naming
+        each (prefixed with ``where``) and the closest known key.
         """
         values: dict[str, typing.Any] = {}
-        unknown = []
         for key, raw in settings.items():
-            name = key.lower()
-            if name not in _SETTABLE:
-                unknown.append(key)
-                continue
+            name = str(key).lower()
+            if name not in SETTABLE:
+                raise ValueError(unknown_key(f"{where}{key}", name.upper(), sorted(n.upper() for n in SETTABLE)))
             values[name] = _coerce(name, raw)
-        if unknown:
-            raise ValueError(
-                f"Unknown saga setting(s) {', '.join(sorted(unknown))}; known: "
-                f"{', '.join(sorted(n.upper() for n in _SETTABLE))}"
-            )
         values.update(overrides)
         return cls(**values)
 
-    # -- lifecycle ------------------------------------------------------------------
+    # -- what runtimes build from it ------------------------------------------------------
 
-    async def initialize(self) -> None:
-        """Open the storage (and create its tables if ``create_tables``). Idempotent."""
-        if self.storage is not None:
-            return
-        self.storage = await open_storage(self.storage_url, create_tables=self.create_tables)
-        self._owns_storage = True
-
-    async def close(self) -> None:
-        """Close what `initialize` opened (engines, pools)."""
-        if self.storage is not None and getattr(self, "_owns_storage", False):
-            await self.storage.close()
-            self.storage = None
-            self._owns_storage = False
-
-    # -- what integrations build from it ------------------------------------------------
-
-    @property
+    @functools.cached_property
     def saga_map(self) -> SagaMap:
-        cached: SagaMap | None = getattr(self, "_saga_map", None)
-        if cached is None:
-            cached = SagaMap()
-            for saga_type in self.sagas:
-                cached.register(saga_type)
-            self._saga_map = cached
-        return cached
+        """The sagas by name and context type (built once per config from ``sagas``)."""
+        saga_map = SagaMap()
+        for saga_type in self.sagas:
+            saga_map.register(saga_type)
+        return saga_map
 
     @property
     def engine_settings(self) -> EngineSettings:
+        """The engine settings these fields make (compensation retries, lease length)."""
         return EngineSettings(
             compensation_retry=RetryPolicy(
                 attempts=self.compensation_retry_count,
@@ -122,73 +137,135 @@ class SagaConfig:
             lease_seconds=self.lease_seconds,
         )
 
-    def require_storage(self) -> SagaStorage:
-        if self.storage is None:
+    def mediator(self, storage: SagaStorage | None = None) -> SagaMediator:
+        """A mediator over ``storage`` (default: the config's ``storage``) with this config's sagas,
+        container, settings, event handlers, message broker and hooks.
+
+        A config that names its storage by URL has no storage of its own: an
+        integration's runtime opens it (`cqrs.integrations`), or pass one here.
+        """
+        from cqrs.saga.bootstrap import bootstrap
+
+        storage = storage if storage is not None else self.storage
+        if storage is None:
             raise RuntimeError(
-                "SagaConfig is not initialized: await config.initialize() at startup "
-                "(the framework integrations do this in their lifespan / app setup)"
+                f"SagaConfig names its storage by URL ({self.storage_url!r}): open it first "
+                "(the web integrations' runtime does) and pass it, config.mediator(storage)"
             )
-        return self.storage
-
-    def mediator(self) -> SagaMediator:
-        """A mediator over this config's storage, sagas and container."""
-        from cqrs.container import as_container
-
         container = self.container
         if container is None:
             import di
 
-            container = self.container = di.Container()
-        return SagaMediator(
-            self.saga_map,
-            as_container(container),
-            storage=self.require_storage(),
-            settings=self.engine_settings,
+            container = di.Container()
+        event_map = self.event_map
+        mapper = self.domain_events_mapper
+        if event_map is not None:
+            given = event_map
+
+            def mapper(target: EventMap) -> None:
+                for event_type, handlers in given.items():
+                    for handler in handlers:
+                        target.bind(event_type, handler)
+                if self.domain_events_mapper is not None:
+                    self.domain_events_mapper(target)
+
+        settings = self.engine_settings
+        return bootstrap(
+            container,
+            message_broker=self.message_broker,
+            sagas_mapper=self.saga_map,
+            domain_events_mapper=mapper,
+            saga_storage=storage,
+            compensation_retry_count=settings.compensation_retry.attempts,
+            compensation_retry_delay=settings.compensation_retry.delay,
+            compensation_retry_backoff=settings.compensation_retry.backoff,
+            lease_seconds=self.lease_seconds,
+            hooks=self.hooks,
         )
 
-    def recovery_worker(self, **options: typing.Any) -> RecoveryWorker:
-        """A `RecoveryWorker` over this config's storage, sagas, container and settings.
+    def recovery_worker(self, storage: SagaStorage | None = None, **options: typing.Any) -> RecoveryWorker:
+        """A `RecoveryWorker` of `mediator` (``storage`` as there), polling every ``recovery_interval``.
 
-        Polls every ``recovery_interval`` seconds; ``options`` are passed on
-        (``batch_size``, ``concurrency``, ``shutdown_grace``, ...).
+        ``options`` are passed on (``batch_size``, ``concurrency``, ``shutdown_grace``, ...).
         """
-        from cqrs.saga.recovery import RecoveryWorker
-
-        if self.container is None:
-            import di
-
-            self.container = di.Container()
-        options.setdefault("settings", self.engine_settings)
         options.setdefault("poll_interval", self.recovery_interval)
-        return RecoveryWorker(self.saga_map, self.container, self.require_storage(), **options)
+        return self.mediator(storage).recovery_worker(**options)
 
 
-_SETTABLE = {f.name for f in dataclasses.fields(SagaConfig)} - {"sagas", "container", "storage"}
-_FLOATS = {"compensation_retry_delay", "compensation_retry_backoff", "lease_seconds", "recovery_interval"}
-_INTS = {"compensation_retry_count", "max_body_bytes"}
-_BOOLS = {"create_tables", "recovery", "logging"}
+class _Kind(typing.NamedTuple):
+    types: tuple[type, ...]
+    text: str
+    minimum: float | None = None  # values must be above (or equal, with inclusive) this
+    inclusive: bool = False
+
+
+_POSITIVE = _Kind((int, float), "a positive number", 0.0)
+_NON_NEGATIVE = _Kind((int, float), "a number of 0 or more", 0.0, True)
+_KINDS: dict[str, _Kind] = {
+    "storage_url": _Kind((str,), "a storage URL"),
+    "correlation_header": _Kind((str,), "a header name"),
+    "compensation_retry_count": _Kind((int,), "a whole number of 1 or more", 1.0, True),
+    "compensation_retry_delay": _NON_NEGATIVE,
+    "compensation_retry_backoff": _Kind((int, float), "a number of 1 or more", 1.0, True),
+    "lease_seconds": _POSITIVE,
+    "create_tables": _Kind((bool,), "true or false"),
+    "recovery": _Kind((bool,), "true or false"),
+    "recovery_interval": _POSITIVE,
+    "max_body_bytes": _Kind((int,), "a whole number of bytes, 1 or more", 1.0, True),
+    "logging": _Kind((bool,), "true or false"),
+}
+
+#: The fields `SagaConfig.from_mapping` and `from_env` read (the rest are objects, given in code).
+SETTABLE = frozenset(_KINDS)
+
+
+def _check(name: str, value: typing.Any, kind: _Kind) -> None:
+    ok = isinstance(value, kind.types) and not (isinstance(value, bool) and bool not in kind.types)
+    if ok and kind.minimum is not None:
+        number = float(value)
+        ok = math.isfinite(number) and (number >= kind.minimum if kind.inclusive else number > kind.minimum)
+    if not ok:
+        raise ValueError(f"Saga setting {name.upper()} must be {kind.text}, got {value!r}")
 
 
 def _coerce(name: str, raw: typing.Any) -> typing.Any:
-    if not isinstance(raw, str):
+    """A setting read from text (environment, ``.env``) as its field's type; other values as they are."""
+    if not isinstance(raw, str) or name not in _KINDS:
         return raw
+    kind = _KINDS[name]
     try:
-        if name in _FLOATS:
-            return float(raw)
-        if name in _INTS:
+        if kind.types == (bool,):
+            return parse_bool(raw, strict=True)
+        if kind.types == (int,):
             return int(raw)
+        if float in kind.types:
+            return float(raw)
     except ValueError:
-        raise ValueError(f"Saga setting {name.upper()} must be a number, got {raw!r}") from None
-    if name in _BOOLS:
-        return parse_bool(raw)
+        raise ValueError(f"Saga setting {name.upper()} must be {kind.text}, got {raw!r}") from None
     return raw
 
 
-def parse_bool(value: typing.Any) -> bool:
-    """A setting's truth: ``1``/``true``/``yes``/``on`` (any case) for strings, ``bool()`` otherwise."""
+def parse_bool(value: typing.Any, *, strict: bool = False) -> bool:
+    """A setting's truth: ``1``/``true``/``yes``/``on`` (any case) for strings.
+
+    With ``strict``, only those and ``0``/``false``/``no``/``off``/empty are
+    read, anything else is a `ValueError`; otherwise ``bool()`` of other values.
+    """
     if isinstance(value, str):
-        return value.strip().lower() in _TRUE
+        text = value.strip().lower()
+        if strict and text not in _TRUE | _FALSE:
+            raise ValueError(f"{value!r} is not true or false")
+        return text in _TRUE
+    if strict and not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
     return bool(value)
+
+
+def unknown_key(key: str, name: str, known: typing.Sequence[str]) -> str:
+    """The message for an unknown setting: it, the closest known one (if any is close) and all of them."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"Unknown saga setting {key}{hint} (known: {', '.join(known)})"
 
 
 def storage_url(url: str) -> str:
@@ -206,9 +283,16 @@ def storage_url(url: str) -> str:
         url = f"{scheme}+asyncmy://{rest}"
     if not url.startswith(("memory://", "postgresql+asyncpg://", "sqlite+aiosqlite://", *_MYSQL_SCHEMES)):
         raise ValueError(
-            f"Unsupported saga storage URL {url!r}: use memory://, sqlite+aiosqlite:///file.db, "
+            f"Unsupported saga storage URL {_redact(url)!r}: use memory://, sqlite+aiosqlite:///file.db, "
             "postgresql+asyncpg://user@host/db or mysql+asyncmy://user@host/db"
         )
+    return url
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
 
 
@@ -226,7 +310,11 @@ async def open_storage(url: str, *, create_tables: bool = True) -> SagaStorage:
 
     storage = SqlAlchemySagaStorage.from_url(url)
     if create_tables:
-        await storage.create_tables()
+        try:
+            await storage.create_tables()
+        except BaseException:
+            await storage.close()
+            raise
     return storage
 
 

@@ -31,14 +31,14 @@ from django.test import Client  # noqa: E402
 from cqrs.integrations.django import _runtime  # noqa: E402
 
 
-def die_after_commit(self: _runtime.SagaRuntime, saga_id: uuid.UUID) -> None:
+def die_after_commit(self: _runtime.DjangoSagas, saga_id: uuid.UUID) -> None:
     print(f"COMMITTED {saga_id}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-_runtime.SagaRuntime.hand_off = die_after_commit  # type: ignore[method-assign]
+_runtime.DjangoSagas.hand_off = die_after_commit  # type: ignore[method-assign]
 
 response = Client().post(
-    "/orders/", data=sys.argv[1], content_type="application/json", HTTP_X_CORRELATION_ID="killed-123"
+    "/orders", data=sys.argv[1], content_type="application/json", HTTP_X_CORRELATION_ID="killed-123"
 )
 print(f"still alive after the commit: {response.status_code} {response.content!r}", flush=True)

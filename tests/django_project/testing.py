@@ -112,15 +112,16 @@ def _saga_db(
 
 def on_saga_loop(make: typing.Callable[[typing.Any], typing.Awaitable[typing.Any]]) -> typing.Any:
     """Run ``make(storage)`` on the saga loop with the runtime's open storage (sync tests)."""
+    from cqrs.integrations._loop import block
     from cqrs.integrations.django import _runtime
 
-    runtime = _runtime.current()
+    runtime = _runtime.current_runtime()
 
     async def go() -> typing.Any:
         mediator = await runtime.open()
         return await make(mediator.storage)
 
-    return _runtime.block(go())
+    return block(go())
 
 
 def record(saga_id: uuid.UUID | str) -> typing.Any:

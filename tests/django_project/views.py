@@ -26,18 +26,15 @@ def _outcome(outcome: typing.Any) -> JsonResponse:
 
 
 def run_echo(request: HttpRequest) -> JsonResponse:
-    try:
-        context = sagas.read_saga_context(request, EchoContext)
-    except sagas.BadRequest as error:
-        return sagas.error_response(error)
+    context = sagas.read_saga_context(request, EchoContext)  # a Problem is answered by the middleware
     return _outcome(sagas.run_saga(EchoSaga, context))
 
 
 async def arun_echo(request: HttpRequest) -> JsonResponse:
     try:
         context = sagas.read_saga_context(request, EchoContext)
-    except sagas.BadRequest as error:
-        return sagas.error_response(error)
+    except sagas.Problem as problem:
+        return sagas.problem_response(problem)  # answered by hand, as a view may
     return _outcome(await sagas.arun_saga(context))
 
 
@@ -52,17 +49,11 @@ async def astart_echo(request: HttpRequest) -> JsonResponse:
 
 
 async def astatus(request: HttpRequest, saga_id: str) -> JsonResponse:
-    try:
-        return JsonResponse(await sagas.asaga_status(saga_id))
-    except sagas.BadRequest as error:
-        return sagas.error_response(error)
+    return JsonResponse(await sagas.asaga_status(saga_id))
 
 
 async def adiagram(request: HttpRequest, saga_id: str) -> JsonResponse:
-    try:
-        return JsonResponse({"diagram": await sagas.asaga_diagram(saga_id)})
-    except sagas.BadRequest as error:
-        return sagas.error_response(error)
+    return JsonResponse({"diagram": await sagas.asaga_diagram(saga_id)})
 
 
 def whoami(request: HttpRequest) -> JsonResponse:

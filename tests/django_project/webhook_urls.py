@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from cqrs.integrations.django.webhooks import webhook_urlpatterns
+from cqrs.integrations.django.webhooks import webhook_routes
 from django_project.webhook_sagas import WebhookPaymentSaga
 
 urlpatterns = [
     # options from settings.CQRS_SAGA_WEBHOOKS
     path("webhooks/", include("cqrs.integrations.django.webhooks")),
-    # options given in code: no signature, only the payment saga
-    path("open-hooks/", include(webhook_urlpatterns(sagas=[WebhookPaymentSaga]))),
+    # options given in code: only the payment saga, its source accepted unsigned
+    path("open-hooks/", include(webhook_routes(sagas=[WebhookPaymentSaga], insecure_unsigned_sources=["payment_due"]))),
 ]

@@ -56,8 +56,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "cqrs.integrations.django.CorrelationIdMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    "cqrs.integrations.django.CorrelationIdMiddleware",  # correlation ids; problem details for Problem errors
 ]
 
 ROOT_URLCONF = "config.urls"

@@ -1,11 +1,12 @@
-"""URLs of the orders example."""
+"""URLs of the orders example: the orders API and the integration's read-only operator routes."""
 
 from __future__ import annotations
 
 from django.urls import include, path
-from orders import views
+
+from cqrs.integrations import django as sagas
 
 urlpatterns = [
-    path("health/", views.health, name="health"),
-    path("orders/", include("orders.urls")),
+    path("", include("orders.urls")),
+    *sagas.operator_routes(),  # /sagas, /sagas/<id>, /sagas/<id>/history, /sagas/<id>/diagram, /health
 ]

@@ -1,16 +1,23 @@
-"""The order saga: reserve stock, charge the card, ship; undone in reverse when a step fails.
+"""The order service's saga: reserve the items, charge the card, ship; undone in reverse when a step fails.
 
-The services are in-memory stand-ins for real ones. Payments over 10,000 are
-declined, so an order for more shows the compensation (the stock is released).
+The same order service (payload, routes, validation, saga) is in each of
+``examples/fastapi_app``, ``examples/flask_app`` and ``examples/django_app``,
+so the frameworks can be compared side by side; each example is complete on
+its own. The services are in-memory stand-ins: a payment over
+``PAYMENT_LIMIT`` is declined (the saga fails and the reservation is
+released), and ``ship_delay`` makes shipping take that many seconds (to watch
+a stream, or stop the server mid-saga and see it finished after a restart).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import typing
 
 import di
+import pydantic
 from di.dependent import Dependent
 
 import cqrs
@@ -18,19 +25,44 @@ from cqrs.saga.models import SagaContext
 from cqrs.saga.saga import Saga
 from cqrs.saga.step import SagaStepHandler, SagaStepResult
 
-logger = logging.getLogger("orders.sagas")
+logger = logging.getLogger("orders")
 
 PAYMENT_LIMIT = 10_000.0
+MAX_SHIP_DELAY = 30.0
 
 
 class PaymentDeclined(Exception):
-    """The card was declined: a business failure, so the saga compensates."""
+    """The payment provider said no: a business failure, so the saga compensates."""
+
+
+# -- the request body ----------------------------------------------------------------------------------
+
+
+class OrderItemIn(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+
+    sku: str = pydantic.Field(min_length=1, max_length=64)
+    quantity: int = pydantic.Field(ge=1, le=10_000)
+
+
+class OrderRequest(pydantic.BaseModel):
+    """The body of ``POST /orders``, ``/orders/wait`` and ``/orders/stream``; strict: ``"9.5"`` is no amount."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+
+    order_id: str = pydantic.Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    user_id: str = pydantic.Field(min_length=1, max_length=64)
+    items: list[OrderItemIn] = pydantic.Field(min_length=1, max_length=100)
+    amount: float = pydantic.Field(gt=0, le=1_000_000, allow_inf_nan=False)
+    ship_delay: float = pydantic.Field(default=0.0, ge=0, le=MAX_SHIP_DELAY, allow_inf_nan=False)
+
+
+# -- the saga's context --------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class OrderItem:
-    id: str
-    name: str
+    sku: str
     quantity: int
 
 
@@ -40,43 +72,61 @@ class OrderContext(SagaContext):
     user_id: str
     items: list[OrderItem]
     amount: float
+    ship_delay: float = 0.0
     reservation_id: str | None = None
     payment_id: str | None = None
     tracking_number: str | None = None
 
+    @classmethod
+    def from_request(cls, order: OrderRequest) -> OrderContext:
+        return cls(
+            order_id=order.order_id,
+            user_id=order.user_id,
+            items=[OrderItem(sku=item.sku, quantity=item.quantity) for item in order.items],
+            amount=order.amount,
+            ship_delay=order.ship_delay,
+        )
 
-# -- services (stand-ins) ---------------------------------------------------------------------
+
+# -- services (in-memory stand-ins; they run on the saga loop only) ----------------------------------
 
 
 class Inventory:
     def __init__(self) -> None:
-        self.reserved: dict[str, list[OrderItem]] = {}
+        self.reserved: dict[str, dict[str, int]] = {}
 
-    async def reserve(self, order_id: str, items: list[OrderItem]) -> str:
-        reservation = f"res-{order_id}"
-        self.reserved[reservation] = items
-        return reservation
+    async def reserve(self, order_id: str, items: dict[str, int]) -> str:
+        reservation_id = f"res-{order_id}"
+        self.reserved[reservation_id] = dict(items)
+        return reservation_id
 
-    async def release(self, reservation: str) -> None:
-        self.reserved.pop(reservation, None)
+    async def release(self, reservation_id: str) -> None:
+        self.reserved.pop(reservation_id, None)
 
 
 class Payments:
-    async def charge(self, user_id: str, amount: float) -> str:
+    def __init__(self) -> None:
+        self.charged: dict[str, float] = {}
+
+    async def charge(self, order_id: str, user_id: str, amount: float) -> str:
         if amount > PAYMENT_LIMIT:
-            raise PaymentDeclined(f"card of {user_id} declined for {amount:.2f}")
-        return f"pay-{user_id}-{int(amount * 100)}"
+            raise PaymentDeclined(f"card of {user_id} declined for order {order_id} ({amount:.2f})")
+        payment_id = f"pay-{order_id}"
+        self.charged[payment_id] = amount
+        return payment_id
 
     async def refund(self, payment_id: str) -> None:
-        return None
+        self.charged.pop(payment_id, None)
 
 
 class Shipping:
-    async def schedule(self, order_id: str) -> str:
+    async def ship(self, order_id: str, delay: float) -> str:
+        if delay > 0:
+            await asyncio.sleep(delay)
         return f"trk-{order_id}"
 
 
-# -- steps -------------------------------------------------------------------------------------
+# -- steps --------------------------------------------------------------------------------------------
 
 
 class Reserved(cqrs.Response):
@@ -85,6 +135,7 @@ class Reserved(cqrs.Response):
 
 class Charged(cqrs.Response):
     payment_id: str
+    amount: float
 
 
 class Shipped(cqrs.Response):
@@ -98,8 +149,9 @@ class ReserveInventory(SagaStepHandler[OrderContext, Reserved]):
         self.inventory = inventory
 
     async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Reserved]:
-        context.reservation_id = await self.inventory.reserve(context.order_id, context.items)
-        logger.info("order %s: reserved %d item(s)", context.order_id, len(context.items))
+        quantities = {item.sku: item.quantity for item in context.items}
+        context.reservation_id = await self.inventory.reserve(context.order_id, quantities)
+        logger.info("order %s: reserved %s", context.order_id, quantities)
         return self._generate_step_result(Reserved(reservation_id=context.reservation_id))
 
     async def compensate(self, context: OrderContext) -> None:
@@ -115,13 +167,14 @@ class ChargePayment(SagaStepHandler[OrderContext, Charged]):
         self.payments = payments
 
     async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Charged]:
-        context.payment_id = await self.payments.charge(context.user_id, context.amount)
-        logger.info("order %s: charged %.2f", context.order_id, context.amount)
-        return self._generate_step_result(Charged(payment_id=context.payment_id))
+        context.payment_id = await self.payments.charge(context.order_id, context.user_id, context.amount)
+        logger.info("order %s: charged %.2f to %s", context.order_id, context.amount, context.user_id)
+        return self._generate_step_result(Charged(payment_id=context.payment_id, amount=context.amount))
 
     async def compensate(self, context: OrderContext) -> None:
         if context.payment_id:
             await self.payments.refund(context.payment_id)
+            logger.info("order %s: refunded %s", context.order_id, context.payment_id)
 
 
 class ShipOrder(SagaStepHandler[OrderContext, Shipped]):
@@ -131,17 +184,18 @@ class ShipOrder(SagaStepHandler[OrderContext, Shipped]):
         self.shipping = shipping
 
     async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Shipped]:
-        context.tracking_number = await self.shipping.schedule(context.order_id)
+        context.tracking_number = await self.shipping.ship(context.order_id, context.ship_delay)
         logger.info("order %s: shipped as %s", context.order_id, context.tracking_number)
         return self._generate_step_result(Shipped(tracking_number=context.tracking_number))
 
 
 class OrderSaga(Saga[OrderContext]):
+    name = "order"
     steps = [ReserveInventory, ChargePayment, ShipOrder]
 
 
 def build_container() -> di.Container:
-    """``CQRS_SAGA["CONTAINER"]``: one instance of each service for the process."""
+    """A container with one instance of each service for the whole process."""
     container = di.Container()
     for service in (Inventory(), Payments(), Shipping()):
         container.bind(di.bind_by_type(Dependent(_provider(service), scope=None), type(service)))

@@ -1,4 +1,4 @@
-"""``/orders/...``."""
+"""``/orders``, ``/orders/wait``, ``/orders/stream``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from django.urls import path
 from orders import views
 
 urlpatterns = [
-    path("", views.create_order, name="create-order"),
-    path("<str:saga_id>/", views.order_status, name="order-status"),
-    path("<str:saga_id>/diagram/", views.order_diagram, name="order-diagram"),
+    path("orders", views.create_order, name="create-order"),
+    path("orders/wait", views.run_order, name="run-order"),
+    path("orders/stream", views.stream_order, name="stream-order"),
 ]

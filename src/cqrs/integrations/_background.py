@@ -1,13 +1,14 @@
-"""Background saga runs that outlive the request that started them.
+"""Background saga runs that outlive the request that started them, and their event feeds.
 
 The saga is recorded (with this process's lease) before the request is
-answered; the run continues in a task here. If the process dies, the lease
-lapses and a recovery worker finishes the saga.
+answered; the run continues in a task of the runtime. If the process dies,
+the lease lapses and a recovery worker finishes the saga.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import typing
 import uuid
@@ -16,6 +17,7 @@ from cqrs.saga import _serialization
 from cqrs.saga.exceptions import SagaAlreadyRunningError
 from cqrs.saga.hooks import Listener, SagaEvent
 from cqrs.saga.mediator import SagaMediator, SagaOutcome
+from cqrs.saga.storage.protocol import SagaStorage
 
 logger = logging.getLogger("cqrs.integrations")
 
@@ -43,38 +45,6 @@ async def resume_quietly(
     return None
 
 
-class BackgroundRunner:
-    """Keeps background saga tasks referenced and lets shutdown wait for them."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[SagaOutcome | None]] = set()
-
-    def spawn(
-        self, mediator: SagaMediator, saga_id: uuid.UUID, listener: Listener | None = None
-    ) -> asyncio.Task[SagaOutcome | None]:
-        """Run an already recorded saga in the background (``listener`` gets its `SagaEvent`s)."""
-        task = asyncio.ensure_future(resume_quietly(mediator, saga_id, listener=listener))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    @property
-    def pending(self) -> int:
-        return len(self._tasks)
-
-    async def wait(self, timeout: float | None = None) -> None:
-        """Wait for running sagas; cancel the ones still running after ``timeout``.
-
-        Cancelled sagas write nothing more and stay recoverable.
-        """
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-
 #: Event kinds after which a run writes nothing more (the saga is final in storage).
 FINAL_EVENTS = frozenset({"completed", "failed"})
 
@@ -94,19 +64,29 @@ def event_payload(event: SagaEvent) -> dict[str, typing.Any]:
     return payload
 
 
-class SagaEventFeed:
-    """Runs a recorded saga in a `BackgroundRunner` and queues its events for one reader.
+def sse_event(payload: dict[str, typing.Any]) -> str:
+    """One Server-Sent Event: ``event: <type>`` and the payload as one JSON ``data:`` line."""
+    return f"event: {payload['type']}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
-    The run is a task of the runner, not of the reader: a reader that goes
-    away (a client closing its stream) stops reading, the saga runs on to its
-    end, and shutdown waits for it like for any background run.
+
+class SagaEventFeed:
+    """Runs a recorded saga in the background (``spawn``) and queues its events for one reader.
+
+    The run is a background task of the runtime, not of the reader: a reader
+    that goes away (a client closing its stream) stops reading, the saga runs
+    on to its end, and shutdown waits for it like for any background run.
     """
 
-    def __init__(self, runner: BackgroundRunner, mediator: SagaMediator, saga_id: uuid.UUID) -> None:
+    def __init__(
+        self,
+        spawn: typing.Callable[[uuid.UUID, Listener], asyncio.Task[SagaOutcome | None]],
+        storage: SagaStorage,
+        saga_id: uuid.UUID,
+    ) -> None:
         self.saga_id = saga_id
-        self._storage = mediator.storage
+        self._storage = storage
         self._queue: asyncio.Queue[SagaEvent | None] = asyncio.Queue()
-        self.task = runner.spawn(mediator, saga_id, self._queue.put_nowait)
+        self.task = spawn(saga_id, self._queue.put_nowait)
         self.task.add_done_callback(lambda _: self._queue.put_nowait(None))
 
     async def events(self, *, keepalive: float | None = None) -> typing.AsyncIterator[dict[str, typing.Any] | None]:
@@ -131,6 +111,13 @@ class SagaEventFeed:
             yield event_payload(event)
             if event.kind in FINAL_EVENTS:
                 return
+
+    async def sse(self, start: dict[str, typing.Any], *, keepalive: float | None = 15.0) -> typing.AsyncIterator[str]:
+        """The run as Server-Sent Events: ``start`` first, then each `events` payload (a comment line
+        for each keepalive). Each event is ``event: <type>`` and one JSON ``data:`` line."""
+        yield sse_event(start)
+        async for payload in self.events(keepalive=keepalive):
+            yield ": keepalive\n\n" if payload is None else sse_event(payload)
 
     async def _stored_outcome(self) -> dict[str, typing.Any]:
         from cqrs.saga.storage.enums import SagaStatus

@@ -96,3 +96,59 @@ def shared_loop_thread() -> LoopThread:
             _shared = LoopThread()
             atexit.register(_shared.stop)
         return _shared
+
+
+def block(
+    coro: typing.Coroutine[typing.Any, typing.Any, T],
+    timeout: float | None = None,
+    *,
+    refuse: typing.Callable[[str], BaseException] | None = None,
+) -> T:
+    """Run ``coro`` on the shared saga loop and wait for it, from synchronous code.
+
+    The caller's context (its correlation id) goes along. With ``refuse``,
+    code running an event loop in this thread gets ``refuse(message)``
+    instead (Django's rule: a blocking call there would stall that loop).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        if refuse is None:
+            return shared_loop_thread().run(coro, timeout)
+        coro.close()
+        raise refuse(
+            "This saga helper blocks; from async code use its awaitable twin "
+            "(arun_saga, astart_saga, asaga_status, ...)"
+        )
+    return shared_loop_thread().run(coro, timeout)
+
+
+async def await_in_loop(coro: typing.Coroutine[typing.Any, typing.Any, T]) -> T:
+    """Run ``coro`` on the shared saga loop and await it from another loop (an async view's).
+
+    If the awaiting code is cancelled (the client went away), the work still runs to its end.
+    """
+    future = shared_loop_thread().submit(coro)
+    return await asyncio.shield(asyncio.wrap_future(future))
+
+
+def iterate(
+    agen: typing.AsyncIterator[T], *, refuse: typing.Callable[[str], BaseException] | None = None
+) -> typing.Iterator[T]:
+    """Iterate an async iterator that lives on the shared saga loop, from synchronous code (a streamed body)."""
+    try:
+        while True:
+            try:
+                yield block(_next(agen), refuse=refuse)
+            except StopAsyncIteration:
+                return
+    finally:
+        close = getattr(agen, "aclose", None)
+        if close is not None:
+            block(close(), refuse=refuse)
+
+
+async def _next(agen: typing.AsyncIterator[T]) -> T:
+    return await agen.__anext__()

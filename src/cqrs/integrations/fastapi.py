@@ -1,32 +1,28 @@
-"""FastAPI (and Starlette) integration: lifespan, dependencies, middleware, streams, routes.
+"""FastAPI (and Starlette) adapter of the saga runtime: lifespan, dependencies, middleware, routes.
 
-A thin adapter over the framework-agnostic pieces (`cqrs.config.SagaConfig`,
-`cqrs.correlation`, `cqrs.integrations._background`, `._requests`,
-`._status`)::
+Everything runs in `cqrs.integrations._runtime.SagaRuntime`; this module
+maps it onto FastAPI's idioms::
 
-    from fastapi import Depends, FastAPI, Request
+    from fastapi import FastAPI
     from cqrs.config import SagaConfig
     from cqrs.integrations import fastapi as saga_api
 
     config = SagaConfig.from_env(sagas=[OrderSaga], container=container)
-    app = FastAPI(lifespan=saga_api.create_lifespan(config, recovery=True))
-    app.add_middleware(saga_api.SagaContextMiddleware)
-    app.include_router(saga_api.saga_router(prefix="/sagas"))
+    app = FastAPI()
+    saga_api.init_app(app, config, recovery=True)       # lifespan, middleware, problem answers
+    app.include_router(saga_api.operator_routes())      # /sagas, /sagas/{id}[/history|/diagram], /health
 
     @app.post("/orders", status_code=202)
-    async def create_order(
-        request: Request, context: OrderContext = Depends(saga_api.saga_context(OrderContext))
-    ) -> dict[str, str]:
-        saga_id = await saga_api.run_saga_background(request, context)
+    async def create_order(order: OrderRequest, runtime: saga_api.Runtime) -> dict[str, str]:
+        saga_id = await runtime.start_saga(OrderContext.from_request(order))
         return {"saga_id": str(saga_id)}
 
-    @app.post("/orders/stream")
-    async def stream_order(
-        request: Request, context: OrderContext = Depends(saga_api.saga_context(OrderContext))
-    ) -> StreamingResponse:
-        return await saga_api.saga_event_stream(request, context)
-
 Needs ``pip install 'cqrs-saga[fastapi]'``.
+
+Longer than the Flask and Django adapters because FastAPI wants more
+declared: signatures it can document in OpenAPI, exception handlers, and a
+pure ASGI middleware (correlation ids and body limits); the work itself is
+all in the shared runtime and endpoints.
 """
 
 from __future__ import annotations
@@ -40,77 +36,52 @@ except ImportError as _error:  # pragma: no cover - exercised in a test with fas
         "pip install 'cqrs-saga[fastapi]'"
     ) from _error
 
-import asyncio
 import contextlib
-import dataclasses
-import json
-import logging
+import inspect
 import typing
 import uuid
 
+import typing_extensions
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cqrs import correlation
 from cqrs.config import SagaConfig
 from cqrs.config import get_config as _global_config
-from cqrs.integrations._background import BackgroundRunner, SagaEventFeed
-from cqrs.integrations._requests import (
-    BadRequest,
-    build_context,
-    check_content_length,
-    parse_json_object,
-    parse_saga_id,
+from cqrs.integrations._endpoints import (
+    Answer,
+    Authorize,
+    OperatorAction,
+    authorize_async,
+    deliver_answer,
+    event_status_answer,
+    health_answer,
+    operator_answer,
+    problem_answer,
+    routes_for,
+    still_running_answer,
 )
-from cqrs.integrations._status import saga_diagram, saga_diagram_document, saga_status, wants_json_diagram
-from cqrs.integrations._webhooks import WebhookEndpoint
-from cqrs.integrations.webhooks import SignatureVerifier
-from cqrs.saga.exceptions import SagaAlreadyRunningError, SagaIdConflictError
+from cqrs.integrations._requests import Problem, build_context, check_content_length, parse_json_object
+from cqrs.integrations._runtime import RecoveryOption, SagaResult, SagaRuntime, SagaStillRunning
+from cqrs.integrations._sync import VOCABULARY
+from cqrs.integrations._webhooks import WebhookEndpoint, WebhookOptions
 from cqrs.saga.mediator import SagaMediator
-from cqrs.saga.recovery import RecoveryWorker
-from cqrs.saga.saga import Saga
 from cqrs.saga.storage.protocol import SagaStorage
 
 __all__ = [
-    "SagaContextMiddleware",
-    "SagaRuntime",
-    "create_lifespan",
-    "get_config",
-    "get_mediator",
-    "get_runner",
-    "get_storage",
-    "read_saga_context",
-    "run_saga_background",
-    "saga_context",
-    "saga_event_stream",
-    "saga_lifespan",
-    "saga_router",
-    "webhook_router",
+    *VOCABULARY, "Runtime", "SagaContextMiddleware", "SagaRuntime", "create_lifespan", "get_config", "get_mediator",
+    "get_runtime", "get_storage", "init_app", "saga_context", "saga_lifespan", "webhook_routes",
 ]
 
-logger = logging.getLogger("cqrs.integrations.fastapi")
-
 C = typing.TypeVar("C")
-AppT = typing.TypeVar("AppT")
-Lifespan = typing.Callable[[AppT], typing.AsyncContextManager[typing.Any]]
-RecoveryOption = bool | typing.Callable[[SagaConfig], RecoveryWorker] | None
-
+Lifespan = typing.Callable[[typing.Any], typing.AsyncContextManager[typing.Any]]
 _STATE_ATTR = "saga"
 
 
-# -- lifespan --------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SagaRuntime:
-    """What the saga lifespan keeps on ``app.state.saga`` while the app runs."""
-
-    config: SagaConfig
-    mediator: SagaMediator
-    runner: BackgroundRunner
-    recovery: RecoveryWorker | None = None
-    recovery_task: asyncio.Task[None] | None = None
+# -- lifespan ------------------------------------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
@@ -120,48 +91,31 @@ async def saga_lifespan(
     *,
     recovery: RecoveryOption = None,
     shutdown_grace: float = 10.0,
+    status_path: str = "/sagas",
 ) -> typing.AsyncIterator[SagaRuntime]:
-    """Run sagas for the life of ``app``; use inside your own lifespan, or via `create_lifespan`.
+    """Run sagas for the life of ``app``; use inside your own lifespan, or via `init_app` / `create_lifespan`.
 
-    On enter: opens ``config``'s storage (``config`` defaults to the one given
-    to `cqrs.config.configure`), stores a `SagaRuntime` on ``app.state.saga``
-    and, if ``recovery`` asks for it, starts a `RecoveryWorker`. ``recovery``
-    is True/False, a function building the worker from the config, or None
-    to follow ``config.recovery``.
-
-    On exit: stops the recovery worker (it lets its in-flight sagas finish),
-    waits up to ``shutdown_grace`` seconds for background and streamed runs
-    (runs still going are cancelled; they write nothing more and stay
-    recoverable), then closes the storage.
+    On enter: opens ``config``'s storage (``config`` defaults to the one
+    given to `cqrs.config.configure`) in a `SagaRuntime` kept on
+    ``app.state.saga``, and starts a recovery worker if ``recovery`` (or
+    ``config.recovery``) asks for one. On exit: stops recovery, waits up to
+    ``shutdown_grace`` seconds for background and streamed runs (runs still
+    going are cancelled and stay recoverable), then closes the storage.
     """
-    config = config if config is not None else _global_config()
-    await config.initialize()
-    runner = BackgroundRunner()
+    runtime = SagaRuntime(
+        config if config is not None else _global_config(),
+        recovery=recovery, shutdown_grace=shutdown_grace, status_path=status_path,
+    )
     try:
-        runtime = SagaRuntime(config=config, mediator=config.mediator(), runner=runner)
-        wanted = config.recovery if recovery is None else recovery
-        if wanted is True:
-            runtime.recovery = config.recovery_worker()
-        elif callable(wanted):
-            runtime.recovery = wanted(config)
-        if runtime.recovery is not None:
-            runtime.recovery_task = asyncio.ensure_future(runtime.recovery.run())
+        await runtime.open()
         setattr(app.state, _STATE_ATTR, runtime)
+        yield runtime
+    finally:
         try:
-            yield runtime
+            await runtime.aclose()
         finally:
-            if runtime.recovery is not None:
-                runtime.recovery.stop()
-            await runner.wait(shutdown_grace)
-            if runtime.recovery_task is not None:
-                try:
-                    await runtime.recovery_task
-                except Exception:
-                    logger.exception("The saga recovery worker stopped with an error")
             with contextlib.suppress(AttributeError):
                 delattr(app.state, _STATE_ATTR)
-    finally:
-        await config.close()
 
 
 def create_lifespan(
@@ -169,18 +123,20 @@ def create_lifespan(
     *,
     recovery: RecoveryOption = None,
     shutdown_grace: float = 10.0,
-    lifespan: Lifespan[typing.Any] | None = None,
-) -> Lifespan[typing.Any]:
-    """A ``FastAPI(lifespan=...)`` that runs `saga_lifespan` around your own ``lifespan``.
+    status_path: str = "/sagas",
+    lifespan: Lifespan | None = None,
+) -> Lifespan:
+    """A ``FastAPI(lifespan=...)`` running `saga_lifespan` around your own ``lifespan``.
 
-    Your lifespan (if any) starts after the saga storage is open and ends
-    before it is closed, so it may use `SagaRuntime` from ``app.state.saga``;
-    whatever it yields is passed on as the lifespan state.
+    Your lifespan starts after the saga storage is open and ends before it is
+    closed; whatever it yields is passed on as the lifespan state.
     """
 
     @contextlib.asynccontextmanager
     async def _lifespan(app: typing.Any) -> typing.AsyncIterator[typing.Any]:
-        async with saga_lifespan(app, config, recovery=recovery, shutdown_grace=shutdown_grace):
+        async with saga_lifespan(
+            app, config, recovery=recovery, shutdown_grace=shutdown_grace, status_path=status_path
+        ):
             if lifespan is None:
                 yield None
             else:
@@ -190,44 +146,131 @@ def create_lifespan(
     return _lifespan
 
 
-# -- dependencies --------------------------------------------------------------------
+def init_app(
+    app: fastapi.FastAPI,
+    config: SagaConfig | None = None,
+    *,
+    recovery: RecoveryOption = None,
+    shutdown_grace: float = 10.0,
+    status_path: str = "/sagas",
+) -> None:
+    """Set ``app`` up for sagas: `saga_lifespan` around its own lifespan, `SagaContextMiddleware`,
+    and problem answers (``application/problem+json``) for `Problem`, request validation errors and
+    HTTP errors, and 202 with the status link for `SagaStillRunning`. Call before the app starts.
+    """
+    own = app.router.lifespan_context
+    app.router.lifespan_context = create_lifespan(
+        config, recovery=recovery, shutdown_grace=shutdown_grace, status_path=status_path, lifespan=own
+    )
+    app.add_middleware(SagaContextMiddleware)
+    app.add_exception_handler(Problem, _on_problem)  # type: ignore[arg-type]
+    app.add_exception_handler(SagaStillRunning, _on_still_running)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _on_invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)  # type: ignore[arg-type]
 
 
-def _runtime(request: Request) -> SagaRuntime:
+# -- answers -------------------------------------------------------------------------------------
+
+
+class _HTTPProblem(Problem, StarletteHTTPException):  # type: ignore[misc]  # both keep the headers
+    """A `Problem` FastAPI answers even without `init_app` (as ``{"detail": ...}``)."""
+
+    def __init__(self, problem: Problem) -> None:
+        StarletteHTTPException.__init__(self, problem.status, problem.detail, problem.headers or None)
+        Problem.__init__(self, problem.status, problem.detail, problem.errors, headers=problem.headers)
+
+
+class _HTTPStillRunning(SagaStillRunning, StarletteHTTPException):
+    """A `SagaStillRunning` FastAPI answers 202 with the status link even without `init_app`."""
+
+    def __init__(self, error: SagaStillRunning) -> None:
+        StarletteHTTPException.__init__(self, 202, str(error), {"Location": error.status_url})
+        SagaStillRunning.__init__(self, error.saga_id, error.timeout, error.status_url)
+
+
+@contextlib.contextmanager
+def _answerable() -> typing.Iterator[None]:
+    """Re-raise problems as exceptions FastAPI answers by itself (`init_app` answers them as problem details)."""
+    try:
+        yield
+    except (_HTTPProblem, _HTTPStillRunning):
+        raise
+    except Problem as problem:
+        raise _HTTPProblem(problem) from None
+    except SagaStillRunning as error:
+        raise _HTTPStillRunning(error) from None
+
+
+def _render(answer: Answer) -> Response:
+    return Response(answer.content(), answer.status, answer.headers, answer.media_type)
+
+
+async def _on_problem(request: Request, error: Problem) -> Response:
+    return _render(problem_answer(error))
+
+
+async def _on_still_running(request: Request, error: SagaStillRunning) -> Response:
+    return _render(still_running_answer(error))
+
+
+async def _on_http_error(request: Request, error: StarletteHTTPException) -> Response:
+    detail = error.detail if isinstance(error.detail, str) else str(error.detail)
+    return _render(problem_answer(Problem(error.status_code, detail, headers=error.headers)))
+
+
+_NOT_AN_OBJECT = {"dict_type", "model_type", "dataclass_type", "model_attributes_type", "dataclass_exact_type"}
+
+
+async def _on_invalid(request: Request, error: RequestValidationError) -> Response:
+    errors = list(error.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _render(problem_answer(Problem(400, "The request body is not valid JSON")))
+    if any(tuple(e.get("loc", ())) == ("body",) and e.get("type") in _NOT_AN_OBJECT for e in errors):
+        return _render(problem_answer(Problem(400, "The request body must be a JSON object")))
+    problems = []
+    for e in errors:
+        loc = [str(part) for part in e.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:] if loc[0] == "body" else loc
+        problems.append({"field": ".".join(loc) or "<body>", "message": str(e.get("msg", "invalid"))})
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return _render(problem_answer(Problem(422, f"Invalid request: {summary}", problems)))
+
+
+# -- dependencies ------------------------------------------------------------------------------------
+
+
+def get_runtime(request: Request) -> SagaRuntime:
+    """Dependency: the app's `SagaRuntime` (``Depends(get_runtime)``, or annotate with `Runtime`)."""
     runtime = getattr(request.app.state, _STATE_ATTR, None)
     if not isinstance(runtime, SagaRuntime):
         raise RuntimeError(
-            "No saga lifespan is running for this app: create it with "
-            "FastAPI(lifespan=cqrs.integrations.fastapi.create_lifespan(config))"
+            "No saga lifespan is running for this app: call cqrs.integrations.fastapi.init_app(app, config) "
+            "(or FastAPI(lifespan=create_lifespan(config)))"
         )
     return runtime
 
 
+#: ``runtime: Runtime`` in an endpoint's parameters gives the app's `SagaRuntime`.
+Runtime = typing.Annotated[SagaRuntime, fastapi.Depends(get_runtime)]
+
+
 def get_config(request: Request) -> SagaConfig:
-    """Dependency: the app's `SagaConfig` (``Depends(get_config)``)."""
-    return _runtime(request).config
+    """Dependency: the app's `SagaConfig`."""
+    return get_runtime(request).config
 
 
 def get_storage(request: Request) -> SagaStorage:
     """Dependency: the app's open saga storage."""
-    return _runtime(request).config.require_storage()
+    return get_runtime(request).storage
 
 
 def get_mediator(request: Request) -> SagaMediator:
     """Dependency: the app's `SagaMediator` (built once, at startup, from its config)."""
-    return _runtime(request).mediator
+    return get_runtime(request).mediator
 
 
-def get_runner(request: Request) -> BackgroundRunner:
-    """Dependency: the app's `BackgroundRunner` (shutdown waits for its runs)."""
-    return _runtime(request).runner
-
-
-# -- request bodies --------------------------------------------------------------------
-
-
-def _http_error(error: BadRequest) -> fastapi.HTTPException:
-    return fastapi.HTTPException(status_code=error.status, detail=error.message)
+# -- request bodies ------------------------------------------------------------------------------------
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -237,24 +280,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise BadRequest(413, f"Request body is larger than the limit of {limit} bytes")
+            raise Problem(413, f"The request body is over the limit of {limit} bytes")
     return bytes(body)
 
 
 async def read_saga_context(request: Request, context_type: type[C], *, max_bytes: int | None = None) -> C:
-    """Build a ``context_type`` from the request's JSON body, or raise a 4xx `fastapi.HTTPException`.
+    """Build a ``context_type`` from the request's JSON body, or raise a 4xx `Problem`.
 
-    413 when the body is larger than ``max_bytes`` (default: the config's
-    ``max_body_bytes``), judged by ``Content-Length`` and by the bytes read;
-    400 for a body that is not a JSON object, or whose fields do not fit
-    ``context_type`` (the message names each field). Nothing is stored.
+    413 over ``max_bytes`` (default: the config's ``max_body_bytes``); 400 for
+    a body that is not a JSON object (or is nested too deeply, or holds text
+    no database stores); 422 naming each field that does not fit.
     """
     limit = max_bytes if max_bytes is not None else get_config(request).max_body_bytes
-    try:
+    with _answerable():
         data = parse_json_object(await _read_body(request, limit), max_bytes=limit)
         return typing.cast(C, build_context(context_type, data))
-    except BadRequest as error:
-        raise _http_error(error) from None
 
 
 def saga_context(
@@ -262,7 +302,11 @@ def saga_context(
 ) -> typing.Callable[[Request], typing.Awaitable[C]]:
     """Dependency factory: ``context: OrderContext = Depends(saga_context(OrderContext))``.
 
-    See `read_saga_context` for the checks and the errors.
+    Reads the body itself, whatever its content type (see `read_saga_context`
+    for the checks and the problems). OpenAPI does not see such a body:
+    where the schema matters, declare a pydantic model as the endpoint's body
+    parameter instead (FastAPI then validates it; `init_app` answers its
+    errors as problem details naming each field).
     """
 
     async def dependency(request: Request) -> C:
@@ -272,254 +316,321 @@ def saga_context(
     return dependency
 
 
-# -- running sagas --------------------------------------------------------------------
+# -- the vocabulary ------------------------------------------------------------------------------------
 
 
-async def _record(
+async def run_saga(
     request: Request,
-    context: typing.Any,
-    saga_id: uuid.UUID | None,
-    correlation_id: str | None,
-    mediator: SagaMediator | None,
-) -> tuple[SagaMediator, BackgroundRunner, uuid.UUID]:
-    runtime = _runtime(request)
-    mediator = mediator or runtime.mediator
-    try:
-        recorded = await mediator.start(context, saga_id, correlation_id=correlation_id)
-    except (SagaAlreadyRunningError, SagaIdConflictError) as error:
-        raise fastapi.HTTPException(status_code=409, detail=str(error)) from None
-    return mediator, runtime.runner, recorded
-
-
-async def run_saga_background(
-    request: Request,
-    context: typing.Any,
+    saga_or_context: typing.Any,
+    context: typing.Any = None,
     *,
     saga_id: uuid.UUID | None = None,
     correlation_id: str | None = None,
-    mediator: SagaMediator | None = None,
+    timeout: float | None = None,
+) -> SagaResult:
+    """Run a new saga to its end: `SagaRuntime.run_saga` of the app (`SagaStillRunning` after ``timeout``)."""
+    with _answerable():
+        return await get_runtime(request).run_saga(
+            saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id, timeout=timeout
+        )
+
+
+async def start_saga(
+    request: Request,
+    saga_or_context: typing.Any,
+    context: typing.Any = None,
+    *,
+    saga_id: uuid.UUID | None = None,
+    correlation_id: str | None = None,
 ) -> uuid.UUID:
-    """Record the saga for ``context``, run it in the background, and return its id at once.
-
-    The saga is stored (with this process's lease) before this returns, so a
-    202 answer always names a saga that exists; if the process dies before
-    the run ends, a recovery worker finishes it. ``correlation_id`` defaults
-    to the request's (see `SagaContextMiddleware`); ``mediator`` to the app's.
-    A ``saga_id`` used by a saga that is running right now gives a 409.
-    """
-    mediator, runner, recorded = await _record(request, context, saga_id, correlation_id, mediator)
-    runner.spawn(mediator, recorded)
-    return recorded
+    """Record a new saga and run it in the background: `SagaRuntime.start_saga` of the app."""
+    with _answerable():
+        return await get_runtime(request).start_saga(
+            saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id
+        )
 
 
-def _sse(payload: dict[str, typing.Any]) -> str:
-    return f"event: {payload['type']}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+async def saga_status(request: Request, saga_id: uuid.UUID | str) -> dict[str, typing.Any]:
+    """The stored saga as JSON: `SagaRuntime.saga_status` of the app."""
+    with _answerable():
+        return await get_runtime(request).saga_status(saga_id)
+
+
+async def saga_history(request: Request, saga_id: uuid.UUID | str) -> dict[str, typing.Any]:
+    """The saga's step log: `SagaRuntime.saga_history` of the app."""
+    with _answerable():
+        return await get_runtime(request).saga_history(saga_id)
+
+
+async def saga_diagram(request: Request, saga_id: uuid.UUID | str) -> str:
+    """Mermaid source of the saga's run: `SagaRuntime.saga_diagram` of the app."""
+    with _answerable():
+        return await get_runtime(request).saga_diagram(saga_id)
+
+
+async def list_sagas(request: Request, **filters: typing.Any) -> dict[str, typing.Any]:
+    """A page of stored sagas: `SagaRuntime.list_sagas` of the app."""
+    with _answerable():
+        return await get_runtime(request).list_sagas(**filters)
 
 
 async def saga_event_stream(
     request: Request,
-    context: typing.Any,
+    saga_or_context: typing.Any,
+    context: typing.Any = None,
     *,
     saga_id: uuid.UUID | None = None,
     correlation_id: str | None = None,
-    mediator: SagaMediator | None = None,
     keepalive: float | None = 15.0,
 ) -> StreamingResponse:
-    """Run the saga for ``context`` and answer with its progress as Server-Sent Events.
+    """Record a new saga, run it in the background, and answer with its progress as Server-Sent Events.
 
-    The saga is recorded before the response starts, then runs as a
-    background task: a client that disconnects stops receiving events, not the
-    saga, which runs to its end (and shutdown waits for it like any
-    background run). Each event has ``event: <type>`` and a JSON ``data:``
-    line carrying the same ``type``:
-
-    - ``start``: ``saga_id``, ``saga`` (its name), ``correlation_id``;
-    - ``step_completed`` (``step``, ``response``), ``step_failed`` (``step``, ``error``);
-    - ``compensating``, ``step_compensated`` / ``compensation_failed`` (``step``);
-    - last, ``completed``, or ``failed`` with ``error`` and ``status``
-      (``failed`` or ``compensation_failed``), or ``interrupted`` if the run
-      stopped first (the saga stays recoverable).
-
-    A comment line is sent every ``keepalive`` seconds without events.
-    The response carries the saga id in ``X-Saga-ID``.
+    Events (``event: <type>`` and a JSON ``data:`` line with the same
+    ``type``): ``start`` (``saga_id``, ``saga``, ``correlation_id``,
+    ``status_url``), ``step_completed``, ``step_failed``, ``compensating``,
+    ``step_compensated`` / ``compensation_failed``, and last ``completed``,
+    ``failed`` or ``interrupted``. A client that disconnects stops
+    receiving, not the saga. The saga id is in ``X-Saga-ID``.
     """
-    mediator, runner, recorded = await _record(request, context, saga_id, correlation_id, mediator)
-    feed = SagaEventFeed(runner, mediator, recorded)
-    start = {
-        "type": "start",
-        "saga_id": str(recorded),
-        "saga": mediator.saga_map.saga_for(type(context)).name,
-        "correlation_id": correlation_id or correlation.get_correlation_id(),
-    }
-
-    async def body() -> typing.AsyncIterator[str]:
-        yield _sse(start)
-        async for payload in feed.events(keepalive=keepalive):
-            yield ": keepalive\n\n" if payload is None else _sse(payload)
-
+    with _answerable():
+        start, feed = await get_runtime(request).event_feed(
+            saga_or_context, context, saga_id=saga_id, correlation_id=correlation_id
+        )
     return StreamingResponse(
-        body(),
+        feed.sse(start, keepalive=keepalive),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Saga-ID": str(recorded)},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Saga-ID": str(feed.saga_id)},
     )
 
 
-# -- status routes --------------------------------------------------------------------
+# -- routes ------------------------------------------------------------------------------------
 
 
-def saga_router(
+_QUERIES = {
+    "list": ("status", "name", "correlation_id", "older_than", "cursor", "limit"),
+    "diagram": ("format",),
+}
+
+
+def _endpoint(
+    handler: typing.Callable[..., typing.Awaitable[Response]],
+    path_params: typing.Sequence[str],
+    query: typing.Sequence[str] = (),
+) -> typing.Callable[..., typing.Awaitable[Response]]:
+    """``handler(request, **path_values)`` with a signature FastAPI documents (path values, list filters)."""
+
+    async def endpoint(request: Request, **values: typing.Any) -> Response:
+        return await handler(request, **{name: values[name] for name in path_params})
+
+    parameters = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
+    parameters += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=str, default=fastapi.Path())
+        for name in path_params
+    ]
+    parameters += [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY,
+            annotation=list[str] | None if name == "status" else str | None, default=fastapi.Query(None),
+        )
+        for name in query
+    ]
+    endpoint.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return endpoint
+
+
+def _query(request: Request) -> dict[str, list[str]]:
+    query: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        query.setdefault(key, []).append(value)
+    return query
+
+
+def operator_routes(
     *,
     prefix: str = "/sagas",
+    health: str | None = "/health",
+    authorize: Authorize | None = None,
     tags: typing.Sequence[str] = ("sagas",),
     dependencies: typing.Sequence[_fastapi_params.Depends] | None = None,
 ) -> fastapi.APIRouter:
-    """An `APIRouter` with ``GET {prefix}/{saga_id}`` (status) and ``GET {prefix}/{saga_id}/diagram``.
+    """An `APIRouter` with the operator routes, read-only unless ``authorize`` is given.
 
-    The status is JSON: ``status``, ``completed_steps`` (with responses),
-    ``compensated_steps``, ``failed_step``, ``error``, ``correlation_id``,
-    ``context``. The diagram is Mermaid text with the run's steps marked
-    (``?format=json`` for ``{"saga_id", "status", "diagram"}``). An unknown id
-    is a 404, a malformed one a 422, both JSON ``{"detail": ...}``. Add
-    ``dependencies`` to protect the routes (authentication).
+    ``GET {prefix}`` lists sagas (``status``, ``name``, ``correlation_id``,
+    ``older_than``, ``limit``; ``cursor`` from the page's ``next_cursor``);
+    ``GET {prefix}/{saga_id}`` its status (with owner, lease and recovery
+    attempts), ``/history`` its step log, ``/diagram`` its Mermaid diagram
+    (``?format=json``); ``GET {health}``. With ``authorize(request, action)``
+    (sync or async, True to allow) also ``POST {prefix}/{saga_id}/recover``,
+    ``/park`` (JSON ``{"reason"}``) and ``/reset``; a refusal is 403.
+    Errors are problem details. Pass ``status_path`` to `init_app` when
+    ``prefix`` is not ``/sagas``, so status links point here.
     """
-    router = fastapi.APIRouter(prefix=prefix, tags=list(tags), dependencies=list(dependencies or ()))
+    router = fastapi.APIRouter(tags=list(tags), dependencies=list(dependencies or ()))
+    prefix = prefix.rstrip("/")
+    for route in routes_for(authorize):
 
-    @router.get("/{saga_id}", summary="Status of a saga")
-    async def get_saga_status(saga_id: str, request: Request) -> dict[str, typing.Any]:
-        try:
-            return await saga_status(get_storage(request), parse_saga_id(saga_id))
-        except BadRequest as error:
-            raise _http_error(error) from None
+        async def handle(request: Request, saga_id: str = "", *, name: str = route.name) -> Response:
+            runtime = get_runtime(request)
+            if authorize is not None and name in ("recover", "park", "reset"):
+                denied = await authorize_async(authorize, request, OperatorAction(name, saga_id))
+                if denied is not None:
+                    return _render(denied)
+            body = await _read_body(request, runtime.config.max_body_bytes) if name == "park" else b""
+            return _render(await operator_answer(runtime, name, saga_id=saga_id, query=_query(request), body=body))
 
-    @router.get(
-        "/{saga_id}/diagram",
-        summary="Mermaid diagram of a saga run",
-        response_model=None,
-        responses={200: {"content": {"text/plain": {}, "application/json": {}}}},
-    )
-    async def get_saga_diagram(
-        saga_id: str, request: Request, format: str = "text"
-    ) -> PlainTextResponse | dict[str, typing.Any]:
-        try:
-            as_json = wants_json_diagram(format)
-            parsed = parse_saga_id(saga_id)
-            config = get_config(request)
-            storage = config.require_storage()
-            if as_json:
-                return await saga_diagram_document(storage, config.saga_map, parsed)
-            return PlainTextResponse(await saga_diagram(storage, config.saga_map, parsed))
-        except BadRequest as error:
-            raise _http_error(error) from None
+        params = ["saga_id"] if "{saga_id}" in route.path else []
+        router.add_api_route(
+            prefix + route.path, _endpoint(handle, params, _QUERIES.get(route.name, ())),
+            methods=[route.method], summary=f"{route.name.capitalize()} (sagas)", response_model=None,
+            name=f"saga_{route.name}",
+        )
+    if health is not None:
 
+        async def health_route(request: Request) -> Response:
+            return _render(await health_answer(get_runtime(request)))
+
+        router.add_api_route(health, health_route, methods=["GET"], summary="Health", response_model=None)
     return router
 
 
-# -- correlation ids --------------------------------------------------------------------
+_OBJECT = {"type": "object", "description": "the event, a JSON object"}
+
+
+def webhook_routes(
+    *,
+    prefix: str = "/webhooks",
+    tags: typing.Sequence[str] = ("webhooks",),
+    dependencies: typing.Sequence[_fastapi_params.Depends] | None = None,
+    **options: typing_extensions.Unpack[WebhookOptions],
+) -> fastapi.APIRouter:
+    """An `APIRouter` starting sagas from signed events (see `cqrs.triggers` and docs/triggers.md).
+
+    ``POST {prefix}/{source}``: ``verifier``'s signature (401), the source
+    (404), size (413; at most the app's ``max_body_bytes``, which the
+    middleware enforces), a JSON object (400), the idempotency field and the
+    context (422); then every saga with a ``@trigger(source=...)`` is
+    recorded and ``202`` answered, and the sagas run in the background.
+    ``GET {prefix}/{source}/status/{correlation_id}``: what that event
+    started. ``options`` (`WebhookEndpoint`'s): a ``verifier`` is required;
+    a source that cannot sign is accepted unsigned only when listed in
+    ``insecure_unsigned_sources``; ``sagas`` and ``max_body_bytes`` default
+    to the app's.
+    """
+    endpoint = WebhookEndpoint(**options)
+    router = fastapi.APIRouter(tags=list(tags), dependencies=list(dependencies or ()))
+    prefix = prefix.rstrip("/")
+
+    async def deliver(request: Request, source: str) -> Response:
+        runtime = get_runtime(request)
+        try:
+            body = await _read_body(request, endpoint.limit(runtime.config))
+        except Problem as problem:
+            return _render(problem_answer(problem))
+        return _render(
+            await deliver_answer(runtime, endpoint, source, body, request.headers, correlation.get_correlation_id())
+        )
+
+    async def status(request: Request, source: str, correlation_id: str) -> Response:
+        return _render(await event_status_answer(get_runtime(request), endpoint, source, correlation_id))
+
+    router.add_api_route(
+        prefix + "/{source}", _endpoint(deliver, ["source"]), methods=["POST"],
+        status_code=202, summary="Deliver an event", response_model=None,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _OBJECT}}}},
+    )
+    router.add_api_route(
+        prefix + "/{source}/status/{correlation_id:path}", _endpoint(status, ["source", "correlation_id"]),
+        methods=["GET"], summary="What an event started", response_model=None,
+    )
+    return router
+
+
+# -- correlation ids and body limits ------------------------------------------------------------------
 
 
 class SagaContextMiddleware:
-    """Pure ASGI middleware giving each request a correlation id.
+    """Pure ASGI middleware: a correlation id for each request, and the app's body limit.
 
-    Reads ``header_name`` (sanitised by `cqrs.correlation.accept_correlation_id`;
-    a fresh id when it is absent or unfit), makes it the current correlation
-    id for the request (stored on sagas started in it, seen by step code via
-    `cqrs.correlation.get_correlation_id`, added to log records by
-    `cqrs.correlation.CorrelationIdFilter`), puts it on
-    ``request.state.correlation_id`` and echoes it on the response. Streaming
-    responses pass through unbuffered.
+    Reads the config's correlation header (``header_name`` overrides it;
+    sanitised by `cqrs.correlation.accept_correlation_id`, a fresh id when it
+    is absent or unfit), makes it the current correlation id for the request
+    (stored on sagas started in it, seen by step code, added to log records
+    by `cqrs.correlation.CorrelationIdFilter`), puts it on
+    ``request.state.correlation_id`` and echoes it on the response.
+
+    Request bodies over ``max_body_bytes`` (default: the config's) are
+    answered 413 (problem details) before the app reads them: a declared
+    ``Content-Length`` is checked; a body without one is read up to the limit
+    first. Streaming responses pass through unbuffered.
     """
 
-    def __init__(self, app: ASGIApp, header_name: str = "X-Correlation-ID") -> None:
+    def __init__(self, app: ASGIApp, header_name: str | None = None, max_body_bytes: int | None = None) -> None:
         self.app = app
         self.header_name = header_name
-        self._raw_name = header_name.lower().encode("latin-1")
+        self.max_body_bytes = max_body_bytes
+
+    def _settings(self, scope: Scope) -> tuple[str, int | None]:
+        runtime = getattr(getattr(scope.get("app"), "state", None), _STATE_ATTR, None)
+        config = runtime.config if isinstance(runtime, SagaRuntime) else None
+        header = self.header_name or (config.correlation_header if config else SagaConfig.correlation_header)
+        limit = self.max_body_bytes if self.max_body_bytes is not None else (config.max_body_bytes if config else None)
+        return header, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        header, limit = self._settings(scope)
+        raw_name = header.lower().encode("latin-1")
         incoming = None
+        declared = None
         for name, value in scope.get("headers", ()):
-            if name.lower() == self._raw_name:
+            if name.lower() == raw_name:
                 incoming = value.decode("latin-1")
-                break
+            elif name.lower() == b"content-length":
+                declared = value.decode("latin-1")
         correlation_id = correlation.accept_correlation_id(incoming)
         scope.setdefault("state", {})["correlation_id"] = correlation_id
-        echoed = (self._raw_name, correlation_id.encode("latin-1"))
+        echoed = (raw_name, correlation_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] in ("http.response.start", "websocket.accept"):
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != self._raw_name]
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != raw_name]
                 headers.append(echoed)
                 message = {**message, "headers": headers}
             await send(message)
 
         token = correlation.set_correlation_id(correlation_id)
         try:
+            if scope["type"] == "http" and limit is not None:
+                try:
+                    check_content_length(declared, max_bytes=limit)
+                    if declared is None:
+                        receive = await _buffered(receive, limit)
+                except Problem as problem:
+                    await _render(problem_answer(problem))(scope, receive, send_with_id)
+                    return
             await self.app(scope, receive, send_with_id)
         finally:
             correlation.reset_correlation_id(token)
 
 
-# -- webhooks --------------------------------------------------------------------
+async def _buffered(receive: Receive, limit: int) -> Receive:
+    """Read a body that declared no length, up to ``limit`` bytes (413 past it), and replay it."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise Problem(413, f"The request body is over the limit of {limit} bytes")
+        if not message.get("more_body", False):
+            break
 
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
 
-def webhook_router(
-    *,
-    prefix: str = "/webhooks",
-    sagas: typing.Sequence[type[Saga[typing.Any]]] | None = None,
-    verifier: SignatureVerifier | None = None,
-    max_body_bytes: int | None = None,
-    tags: typing.Sequence[str] = ("webhooks",),
-    dependencies: typing.Sequence[_fastapi_params.Depends] | None = None,
-) -> fastapi.APIRouter:
-    """An `APIRouter` starting sagas from events: see `cqrs.triggers`.
-
-    ``POST {prefix}/{source}``: the raw body is checked (``verifier``'s HMAC
-    signature, 401; the source, 404; size, 413; a JSON object, 400; the
-    idempotency field and the trigger's context, 422) and every saga with a
-    ``@trigger(source=...)`` is recorded (once per idempotency key) before the
-    answer, ``202`` with ``{"status", "source", "correlation_id", "sagas"}``;
-    the sagas then run in the app's `BackgroundRunner`.
-
-    ``GET {prefix}/{source}/status/{correlation_id}``: the stored state of
-    every saga that event started (404 if none). Refusals are JSON
-    ``{"error": ...}``. ``sagas`` defaults to the config's; ``max_body_bytes``
-    to the config's. Add ``dependencies`` to guard the routes further.
-    """
-    endpoint = WebhookEndpoint(sagas=sagas, verifier=verifier, max_body_bytes=max_body_bytes)
-    router = fastapi.APIRouter(prefix=prefix, tags=list(tags), dependencies=list(dependencies or ()))
-
-    @router.post("/{source}", status_code=202, summary="Deliver an event", response_model=None)
-    async def deliver_event(source: str, request: Request) -> JSONResponse:
-        runtime = _runtime(request)
-        dispatcher = endpoint.dispatcher(runtime.config)
-        limit = dispatcher.max_body_bytes
-        try:
-            body = await _read_body(request, limit)
-            correlation_id = (
-                getattr(request.state, "correlation_id", None)
-                or request.headers.get(runtime.config.correlation_header)
-                or correlation.get_correlation_id()
-            )
-            accepted = await dispatcher.accept(
-                runtime.mediator, source, body, request.headers, correlation_id=correlation_id
-            )
-        except BadRequest as error:
-            return JSONResponse(error.body(), status_code=error.status)
-        for saga in accepted.started:
-            runtime.runner.spawn(runtime.mediator, saga.saga_id)
-        return JSONResponse(accepted.as_json(), status_code=202)
-
-    @router.get("/{source}/status/{correlation_id:path}", summary="What an event started", response_model=None)
-    async def event_status(source: str, correlation_id: str, request: Request) -> JSONResponse:
-        runtime = _runtime(request)
-        try:
-            body = await endpoint.dispatcher(runtime.config).status(
-                runtime.config.require_storage(), source, correlation_id
-            )
-        except BadRequest as error:
-            return JSONResponse(error.body(), status_code=error.status)
-        return JSONResponse(body)
-
-    return router
+    return replay

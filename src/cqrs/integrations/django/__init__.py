@@ -1,4 +1,4 @@
-"""Django integration: settings, sync and async view helpers, atomic starts, middleware, commands.
+"""Django adapter of the saga runtime: settings, the saga vocabulary for views, atomic starts, routes.
 
 In ``settings.py``::
 
@@ -8,27 +8,26 @@ In ``settings.py``::
         "SAGAS": ["orders.sagas.OrderSaga"],            # dotted paths
         "CONTAINER": "orders.sagas.build_container",    # optional: returns a di.Container
         # "STORAGE_URL": "postgresql+asyncpg://...",    # default: DATABASES["default"]
-        "COMPENSATION_RETRY_COUNT": 3,
-        "LOGGING": True,
-        "CORRELATION_HEADER": "X-Correlation-ID",
     }
 
-In views::
+In views (the same names as the FastAPI and Flask integrations)::
 
-    from django.db import transaction
     from cqrs.integrations import django as sagas
 
-    def create_order(request):                       # sync view
+    def create_order(request):
+        context = sagas.read_saga_context(request, OrderContext)    # problem 400/413/422 on bad input
         with transaction.atomic():
             order = Order.objects.create(...)
-            saga_id = sagas.atomic_saga_start(OrderSaga, OrderContext(order_id=order.order_id, ...))
+            saga_id = sagas.atomic_saga_start(OrderSaga, context)  # or start_saga_on_commit
         return JsonResponse({"saga_id": str(saga_id)}, status=202)
 
-    def quote(request):                               # sync view, waits for the outcome
-        outcome = sagas.run_saga(QuoteContext(...))
+    def quote(request):                                # run to the end (202 with a link if it takes longer)
+        result = sagas.run_saga(QuoteContext(...), timeout=10)
 
-    async def quote_async(request):                   # async view
-        outcome = await sagas.arun_saga(QuoteContext(...))
+    async def quote_async(request):
+        result = await sagas.arun_saga(QuoteContext(...), timeout=10)
+
+    urlpatterns += sagas.operator_routes()             # /sagas, /sagas/<id>[/history|/diagram], /health
 
 Management commands: ``saga_worker`` (runs pending and interrupted sagas),
 ``saga_list`` and ``saga_check``. Without ``STORAGE_URL`` sagas live in the
@@ -51,187 +50,137 @@ except ImportError as _error:  # pragma: no cover - exercised in a subprocess wi
 import typing
 import uuid
 
-from django.http import JsonResponse  # type: ignore[import-untyped]
+from django.core.exceptions import SynchronousOnlyOperation  # type: ignore[import-untyped]
+from django.http import StreamingHttpResponse  # type: ignore[import-untyped]
+from django.urls import re_path  # type: ignore[import-untyped]
+from django.views.decorators.csrf import csrf_exempt  # type: ignore[import-untyped]
 
 from cqrs.config import SagaConfig
-from cqrs.integrations._requests import BadRequest, build_context, check_content_length, parse_json_object
+from cqrs.integrations._endpoints import Authorize, problem_answer, routes_for
+from cqrs.integrations._endpoints import OperatorAction as OperatorAction
+from cqrs.integrations._requests import Problem as Problem
+from cqrs.integrations._requests import build_context, parse_json_object
+from cqrs.integrations._runtime import SagaResult as SagaResult
+from cqrs.integrations._runtime import SagaStillRunning as SagaStillRunning
+from cqrs.integrations._sync import ASYNC_TWINS, VOCABULARY, SyncSagaApi, read_limited
 from cqrs.integrations.django import _runtime
 from cqrs.integrations.django._runtime import setup, shutdown
 from cqrs.integrations.django.middleware import CorrelationIdMiddleware
-from cqrs.integrations.django.transaction import atomic_saga_start
-from cqrs.saga.mediator import SagaOutcome
+from cqrs.integrations.django.middleware import render as render
+from cqrs.integrations.django.transaction import atomic_saga_start, start_saga_on_commit
 
 __all__ = [
-    "BadRequest",
-    "CorrelationIdMiddleware",
-    "arun_saga",
-    "asaga_diagram",
-    "asaga_status",
-    "astart_saga",
-    "atomic_saga_start",
-    "error_response",
-    "get_saga_config",
-    "read_json",
-    "read_saga_context",
-    "run_saga",
-    "saga_diagram",
-    "saga_status",
-    "setup",
-    "shutdown",
-    "start_saga",
-    "wait_for_sagas",
+    *VOCABULARY, *ASYNC_TWINS, "CorrelationIdMiddleware", "atomic_saga_start", "get_saga_config",
+    "problem_response", "read_json", "setup", "shutdown", "start_saga_on_commit",
 ]
 
 C = typing.TypeVar("C")
 
 
 def get_saga_config() -> SagaConfig:
-    """The `SagaConfig` built from ``settings.CQRS_SAGA`` (its storage opens on first use)."""
-    return _runtime.current().config
+    """The `SagaConfig` built from ``settings.CQRS_SAGA``, with the storage URL it uses now."""
+    settings = _runtime.current().require()
+    return settings.prepare(settings.config)
 
 
-# -- running sagas ------------------------------------------------------------------------------
+def _sse_response(saga_id: uuid.UUID, chunks: typing.Iterator[str]) -> typing.Any:
+    response = StreamingHttpResponse(chunks, content_type="text/event-stream")
+    for name, value in (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"), ("X-Saga-ID", str(saga_id))):
+        response[name] = value
+    return response
 
 
-def run_saga(
-    saga_or_context: typing.Any,
-    context: typing.Any = None,
-    *,
-    saga_id: uuid.UUID | None = None,
-    correlation_id: str | None = None,
-    timeout: float | None = None,
-) -> SagaOutcome:
-    """Run a saga to its end from a sync view and return its `SagaOutcome`.
-
-    Call as ``run_saga(context)`` (the saga bound to the context's type) or
-    ``run_saga(OrderSaga, context)``. The saga runs on the process's saga loop
-    while this thread waits (no event loop per request). A failing step does
-    not raise: the outcome says ``failed`` and carries the error. After
-    ``timeout`` seconds `TimeoutError` is raised and the saga runs on. The
-    correlation id defaults to the request's.
-    """
-    runtime = _runtime.current()
-    _, context = runtime.saga_for(saga_or_context, context)
-    return _runtime.block(
-        _runtime.run_coro(runtime, context, saga_id, correlation_id), timeout
-    )
-
-
-async def arun_saga(
-    saga_or_context: typing.Any,
-    context: typing.Any = None,
-    *,
-    saga_id: uuid.UUID | None = None,
-    correlation_id: str | None = None,
-) -> SagaOutcome:
-    """`run_saga` for async views: awaits the run without blocking the view's event loop.
-
-    If the view is cancelled (client gone), the saga still runs to its end.
-    """
-    runtime = _runtime.current()
-    _, context = runtime.saga_for(saga_or_context, context)
-    return await _runtime.await_in_loop(
-        _runtime.run_coro(runtime, context, saga_id, correlation_id)
-    )
-
-
-def start_saga(
-    saga_or_context: typing.Any,
-    context: typing.Any = None,
-    *,
-    saga_id: uuid.UUID | None = None,
-    correlation_id: str | None = None,
-) -> uuid.UUID:
-    """Record a saga, run it in the background, and return its id at once (sync views).
-
-    The saga is stored (with this process's lease) before this returns; if the
-    process dies before the run ends, ``saga_worker`` finishes it. Not tied to
-    a Django transaction: use `atomic_saga_start` for that.
-    """
-    runtime = _runtime.current()
-    _, context = runtime.saga_for(saga_or_context, context)
-    recorded = _runtime.block(
-        _runtime.record_coro(runtime, context, saga_id, correlation_id)
-    )
-    runtime.hand_off(recorded)
-    return recorded
-
-
-async def astart_saga(
-    saga_or_context: typing.Any,
-    context: typing.Any = None,
-    *,
-    saga_id: uuid.UUID | None = None,
-    correlation_id: str | None = None,
-) -> uuid.UUID:
-    """`start_saga` for async views."""
-    runtime = _runtime.current()
-    _, context = runtime.saga_for(saga_or_context, context)
-    recorded = await _runtime.await_in_loop(
-        _runtime.record_coro(runtime, context, saga_id, correlation_id)
-    )
-    runtime.hand_off(recorded)
-    return recorded
-
-
-def wait_for_sagas(timeout: float | None = None) -> bool:
-    """Wait for the background runs this process started; False if some still run after ``timeout``."""
-    return _runtime.current().wait(timeout)
-
-
-# -- status and diagrams ------------------------------------------------------------------------
-
-
-def saga_status(saga_id: uuid.UUID | str) -> dict[str, typing.Any]:
-    """The stored state of a saga as a JSON-ready dict (sync views).
-
-    Raises `BadRequest` (422 for a malformed id, 404 for an unknown one);
-    turn it into a response with `error_response`.
-    """
-    runtime = _runtime.current()
-    return _runtime.block(_runtime.status_coro(runtime, saga_id))
-
-
-async def asaga_status(saga_id: uuid.UUID | str) -> dict[str, typing.Any]:
-    """`saga_status` for async views."""
-    runtime = _runtime.current()
-    return await _runtime.await_in_loop(_runtime.status_coro(runtime, saga_id))
-
-
-def saga_diagram(saga_id: uuid.UUID | str) -> str:
-    """Mermaid source of a saga run, its completed, compensated and failed steps marked (sync views)."""
-    runtime = _runtime.current()
-    return _runtime.block(_runtime.diagram_coro(runtime, saga_id))
-
-
-async def asaga_diagram(saga_id: uuid.UUID | str) -> str:
-    """`saga_diagram` for async views."""
-    runtime = _runtime.current()
-    return await _runtime.await_in_loop(_runtime.diagram_coro(runtime, saga_id))
+_api = SyncSagaApi(_runtime.current_runtime, _sse_response, refuse=SynchronousOnlyOperation)
+run_saga, arun_saga, start_saga, astart_saga, saga_event_stream = _api.vocabulary()[:5]
+saga_status, asaga_status, saga_history, asaga_history, saga_diagram, asaga_diagram = _api.vocabulary()[5:11]
+list_sagas, alist_sagas, wait_for_sagas = _api.vocabulary()[11:]
 
 
 # -- request bodies and errors ------------------------------------------------------------------
 
 
-def read_json(request: typing.Any, *, max_bytes: int | None = None) -> dict[str, typing.Any]:
-    """The request's JSON object body; `BadRequest` 413 when too large, 400 when not a JSON object.
+def _body(request: typing.Any, limit: int) -> bytes:
+    declared = request.META.get("CONTENT_LENGTH") or None
+    if hasattr(request, "_body"):  # already read (by middleware, a test client)
+        from cqrs.integrations._requests import check_content_length
 
-    ``max_bytes`` defaults to ``CQRS_SAGA["MAX_BODY_BYTES"]`` (1 MiB).
-    """
+        check_content_length(declared, max_bytes=limit)
+        return typing.cast(bytes, request._body)
+    return read_limited(request, declared, limit)
+
+
+def read_json(request: typing.Any, *, max_bytes: int | None = None) -> dict[str, typing.Any]:
+    """The request's JSON object body; `Problem` 413 when too large, 400 when not a JSON object."""
     limit = max_bytes if max_bytes is not None else get_saga_config().max_body_bytes
-    check_content_length(request.META.get("CONTENT_LENGTH") or None, max_bytes=limit)
-    return parse_json_object(request.body, max_bytes=limit)
+    return parse_json_object(_body(request, limit), max_bytes=limit)
 
 
 def read_saga_context(request: typing.Any, context_type: type[C], *, max_bytes: int | None = None) -> C:
     """Build a ``context_type`` (dataclass or pydantic model) from the request's JSON body.
 
-    Raises `BadRequest`: 413 for a body over the limit, 400 for a body that is
-    not a JSON object or whose fields do not fit (the message names each field).
+    Raises `Problem`: 413 over the limit, 400 for a body that is not a JSON
+    object (or nests too deeply, or holds text no database stores), 422
+    naming each field that does not fit. `CorrelationIdMiddleware` answers
+    it as problem details.
     """
     return typing.cast(C, build_context(context_type, read_json(request, max_bytes=max_bytes)))
 
 
-def error_response(error: BadRequest) -> typing.Any:
-    """A `JsonResponse` for a `BadRequest`: ``{"error": ..., "details": [...]}`` with its status."""
-    return JsonResponse(error.body(), status=error.status)
+def problem_response(problem: Problem) -> typing.Any:
+    """An ``HttpResponse`` of a `Problem`: RFC 9457 problem details (``application/problem+json``)."""
+    return render(problem_answer(problem))
+
+
+# -- routes ----------------------------------------------------------------------------------------
+
+
+def django_path(prefix: str, path: str) -> str:
+    """A route template (``/sagas/{saga_id}``) as a Django regex (an optional trailing slash)."""
+    pattern = (prefix.rstrip("/") + path).lstrip("/")
+    pattern = pattern.replace("{correlation_id}", "(?P<correlation_id>.+?)")
+    for name in ("saga_id", "source"):
+        pattern = pattern.replace("{" + name + "}", f"(?P<{name}>[^/]+)")
+    return f"^{pattern}/?$"
+
+
+def allow(method: str, request: typing.Any) -> typing.Any:
+    """None for a request of ``method`` (HEAD for GET), else the 405 problem."""
+    if request.method == method or (method == "GET" and request.method == "HEAD"):
+        return None
+    return problem_response(Problem(405, f"Use {method}, not {request.method}", headers={"Allow": method}))
+
+
+def operator_routes(
+    *, prefix: str = "/sagas", health: str | None = "/health", authorize: Authorize | None = None
+) -> list[typing.Any]:
+    """URL patterns of the operator routes, read-only unless ``authorize`` is given.
+
+    The routes of `cqrs.integrations.fastapi.operator_routes` (``urlpatterns
+    += operator_routes()``): list, status, history, diagram and health; with
+    ``authorize(request, action)`` (a plain function, True to allow) also
+    recover, park and reset (CSRF-exempt: the hook authenticates them).
+    """
+    patterns = []
+    for route in routes_for(authorize):
+
+        @csrf_exempt  # type: ignore[untyped-decorator]
+        def view(request: typing.Any, saga_id: str = "", *, _route: typing.Any = route) -> typing.Any:
+            refused = allow(_route.method, request)
+            if refused is not None:
+                return refused
+            query = {key: request.GET.getlist(key) for key in request.GET}
+            return render(
+                _api.operator(
+                    _route.name, request=request, saga_id=saga_id, query=query,
+                    read_body=lambda limit: _body(request, limit), authorize=authorize,
+                )
+            )
+
+        patterns.append(re_path(django_path(prefix, route.path), view, name=f"cqrs-saga-{route.name}"))
+    if health is not None:
+
+        def health_view(request: typing.Any) -> typing.Any:
+            return allow("GET", request) or render(_api.health())
+
+        patterns.append(re_path(django_path(health, ""), health_view, name="cqrs-saga-health"))
+    return patterns

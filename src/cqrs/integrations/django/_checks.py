@@ -1,4 +1,4 @@
-"""``manage.py check`` for ``CQRS_SAGA``, and re-reading it when tests override it."""
+"""``manage.py check`` for ``CQRS_SAGA`` and ``CQRS_SAGA_WEBHOOKS``, and re-reading them when tests override them."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ from cqrs.integrations.django import _runtime
 
 
 def check_settings(app_configs: typing.Any = None, **kwargs: typing.Any) -> list[typing.Any]:
-    """An error (``cqrs_saga.E001``) when ``CQRS_SAGA`` cannot be used."""
-    runtime = _runtime.current_or_none()
-    if runtime is None or runtime.error is None:
+    """An error (``cqrs_saga.E001``) when ``CQRS_SAGA`` or ``CQRS_SAGA_WEBHOOKS`` cannot be used."""
+    sagas = _runtime.current_or_none()
+    if sagas is None or sagas.error is None:
         return []
     return [
         checks.Error(
-            f"CQRS_SAGA is invalid: {runtime.error}",
-            hint="Fix settings.CQRS_SAGA; `python manage.py saga_check` shows every check.",
+            str(sagas.error),
+            hint="Fix the setting it names; `python manage.py saga_check` shows every check.",
             id="cqrs_saga.E001",
         )
     ]
 
 
 def on_setting_changed(*, setting: str, **kwargs: typing.Any) -> None:
-    """Re-read ``CQRS_SAGA`` when ``override_settings`` (or pytest-django's ``settings``) changes it."""
-    if setting == "CQRS_SAGA":
+    """Re-read the saga settings when ``override_settings`` (or pytest-django's ``settings``) changes one."""
+    if setting in ("CQRS_SAGA", "CQRS_SAGA_WEBHOOKS"):
         _runtime.setup()

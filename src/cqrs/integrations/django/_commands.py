@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import dataclasses
 import datetime
-import re
+import logging
+import threading
 import typing
 
 from django.core.management.base import CommandError  # type: ignore[import-untyped]
 
-from cqrs.config import SagaConfig
+from cqrs.config import SagaConfig, open_storage
+from cqrs.integrations._requests import parse_duration as _parse_duration
 from cqrs.integrations.django import _runtime
+from cqrs.integrations.django._settings import redact
+from cqrs.saga.storage.protocol import SagaStorage
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
-_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+logger = logging.getLogger("cqrs.integrations.django")
+T = typing.TypeVar("T")
 
 
 def parse_duration(text: str) -> datetime.timedelta:
     """``30s``, ``5m``, ``2h``, ``1d``, ``1w`` or a number of seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 2h or 1d")
-    return datetime.timedelta(seconds=float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()])
+    return _parse_duration(text)
 
 
 def duration_option(text: str) -> datetime.timedelta:
@@ -62,22 +63,72 @@ def table(headers: typing.Sequence[str], rows: typing.Sequence[typing.Sequence[s
 
 
 def command_config() -> SagaConfig:
-    """A copy of the project's saga config with a storage of its own (for ``asyncio.run`` in a command)."""
+    """The project's saga config with the storage URL it uses now (a command opens its own storage)."""
     try:
         settings = _runtime.current().require()
-        url = settings.resolve_storage_url()
+        return settings.prepare(settings.config)
     except Exception as error:
         raise CommandError(str(error)) from error
-    return dataclasses.replace(settings.config, storage=None, storage_url=url)
 
 
 @contextlib.asynccontextmanager
-async def opened(config: SagaConfig, *, create_tables: bool | None = None) -> typing.AsyncIterator[SagaConfig]:
-    """``config`` initialized (creating tables if ``create_tables``, default the config's), then closed."""
-    if create_tables is not None:
-        config.create_tables = create_tables
-    await config.initialize()
+async def opened(config: SagaConfig, *, create_tables: bool | None = None) -> typing.AsyncIterator[SagaStorage]:
+    """``config``'s storage, opened (creating tables if ``create_tables``, default the config's), then closed."""
+    storage = config.storage or await open_storage(
+        config.storage_url, create_tables=config.create_tables if create_tables is None else create_tables
+    )
     try:
-        yield config
+        yield storage
     finally:
-        await config.close()
+        if config.storage is None:
+            await storage.close()
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: its type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+async def probe(storage: SagaStorage, config: SagaConfig) -> None:
+    """A query the storage must answer; `CommandError` (one line) when the database is down or unmigrated."""
+    try:
+        await storage.list_sagas(limit=1)
+    except Exception as error:
+        raise CommandError(
+            f"Cannot use the saga database {redact(config.storage_url)}: {one_line(error)} "
+            "(is the database up, and `python manage.py migrate` run?)"
+        ) from None
+
+
+def run(coro: typing.Coroutine[typing.Any, typing.Any, T]) -> T:
+    """``asyncio.run(coro)`` for a command, without stray tracebacks from database driver threads.
+
+    A driver that runs connections in threads (aiosqlite) may report a failed
+    connect after the command's loop has closed ("Event loop is closed" in
+    its thread); the command has already reported the failure in one line,
+    so such a late report is logged at debug level instead of printed.
+    """
+    previous_thread_hook = threading.excepthook
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
+            logger.debug("A database driver thread reported after the command's loop closed", exc_info=args.exc_value)
+            return
+        previous_thread_hook(args)
+
+    threading.excepthook = thread_hook
+    try:
+        return asyncio.run(coro)
+    finally:
+        # Driver threads still finishing report through the hook above: let them, then restore it.
+        late = [t for t in threading.enumerate() if t is not threading.current_thread() and _driver_thread(t)]
+        for thread in late:
+            thread.join(timeout=2)
+        if not any(thread.is_alive() for thread in late):
+            threading.excepthook = previous_thread_hook
+
+
+def _driver_thread(thread: threading.Thread) -> bool:
+    target = getattr(thread, "_target", None)
+    return str(getattr(target, "__module__", "")).startswith("aiosqlite") or "_connection_worker" in thread.name

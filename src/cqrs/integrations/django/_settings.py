@@ -1,4 +1,4 @@
-"""Reading ``settings.CQRS_SAGA`` and finding the database the sagas live in."""
+"""Reading ``settings.CQRS_SAGA`` and ``CQRS_SAGA_WEBHOOKS``, and finding the database the sagas live in."""
 
 from __future__ import annotations
 
@@ -11,19 +11,34 @@ from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-u
 from django.db import connections  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from cqrs.config import SagaConfig, parse_bool, storage_url
+from cqrs.config import SETTABLE, SagaConfig, parse_bool, storage_url, unknown_key
 from cqrs.container import as_container
+from cqrs.integrations._webhooks import WebhookEndpoint
+from cqrs.integrations.webhooks import SignatureVerifier
 from cqrs.saga.saga import Saga
 
 #: Keys of ``CQRS_SAGA`` that the Django integration reads itself; the rest go to `SagaConfig.from_mapping`.
-DJANGO_KEYS = ("SAGAS", "CONTAINER", "DATABASE", "RUN_ON_COMMIT")
-@dataclasses.dataclass
+DJANGO_KEYS = ("SAGAS", "CONTAINER", "DATABASE", "RUN_ON_COMMIT", "EVENT_MAP", "MESSAGE_BROKER", "HOOKS")
+#: The keys of ``CQRS_SAGA_WEBHOOKS``.
+WEBHOOK_KEYS = (
+    "SECRET", "SIGNATURE_HEADER", "ALGORITHM", "TIMESTAMP_HEADER", "TOLERANCE", "MAX_BODY_BYTES",
+    "INSECURE_UNSIGNED_SOURCES",
+)
+_WEBHOOK_DEFAULTS: dict[str, typing.Any] = {
+    "SIGNATURE_HEADER": "X-Signature",
+    "ALGORITHM": "sha256",
+    "TIMESTAMP_HEADER": "X-Signature-Timestamp",
+    "TOLERANCE": 300.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class DjangoSagaSettings:
     """``CQRS_SAGA``, parsed.
 
-    ``config.storage_url`` is only final after `resolve_storage_url`: when
-    ``STORAGE_URL`` is not set it is derived from ``DATABASES[database]`` at
-    first use, so a test runner's renamed test database is the one used.
+    When ``STORAGE_URL`` is not set, the storage URL is derived from
+    ``DATABASES[database]`` when the runtime opens (`prepare`), so a test
+    runner's renamed test database is the one used.
     """
 
     config: SagaConfig
@@ -31,10 +46,14 @@ class DjangoSagaSettings:
     derived: bool
     run_on_commit: bool
 
-    def resolve_storage_url(self) -> str:
+    def prepare(self, config: SagaConfig) -> SagaConfig:
+        """``config`` with the storage URL as it is now (derived from the Django database, if so)."""
         if self.derived:
-            self.config.storage_url = storage_url_for_database(self.database)
-        return self.config.storage_url
+            return dataclasses.replace(config, storage_url=storage_url_for_database(self.database))
+        return config
+
+    def resolve_storage_url(self) -> str:
+        return self.prepare(self.config).storage_url
 
     def shares_database(self, alias: str) -> bool:
         """Whether the saga tables are in the database of Django's ``alias``."""
@@ -47,24 +66,40 @@ class DjangoSagaSettings:
         return same_database(self.config.storage_url, django_url)
 
 
-def setting_values(raw: typing.Any, setting: str) -> dict[str, typing.Any]:
-    """A dict setting (absent: empty) with upper-cased keys; `ImproperlyConfigured` if it is no dict."""
+def setting_values(raw: typing.Any, setting: str, known: typing.Collection[str]) -> dict[str, typing.Any]:
+    """A dict setting (absent: empty) with upper-cased keys.
+
+    `ImproperlyConfigured` if it is no dict, or for a key not in ``known``
+    (naming it and the closest known key).
+    """
     if raw is None:
         return {}
     if not isinstance(raw, typing.Mapping):
         raise ImproperlyConfigured(f"{setting} must be a dict, got {type(raw).__name__}")
-    return {str(key).upper(): value for key, value in raw.items()}
+    values = {str(key).upper(): value for key, value in raw.items()}
+    for key in values:
+        if key not in known:
+            raise ImproperlyConfigured(unknown_key(f"{setting}[{key!r}]", key, sorted(known)).replace(
+                "Unknown saga setting", "Unknown key"))
+    return values
 
 
 def load(raw: typing.Any) -> DjangoSagaSettings:
     """Parse a ``CQRS_SAGA`` dict; `ImproperlyConfigured` names what is wrong."""
-    values = setting_values(raw, "CQRS_SAGA")
+    values = setting_values(raw, "CQRS_SAGA", {*DJANGO_KEYS, *(name.upper() for name in SETTABLE)})
     sagas = _sagas(values.pop("SAGAS", ()))
     container = _container(values.pop("CONTAINER", None))
+    objects = {
+        name.lower(): _object(values.pop(name), f"CQRS_SAGA[{name!r}]")
+        for name in ("EVENT_MAP", "MESSAGE_BROKER", "HOOKS") if name in values
+    }
     database = values.pop("DATABASE", "default")
     if not isinstance(database, str) or not database:
         raise ImproperlyConfigured(f"CQRS_SAGA['DATABASE'] must be a database alias, got {database!r}")
-    run_on_commit = parse_bool(values.pop("RUN_ON_COMMIT", True))
+    try:
+        run_on_commit = parse_bool(values.pop("RUN_ON_COMMIT", True), strict=True)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"CQRS_SAGA['RUN_ON_COMMIT'] must be true or false: {error}") from None
     derived = not values.get("STORAGE_URL")
     if derived:
         if database not in connections.settings:
@@ -72,23 +107,89 @@ def load(raw: typing.Any) -> DjangoSagaSettings:
                 f"CQRS_SAGA['DATABASE'] is {database!r}, which is not in DATABASES "
                 f"({', '.join(connections.settings) or 'none'})"
             )
-        values["STORAGE_URL"] = storage_url_for_database(database)
+        values["STORAGE_URL"] = "memory://"  # the real URL is derived when the runtime opens
         # `manage.py migrate` creates the tables in Django's database (the saga app's migration);
         # creating them again on first use could wait on a SQLite write lock a request holds.
         values.setdefault("CREATE_TABLES", False)
-    elif not _storage_url_ok(str(values["STORAGE_URL"])):
+    elif not isinstance(values["STORAGE_URL"], str) or not _storage_url_ok(values["STORAGE_URL"]):
         raise ImproperlyConfigured(
             f"CQRS_SAGA['STORAGE_URL'] is {redact(str(values['STORAGE_URL']))!r}: use memory://, "
             "sqlite+aiosqlite:///file.db or postgresql+asyncpg://user@host/db (or leave it out: "
             "sagas then live in the Django database)"
         )
     try:
-        config = SagaConfig.from_mapping(values, sagas=sagas, container=container)
+        config = SagaConfig.from_mapping(values, where="CQRS_SAGA ", sagas=sagas, container=container, **objects)
     except (TypeError, ValueError) as error:
-        raise ImproperlyConfigured(
-            f"CQRS_SAGA: {error} (the Django integration also reads {', '.join(DJANGO_KEYS)})"
-        ) from error
+        raise ImproperlyConfigured(f"CQRS_SAGA: {error}") from error
+    if derived:
+        storage_url_for_database(database)  # a database sagas cannot live in is named now
     return DjangoSagaSettings(config=config, database=database, derived=derived, run_on_commit=run_on_commit)
+
+
+def load_webhooks(raw: typing.Any) -> WebhookEndpoint | None:
+    """A `WebhookEndpoint` from a ``CQRS_SAGA_WEBHOOKS`` dict (None when the setting is absent).
+
+    `ImproperlyConfigured` names what is wrong: an unknown key (and the
+    closest known one), a value of the wrong type, an empty or missing
+    ``SECRET`` (unless ``INSECURE_UNSIGNED_SOURCES`` lists every source
+    meant to go unsigned).
+    """
+    if raw is None:
+        return None
+    setting = "CQRS_SAGA_WEBHOOKS"
+    options = {**_WEBHOOK_DEFAULTS, **setting_values(raw, setting, WEBHOOK_KEYS)}
+    unsigned = options.get("INSECURE_UNSIGNED_SOURCES", ())
+    if isinstance(unsigned, str) or not isinstance(unsigned, (list, tuple)) or not all(
+        isinstance(source, str) and source for source in unsigned
+    ):
+        raise ImproperlyConfigured(
+            f"{setting}['INSECURE_UNSIGNED_SOURCES'] must be a list of source names, got {unsigned!r}"
+        )
+    for name in ("SIGNATURE_HEADER", "ALGORITHM"):
+        if not isinstance(options[name], str) or not options[name]:
+            raise ImproperlyConfigured(f"{setting}[{name!r}] must be a non-empty string, got {options[name]!r}")
+    if options["TIMESTAMP_HEADER"] is not None and not isinstance(options["TIMESTAMP_HEADER"], str):
+        raise ImproperlyConfigured(f"{setting}['TIMESTAMP_HEADER'] must be a header name or None")
+    tolerance = options["TOLERANCE"]
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
+        raise ImproperlyConfigured(
+            f"{setting}['TOLERANCE'] must be a positive number of seconds, got {tolerance!r}"
+        )
+    limit = options.get("MAX_BODY_BYTES")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ImproperlyConfigured(f"{setting}['MAX_BODY_BYTES'] must be a positive integer, got {limit!r}")
+    secret = options.get("SECRET")
+    verifier = None
+    if "SECRET" in options or not unsigned:
+        if not isinstance(secret, (str, bytes)) or not secret:
+            what = "missing" if secret is None else "empty" if not secret else f"a {type(secret).__name__}"
+            raise ImproperlyConfigured(
+                f"{setting}['SECRET'] is {what}: deliveries could not be verified. Set it (is its "
+                "environment variable unset?); a source that cannot sign goes in INSECURE_UNSIGNED_SOURCES"
+            )
+        try:
+            verifier = SignatureVerifier(
+                secret,
+                header=options["SIGNATURE_HEADER"],
+                algorithm=options["ALGORITHM"],
+                timestamp_header=options["TIMESTAMP_HEADER"] or None,
+                tolerance=float(tolerance),
+            )
+        except (TypeError, ValueError) as error:
+            raise ImproperlyConfigured(f"{setting}: {error}") from error
+    return WebhookEndpoint(verifier=verifier, max_body_bytes=limit, insecure_unsigned_sources=tuple(unsigned))
+
+
+def _object(value: typing.Any, where: str) -> typing.Any:
+    """A setting given as an object or as a dotted path to one (a function is called for it)."""
+    if isinstance(value, str):
+        value = _import(value, where)
+        if callable(value) and not isinstance(value, type):
+            try:
+                value = value()
+            except Exception as error:
+                raise ImproperlyConfigured(f"{where}: calling {value!r} failed: {error}") from error
+    return value
 
 
 def _storage_url_ok(url: str) -> bool:

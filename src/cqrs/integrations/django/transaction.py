@@ -1,10 +1,11 @@
 """Starting a saga in the same database transaction as the Django ORM writes it belongs to.
 
-`atomic_saga_start` INSERTs the saga row through Django's own connection, so
-it commits or rolls back with the ``transaction.atomic()`` block around it.
-The statement is the SQLAlchemy storage's table (``saga_executions``) and
-clock compiled for the connection's dialect, once per dialect, so the schema
-is defined in one place.
+`atomic_saga_start` INSERTs the mediator's start row of a saga through
+Django's own connection, so it commits or rolls back with the
+``transaction.atomic()`` block around it. The statement is the SQLAlchemy
+storage's table (``saga_executions``) and clock compiled for the
+connection's dialect, once per dialect, so the schema is defined in one
+place. `start_saga_on_commit` defers the whole start to the commit.
 """
 
 from __future__ import annotations
@@ -17,15 +18,43 @@ from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-u
 from django.db import transaction  # type: ignore[import-untyped]
 
 from cqrs import correlation
+from cqrs.integrations._loop import shared_loop_thread
+from cqrs.integrations._requests import check_json
+from cqrs.integrations._runtime import log_accepted
 from cqrs.integrations.django import _runtime
 from cqrs.saga import _serialization
 from cqrs.saga.storage.enums import SagaStatus
+from cqrs.saga.storage.models import NewSaga
 
 if typing.TYPE_CHECKING:
     import sqlalchemy
     from sqlalchemy.engine import Dialect
 
-__all__ = ["atomic_saga_start", "create_saga_tables", "drop_saga_tables", "prepare_sqlite_connection"]
+__all__ = [
+    "atomic_saga_start",
+    "create_saga_tables",
+    "drop_saga_tables",
+    "prepare_sqlite_connection",
+    "start_saga_on_commit",
+]
+
+
+def _shared_alias(sagas: _runtime.DjangoSagas, using: str | None, what: str) -> str:
+    settings = sagas.require()
+    alias = using or settings.database
+    if not settings.shares_database(alias):
+        if settings.derived:
+            raise ImproperlyConfigured(
+                f"{what}(using={alias!r}): sagas live in DATABASES[{settings.database!r}] "
+                "(CQRS_SAGA['DATABASE']), so only a transaction of that database can start one"
+            )
+        raise ImproperlyConfigured(
+            f"{what}(using={alias!r}) needs the saga storage in that database, but "
+            f"CQRS_SAGA['STORAGE_URL'] points elsewhere; drop STORAGE_URL (sagas then live in "
+            f"DATABASES[{settings.database!r}]) or use start_saga_on_commit()"
+        )
+    return alias
+
 
 def atomic_saga_start(
     saga_or_context: typing.Any,
@@ -45,13 +74,15 @@ def atomic_saga_start(
             order = Order.objects.create(...)
             saga_id = atomic_saga_start(OrderSaga, OrderContext(order_id=order.pk, ...))
 
-    The saga row (status ``pending``, no owner, a lease that has already
-    expired) is INSERTed through ``connections[using]``, so it commits or rolls
-    back with everything else: on rollback no trace of the saga remains. On
-    commit, ``transaction.on_commit`` hands the id to this process's saga loop,
-    which runs it. If the process dies between the commit and the end of the
-    run, ``manage.py saga_worker`` finishes the saga. With
-    ``CQRS_SAGA["RUN_ON_COMMIT"] = False`` only workers run it.
+    The saga row is the mediator's start row (`SagaMediator.new_saga`: its
+    hooks, correlation id and trace context), with status ``pending``, no
+    owner and a lease that has already expired, INSERTed through
+    ``connections[using]``, so it commits or rolls back with everything
+    else: on rollback no trace of the saga remains. On commit,
+    ``transaction.on_commit`` hands the id to this process's saga runtime,
+    which runs it through the mediator. If the process dies between the
+    commit and the end of the run, ``manage.py saga_worker`` finishes it.
+    With ``CQRS_SAGA["RUN_ON_COMMIT"] = False`` only workers run it.
 
     Timestamps come from the database's clock, as the storage's do.
     ``using`` defaults to ``CQRS_SAGA["DATABASE"]`` (``"default"``), and must be
@@ -60,36 +91,67 @@ def atomic_saga_start(
     Outside ``atomic()`` (autocommit) the row commits at once and the run starts
     immediately. Returns the saga id.
     """
-    runtime = _runtime.current()
-    settings = runtime.require()
-    saga_type, context = runtime.saga_for(saga_or_context, context)
-    alias = using or settings.database
-    if not settings.shares_database(alias):
-        if settings.derived:
-            raise ImproperlyConfigured(
-                f"atomic_saga_start(using={alias!r}): sagas live in DATABASES[{settings.database!r}] "
-                "(CQRS_SAGA['DATABASE']), so only a transaction of that database can start one"
-            )
-        raise ImproperlyConfigured(
-            f"atomic_saga_start(using={alias!r}) needs the saga storage in that database, but "
-            f"CQRS_SAGA['STORAGE_URL'] points elsewhere; drop STORAGE_URL (sagas then live in "
-            f"DATABASES[{settings.database!r}]) or start the saga with start_saga()"
-        )
-    saga_id = saga_id or uuid.uuid4()
-    values = {
-        "id": saga_id,
-        "name": saga_type.name,
-        "definition_version": saga_type.version,
-        "status": SagaStatus.PENDING.value,
-        "context": _serialization.dump_context(context),
-        "correlation_id": correlation_id or correlation.get_correlation_id(),
-    }
+    sagas = _runtime.current()
+    settings = sagas.require()
+    saga_type, context = sagas.saga_for(saga_or_context, context)
+    alias = _shared_alias(sagas, using, "atomic_saga_start")
+    data = _serialization.dump_context(context)
+    check_json(data, status=422)
+    row = sagas.mediator().new_saga(
+        saga_type,
+        data,
+        saga_id or uuid.uuid4(),
+        status=SagaStatus.PENDING,
+        correlation_id=correlation.accept_correlation_id(correlation_id or correlation.get_correlation_id()),
+    )
     connection = transaction.get_connection(alias)
     insert = _insert_for(connection)
     with connection.cursor() as cursor:
-        cursor.execute(insert.sql, insert.parameters(values))
+        cursor.execute(insert.sql, insert.parameters(row))
+    log_accepted(row.saga_id, row.name, row.correlation_id)
     if settings.run_on_commit:
-        transaction.on_commit(functools.partial(runtime.hand_off, saga_id), using=alias, robust=True)
+        transaction.on_commit(functools.partial(sagas.hand_off, row.saga_id), using=alias, robust=True)
+    return row.saga_id
+
+
+def start_saga_on_commit(
+    saga_or_context: typing.Any,
+    context: typing.Any = None,
+    *,
+    using: str | None = None,
+    saga_id: uuid.UUID | None = None,
+    correlation_id: str | None = None,
+) -> uuid.UUID:
+    """Start a saga when the current transaction of ``using`` commits; nothing if it rolls back.
+
+    The deferred form of `start_saga` for code inside ``transaction.atomic()``
+    (the sagas may live in any storage, not only the Django database)::
+
+        with transaction.atomic():
+            order = Order.objects.create(...)
+            saga_id = start_saga_on_commit(OrderSaga, OrderContext(order_id=order.pk, ...))
+
+    The saga class and context are checked now (errors raise here); the saga
+    is recorded and run through the runtime's mediator by
+    ``transaction.on_commit``, exactly once per commit, with the id returned
+    here and the correlation id current now. Unlike `atomic_saga_start`,
+    the saga row is written after the commit: if the process dies in
+    between, or the storage refuses the write (logged), the saga does not
+    exist. Outside ``atomic()`` it starts at once. ``using`` defaults to
+    ``CQRS_SAGA["DATABASE"]``.
+    """
+    sagas = _runtime.current()
+    settings = sagas.require()
+    saga_type, context = sagas.saga_for(saga_or_context, context)
+    check_json(_serialization.dump_context(context), status=422)
+    saga_id = saga_id or uuid.uuid4()
+    cid = correlation.accept_correlation_id(correlation_id or correlation.get_correlation_id())
+    runtime = sagas.require_runtime()
+
+    def start() -> None:
+        shared_loop_thread().loop.call_soon_threadsafe(runtime.start_soon, saga_type, context, saga_id, cid)
+
+    transaction.on_commit(start, using=using or settings.database, robust=True)
     return saga_id
 
 
@@ -155,7 +217,7 @@ class _Insert:
 
         table = saga_tables()[0]
         now = database_now(dialect.name)
-        given = ("id", "name", "definition_version", "status", "context", "correlation_id")
+        given = ("id", "name", "definition_version", "status", "context", "correlation_id", "trace_context")
         compiled = (
             table.insert()
             .values(
@@ -180,8 +242,17 @@ class _Insert:
             for name in compiled.positiontup or ()
         ]
 
-    def parameters(self, values: dict[str, typing.Any]) -> list[typing.Any]:
-        """The statement's parameters, in order, for ``values`` of the saga's own columns."""
+    def parameters(self, row: NewSaga) -> list[typing.Any]:
+        """The statement's parameters, in order, for the start row ``row``."""
+        values = {
+            "id": row.saga_id,
+            "name": row.name,
+            "definition_version": row.definition_version,
+            "status": row.status.value,
+            "context": row.context,
+            "correlation_id": row.correlation_id,
+            "trace_context": row.trace_context,
+        }
         parameters = []
         for name, fixed, processor in self._order:
             value = values.get(name, fixed)
@@ -201,10 +272,10 @@ def _insert_for(connection: typing.Any) -> _Insert:
 
 
 def _stores_sagas(connection: typing.Any) -> bool:
-    runtime = _runtime.current_or_none()
-    if runtime is None or runtime.settings is None:
+    sagas = _runtime.current_or_none()
+    if sagas is None or sagas.settings is None:
         return False
-    return runtime.settings.shares_database(connection.alias)
+    return sagas.settings.shares_database(connection.alias)
 
 
 def prepare_sqlite_connection(sender: typing.Any = None, *, connection: typing.Any, **kwargs: typing.Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import typing
@@ -10,7 +9,7 @@ import typing
 from django.core.management.base import BaseCommand, CommandError  # type: ignore[import-untyped]
 
 from cqrs.config import SagaConfig
-from cqrs.integrations.django._commands import aware, command_config, duration_option, humanize, opened
+from cqrs.integrations.django._commands import aware, command_config, duration_option, humanize, one_line, opened, run
 from cqrs.integrations.django._settings import redact
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.models import SagaRecord
@@ -56,7 +55,7 @@ class Command(BaseCommand):  # type: ignore[misc]
             checks.append(
                 Check("configuration", True, f"sagas: {names}; storage {redact(config.storage_url)}")
             )
-            checks += asyncio.run(self._probe(config, options["stuck_after"], options["limit"]))
+            checks += run(self._probe(config, options["stuck_after"], options["limit"]))
         for check in checks:
             word = "OK" if check.ok else ("SKIP" if check.ok is None else "FAIL")
             style = self.style.SUCCESS if check.ok else (self.style.WARNING if check.ok is None else self.style.ERROR)
@@ -69,8 +68,7 @@ class Command(BaseCommand):  # type: ignore[misc]
     async def _probe(self, config: SagaConfig, stuck_after: datetime.timedelta, limit: int) -> list[Check]:
         checks: list[Check] = []
         try:
-            async with opened(config, create_tables=False) as opened_config:
-                storage = opened_config.require_storage()
+            async with opened(config, create_tables=False) as storage:
                 engine = getattr(storage, "engine", None)  # the SQL storage's; the memory storage has none
                 if engine is None:
                     checks.append(Check("database", True, f"{type(storage).__name__} (nothing to reach)"))
@@ -91,7 +89,7 @@ class Command(BaseCommand):  # type: ignore[misc]
                 checks.append(await _stuck(storage, stuck_after, limit))
                 checks.append(await _needing_operator(storage, limit))
         except Exception as error:
-            checks.append(Check("database", False, f"{type(error).__name__}: {error}"))
+            checks.append(Check("database", False, one_line(error)))
             checks += [Check(name, None, "skipped") for name in ("tables", "stuck sagas", "needs attention")]
         return checks
 
@@ -109,7 +107,7 @@ async def _inspect(engine: typing.Any) -> tuple[Check, list[str]]:
                 lambda sync: [name for name in names if not sqlalchemy.inspect(sync).has_table(name)]
             )
     except Exception as error:
-        return Check("database", False, f"unreachable: {type(error).__name__}: {error}"), []
+        return Check("database", False, f"unreachable: {one_line(error)}"), []
     return Check("database", True, f"reachable ({engine.dialect.name})"), sorted(missing)
 
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import typing
 
 from django.core.management.base import BaseCommand, CommandError  # type: ignore[import-untyped]
 
 from cqrs.config import SagaConfig
-from cqrs.integrations.django._commands import aware, command_config, duration_option, humanize, opened, table
+from cqrs.integrations.django._commands import (
+    aware,
+    command_config,
+    duration_option,
+    humanize,
+    one_line,
+    opened,
+    probe,
+    run,
+    table,
+)
 from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.models import SagaRecord
 
@@ -35,12 +44,13 @@ class Command(BaseCommand):  # type: ignore[misc]
             raise CommandError(f"--limit must be at least 1, got {options['limit']}")
         config = command_config()
         try:
-            records = asyncio.run(self._list(config, options))
+            records = run(self._list(config, options))
+        except CommandError:
+            raise
         except Exception as error:
             raise CommandError(
-                f"Cannot list sagas: {type(error).__name__}: {error} "
-                "(is the database up, and `manage.py migrate` run?)"
-            ) from error
+                f"Cannot list sagas: {one_line(error)} (is the database up, and `python manage.py migrate` run?)"
+            ) from None
         if not records:
             self.stdout.write("No sagas match.")
             return
@@ -51,8 +61,9 @@ class Command(BaseCommand):  # type: ignore[misc]
         self.stdout.write(f"{len(records)} saga(s){more}")
 
     async def _list(self, config: SagaConfig, options: dict[str, typing.Any]) -> list[SagaRecord]:
-        async with opened(config, create_tables=False) as opened_config:
-            return await opened_config.require_storage().list_sagas(
+        async with opened(config, create_tables=False) as storage:
+            await probe(storage, config)
+            return await storage.list_sagas(
                 status=SagaStatus(options["status"]) if options["status"] else None,
                 name=options["name"],
                 older_than=options["older_than"],

@@ -9,7 +9,7 @@ import typing
 from django.core.management.base import BaseCommand, CommandError  # type: ignore[import-untyped]
 
 from cqrs.config import SagaConfig
-from cqrs.integrations.django._commands import command_config, opened
+from cqrs.integrations.django._commands import command_config, one_line, opened, probe, run
 from cqrs.integrations.django._settings import redact
 
 
@@ -53,14 +53,22 @@ class Command(BaseCommand):  # type: ignore[misc]
         config = command_config()
         if not config.saga_map.sagas():
             raise CommandError("CQRS_SAGA['SAGAS'] lists no sagas: the worker would have nothing to run")
-        asyncio.run(self._main(config, options))
+        try:
+            run(self._main(config, options))
+        except CommandError:
+            raise
+        except Exception as error:
+            raise CommandError(
+                f"saga_worker stopped: {one_line(error)} (is the database up, and `python manage.py migrate` run?)"
+            ) from None
 
     async def _main(self, config: SagaConfig, options: dict[str, typing.Any]) -> None:
-        async with opened(config):
+        async with opened(config) as storage:
+            await probe(storage, config)
             chosen = {name: options[name] for name in ("concurrency", "batch_size", "max_attempts", "shutdown_grace")}
             if options["poll_interval"] is not None:  # else the config's recovery interval
                 chosen["poll_interval"] = options["poll_interval"]
-            worker = config.recovery_worker(**chosen)
+            worker = config.recovery_worker(storage, **chosen)
             names = ", ".join(saga_type.name for saga_type in config.saga_map.sagas())
             if options["once"]:
                 claimed = await worker.run_once()
