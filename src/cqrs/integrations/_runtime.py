@@ -1,5 +1,8 @@
 """The framework-agnostic saga runtime every web integration adapts.
 
+(Over 500 lines on purpose: it is the one place the three frameworks share, so every operation they
+expose lives here once rather than three times in the adapters.)
+
 One `SagaRuntime` per app (FastAPI), per Flask app, per Django process: it
 opens the config's storage and builds one mediator on first use, runs a
 recovery worker if asked, records sagas and runs them in the background or

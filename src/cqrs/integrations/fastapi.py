@@ -1,5 +1,9 @@
 """FastAPI (and Starlette) adapter of the saga runtime: lifespan, dependencies, middleware, routes.
 
+(Longer than the Flask and Django adapters, and kept whole: FastAPI declares each route with typed
+parameters and response models for OpenAPI, one declaration per endpoint; the behaviour is all in
+the runtime.)
+
 Everything runs in `cqrs.integrations._runtime.SagaRuntime`; this module
 maps it onto FastAPI's idioms::
 

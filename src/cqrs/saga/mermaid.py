@@ -1,5 +1,8 @@
 """Mermaid diagrams of a saga definition and of one saga run.
 
+(One module of over 500 lines: the four diagrams share the walk over a saga's steps and the escaping
+of ids and labels, which is where Mermaid's parser is easy to break.)
+
 `SagaMermaid` turns a `Saga` into Mermaid source text: a sequence diagram of
 its success and failure paths, a class diagram of its steps, context and
 responses, a state diagram of its steps (optionally marked with one run's

@@ -1,5 +1,8 @@
 """An in-memory saga storage: the protocol's twin, for tests, demos and single processes.
 
+(Just over 500 lines: it implements every method of the engine, operator and outbox protocols, each
+as the SQL storage behaves.)
+
 It keeps its own deep copies of everything it is given and hands out copies,
 so callers cannot change stored state behind its back. ``clock`` lets tests
 move time (lease expiry, ages) without sleeping.
