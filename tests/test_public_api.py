@@ -67,7 +67,13 @@ MODULE_ALL = {
     "cqrs.saga.storage.models": {"Lease", "NewSaga", "SagaClaim", "SagaLogEntry", "SagaRecord", "StepEntry"},
     "cqrs.saga.storage.protocol": {"ISagaStorage", "SagaEngineStorage", "SagaOperatorStorage", "SagaStorage"},
     "cqrs.saga.storage.compat": {"PythonCqrsStorageMethods"},
-    "cqrs.saga.storage.sqlalchemy": {"Base", "SqlAlchemySagaStorage", "saga_executions", "saga_log"},
+    "cqrs.saga.storage.sqlalchemy": {
+        "SCHEMA_VERSION", "Base", "SchemaError", "SchemaReport", "SqlAlchemySagaStorage", "saga_executions",
+        "saga_log", "saga_schema",
+    },
+    "cqrs.saga.operations": {
+        "ACTIONS", "OPERATOR_STEP", "ActionResult", "OperationRefusedError", "SagaLeasedError", "SagaOperations",
+    },
     "cqrs.response": {"DCResponse", "IResponse", "PydanticResponse", "Response"},
     "cqrs.container": {"Container", "DIContainer", "ScopeStrategy", "SupportsScope", "as_container"},
     "cqrs.container.protocol": {"Container", "SupportsScope"},
