@@ -71,6 +71,9 @@ MODULE_ALL = {
         "SCHEMA_VERSION", "Base", "SchemaError", "SchemaReport", "SqlAlchemySagaStorage", "saga_executions",
         "saga_log", "saga_schema",
     },
+    "cqrs.saga.apps": {"AppError", "load_object", "mediator_from", "resolve", "saga_map_of"},
+    "cqrs.cli": {"ExitCode", "main"},
+    "cqrs.console": {"Authorize", "ConsoleRequest", "SagaConsole", "WSGIConsole", "dispatch", "read_only"},
     "cqrs.saga.operations": {
         "ACTIONS", "OPERATOR_STEP", "ActionResult", "OperationRefusedError", "SagaLeasedError", "SagaOperations",
     },

@@ -208,6 +208,11 @@ class SagaOperations:
             or (None if outstanding else "no compensation is outstanding"),
         }
 
+    @staticmethod
+    def outstanding(history: list[SagaLogEntry]) -> list[str]:
+        """The completed steps whose compensation has not been recorded, newest first."""
+        return _Saga(_NO_RECORD, history).outstanding
+
     def next_step(self, record: SagaRecord, history: list[SagaLogEntry]) -> str | None:
         """The step a forward run of the saga would start with (None if every step completed or unknown saga)."""
         saga_type = self._saga_type(record.name)
@@ -541,6 +546,9 @@ class SagaOperations:
             return await self.mediator.resume(saga_id)
         except SagaAlreadyRunningError as error:
             raise SagaLeasedError(saga_id, action, f"a runner holds it ({error})") from error
+
+
+_NO_RECORD = SagaRecord(uuid.UUID(int=0), "", SagaStatus.PENDING, {}, 0)
 
 
 def _now() -> datetime.datetime:
