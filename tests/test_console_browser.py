@@ -53,12 +53,20 @@ def serving(url: str) -> typing.Iterator[str]:
         return request.headers.get("x-role") == "operator"
 
     app = FastAPI()
-    app.mount("/sagas", SagaConsole(url, sagas=ops_sagas.sagas, authorize=may, actor=lambda request: "dana"))
+    console = SagaConsole(url, sagas=ops_sagas.sagas, authorize=may, actor=lambda request: "dana")
+    app.mount("/sagas", console)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)  # connections queue until uvicorn serves: no wait for it to start
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            await console.aclose()  # the storage it opened lives in this loop
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}/sagas"
