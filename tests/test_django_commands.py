@@ -203,7 +203,7 @@ def test_saga_check_reports_missing_tables_unreachable_database_and_bad_config(
     assert lines == {
         "configuration": "OK", "database": "OK", "tables": "FAIL", "stuck sagas": "SKIP", "needs attention": "SKIP",
     }
-    assert "missing saga_executions, saga_log: run `python manage.py migrate`" in output
+    assert "missing cqrs_saga_schema, saga_executions, saga_log, saga_outbox: run `python manage.py migrate`" in output
 
     settings.CQRS_SAGA = {**settings.CQRS_SAGA, "STORAGE_URL": "postgresql+asyncpg://nobody:secret@127.0.0.1:9/none"}
     lines, output = checked()

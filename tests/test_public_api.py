@@ -69,7 +69,16 @@ MODULE_ALL = {
     "cqrs.saga.storage.models": {"Lease", "NewSaga", "SagaClaim", "SagaLogEntry", "SagaRecord", "StepEntry"},
     "cqrs.saga.storage.protocol": {"ISagaStorage", "SagaEngineStorage", "SagaOperatorStorage", "SagaStorage"},
     "cqrs.saga.storage.compat": {"PythonCqrsStorageMethods"},
-    "cqrs.saga.storage.sqlalchemy": {"Base", "SqlAlchemySagaStorage", "saga_executions", "saga_log", "saga_outbox"},
+    "cqrs.saga.storage.sqlalchemy": {
+        "SCHEMA_VERSION", "Base", "SchemaError", "SchemaReport", "SqlAlchemySagaStorage", "saga_executions",
+        "saga_log", "saga_outbox", "saga_schema",
+    },
+    "cqrs.saga.apps": {"AppError", "load_object", "mediator_from", "resolve", "saga_map_of"},
+    "cqrs.cli": {"ExitCode", "main"},
+    "cqrs.console": {"Authorize", "ConsoleRequest", "SagaConsole", "WSGIConsole", "dispatch", "read_only"},
+    "cqrs.saga.operations": {
+        "ACTIONS", "OPERATOR_STEP", "ActionResult", "OperationRefusedError", "SagaLeasedError", "SagaOperations",
+    },
     "cqrs.outbox": {
         "OutboxMessage", "OutboxRecord", "OutboxRelay", "OutboxStatus", "OutboxStorage", "RelayWaker",
         "outbox_message", "run_relay",

@@ -103,14 +103,11 @@ def serve(framework: str, request: pytest.FixtureRequest, tmp_path: pathlib.Path
         served.close()
 
 
-def assert_observed(
-    served: Served, saga_id: str, text: str, cid: str, *, kinds: tuple[str, ...], ambient: bool = True
-) -> None:
-    """``ambient``: the handler ran with the saga's correlation id as the current one. The engine calls
-    event handlers after the step's correlation scope, so they see the id of whoever drives the run: the
-    request's here, none in ``saga_worker`` (the hooks' `RunInfo` carries it either way)."""
+def assert_observed(served: Served, saga_id: str, text: str, cid: str, *, kinds: tuple[str, ...]) -> None:
+    """The handler ran with the saga's correlation id as the current one (event handlers run in the
+    saga's correlation scope, whoever drives the run: a request, a background task or ``saga_worker``)."""
     served.settle()
-    assert (text, cid if ambient else None) in notice_sagas.HANDLED, notice_sagas.HANDLED
+    assert (text, cid) in notice_sagas.HANDLED, notice_sagas.HANDLED
     seen = RECORDER.of(saga_id)
     assert [kind for kind, _ in seen] == list(kinds), seen
     assert {c for _, c in seen} == {cid}
@@ -178,7 +175,7 @@ def test_django_atomic_deferred_and_worker_starts_apply_handlers_hooks_and_corre
             assert [r.status for r in served.stored() if r.saga_id == left] == [SagaStatus.PENDING]
             call_command("saga_worker", "--once", stdout=io.StringIO())
             assert_observed(served, str(left), "worker", "cid-worker",
-                            kinds=("starting", "resumed", "finished:completed"), ambient=False)
+                            kinds=("starting", "resumed", "finished:completed"))
 
 
 def test_django_deferred_start_rollback_starts_nothing_and_commit_exactly_one(

@@ -43,6 +43,9 @@ class Saga(typing.Generic[ContextT]):
     - ``deadline``: seconds from the saga's start after which no step may run;
       passing it counts as a step failure.
     - ``compensation_retry``: a `RetryPolicy` overriding the mediator's default.
+    - ``rerun_failed``: an operator may run a ``failed`` saga of this class
+      again from its failed step, when nothing of it was compensated (its
+      first step failed); see `cqrs.saga.operations.SagaOperations.rerun`.
     """
 
     steps: typing.ClassVar[typing.Sequence[SagaEntry]] = ()
@@ -50,6 +53,7 @@ class Saga(typing.Generic[ContextT]):
     version: typing.ClassVar[int] = 1
     deadline: typing.ClassVar[float | None] = None
     compensation_retry: typing.ClassVar[RetryPolicy | None] = None
+    rerun_failed: typing.ClassVar[bool] = False
     context_type: typing.ClassVar[type[typing.Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: typing.Any) -> None:

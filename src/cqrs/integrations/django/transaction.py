@@ -159,18 +159,18 @@ def start_saga_on_commit(
 
 
 def saga_tables() -> list[sqlalchemy.Table]:
-    """The SQLAlchemy storage's ``saga_executions`` and ``saga_log``, parents first.
+    """The SQLAlchemy storage's tables (sagas, their logs, the outbox, the schema version), parents first.
 
     `ImproperlyConfigured` when SQLAlchemy is missing.
     """
     try:
-        from cqrs.saga.storage.sqlalchemy import saga_executions, saga_log
+        from cqrs.saga.storage.sqlalchemy._layout import ALL_TABLES
     except ImportError as error:
         raise ImproperlyConfigured(
             "Keeping sagas in the Django database needs SQLAlchemy and an async driver: "
             "pip install 'cqrs-saga[django,sqlite]' (or [django,postgres])"
         ) from error
-    return [saga_executions, saga_log]
+    return list(ALL_TABLES)
 
 
 def sqlalchemy_dialect(connection: typing.Any, *, paramstyle: str | None = "format") -> Dialect:
@@ -317,6 +317,44 @@ def create_saga_tables(apps: typing.Any, schema_editor: typing.Any) -> None:
         schema_editor.execute(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)), None)
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             schema_editor.execute(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)), None)
+
+
+def upgrade_saga_tables(apps: typing.Any, schema_editor: typing.Any) -> None:
+    """Migration step: bring saga tables an earlier migration created to the current schema.
+
+    Creates what is missing (the outbox table, the schema-version table, indexes), adds
+    ``saga_executions.trace_context`` if it is not there, and records the schema version. (Tables of
+    the very first schema also keep a recovery index and a foreign key that cost speed only;
+    ``cqrs-saga db upgrade`` drops them.)
+    """
+    connection = schema_editor.connection
+    if not _stores_sagas(connection):
+        return
+
+    from cqrs.saga.storage.sqlalchemy._layout import COMPONENT
+    from cqrs.saga.storage.sqlalchemy._schema import SCHEMA_VERSION, database_now, saga_executions, saga_schema
+
+    create_saga_tables(apps, schema_editor)
+    dialect = sqlalchemy_dialect(connection, paramstyle=None)
+    with connection.cursor() as cursor:
+        columns = {c.name for c in connection.introspection.get_table_description(cursor, saga_executions.name)}
+        if "trace_context" not in columns:
+            kind = saga_executions.c.trace_context.type.compile(dialect=dialect)
+            schema_editor.execute(f"ALTER TABLE {saga_executions.name} ADD COLUMN trace_context {kind}", None)
+        cursor.execute(f"SELECT version FROM {saga_schema.name} WHERE component = %s", [COMPONENT])
+        found = cursor.fetchone()
+    # The database's own clock, as the storage writes it (SQL text: a function call, no parameters).
+    now = str(database_now(dialect.name).compile(dialect=dialect))
+    if found is None:
+        schema_editor.execute(
+            f"INSERT INTO {saga_schema.name} (component, version, updated_at) VALUES (%s, %s, {now})",
+            [COMPONENT, SCHEMA_VERSION],
+        )
+    elif found[0] != SCHEMA_VERSION:
+        schema_editor.execute(
+            f"UPDATE {saga_schema.name} SET version = %s, updated_at = {now} WHERE component = %s",
+            [SCHEMA_VERSION, COMPONENT],
+        )
 
 
 def drop_saga_tables(apps: typing.Any, schema_editor: typing.Any) -> None:

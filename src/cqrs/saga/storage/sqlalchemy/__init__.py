@@ -3,7 +3,13 @@
     pip install 'cqrs-saga[postgres]'   # or 'cqrs-saga[sqlite]', 'cqrs-saga[mysql]'
 
     storage = SqlAlchemySagaStorage.from_url("postgresql+asyncpg://user@host/db")
-    await storage.create_tables()       # or Alembic: target_metadata = Base.metadata
+    await storage.create_tables()       # or Alembic: the `cqrs_saga` branch in :migrations
+
+Schema versions: the tables record the version they were written at
+(``cqrs_saga_schema``); `create_tables` refuses foreign, older or newer
+tables of the same names before writing anything, `upgrade_schema` upgrades
+every earlier version, `check_schema` reports drift. The same upgrade ships
+as an Alembic revision in ``cqrs.saga.storage.sqlalchemy:migrations``.
 
 `SqlAlchemySagaStorage` also takes an ``async_sessionmaker`` (or an
 ``AsyncSession``, or an ``AsyncEngine``) and does its work on that session's
@@ -21,6 +27,8 @@ every other database, goes through SQLAlchemy.
 
 Inside:
 
+- `_layout`: what a database holds (schema version, foreign tables, drift);
+  `_upgrade`: creating the tables and upgrading earlier versions;
 - `_schema`: the tables, their indexes and column types, the database clock,
   rows turned into records;
 - `_statements`: every statement, per dialect family;
@@ -42,9 +50,20 @@ except ImportError as _error:  # pragma: no cover - exercised by a test that hid
         "(or 'cqrs-saga[postgres]' / 'cqrs-saga[sqlite]' / 'cqrs-saga[mysql]' for the database drivers too)"
     ) from _error
 
+from cqrs.saga.storage.sqlalchemy._layout import SchemaError, SchemaReport
 from cqrs.saga.storage.sqlalchemy._outbox_schema import saga_outbox
-from cqrs.saga.storage.sqlalchemy._schema import Base, saga_executions, saga_log
+from cqrs.saga.storage.sqlalchemy._schema import SCHEMA_VERSION, Base, saga_executions, saga_log, saga_schema
 from cqrs.saga.storage.sqlalchemy._schema import database_now as database_now  # for the Django integration
 from cqrs.saga.storage.sqlalchemy._storage import SqlAlchemySagaStorage
 
-__all__ = ["Base", "SqlAlchemySagaStorage", "saga_executions", "saga_log", "saga_outbox"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Base",
+    "SchemaError",
+    "SchemaReport",
+    "SqlAlchemySagaStorage",
+    "saga_executions",
+    "saga_log",
+    "saga_outbox",
+    "saga_schema",
+]

@@ -18,6 +18,10 @@ AND lease_epoch = :epoch``):
 - ``ix_saga_executions_correlation_id (correlation_id)``:
   ``list_sagas(correlation_id=...)``.
 
+``cqrs_saga_schema``, one row: the schema version the storage wrote
+(`SCHEMA_VERSION`; see `_layout` for the versions and how an unrecorded one
+is told from the tables themselves).
+
 ``saga_log``, one row per step outcome; ``seq`` (an autoincrementing bigint)
 is the order of history, timestamps never are:
 
@@ -56,6 +60,7 @@ __all__ = [
     "LOG_INSERT_COLUMNS",
     "RECORD_COLUMNS",
     "RESUMABLE_CLAUSE",
+    "SCHEMA_VERSION",
     "TABLES",
     "Base",
     "Clock",
@@ -70,6 +75,7 @@ __all__ = [
     "record",
     "saga_executions",
     "saga_log",
+    "saga_schema",
 ]
 
 Row = typing.Sequence[typing.Any]
@@ -191,7 +197,20 @@ saga_log = sa.Table(
 _l = saga_log
 sa.Index("ix_saga_log_saga_id_seq", _l.c.saga_id, _l.c.seq)
 
-TABLES = [saga_executions, saga_log]
+#: The schema version this code writes: 1 was the first release (a recovery index on (status,
+#: lease_expires_at) and a foreign key from saga_log), 2 dropped both, 3 added trace_context.
+SCHEMA_VERSION = 4
+
+saga_schema = sa.Table(
+    "cqrs_saga_schema",
+    Base.metadata,
+    sa.Column("component", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+#: The saga tables of this module (`cqrs.saga.storage.sqlalchemy._layout.ALL_TABLES` adds the outbox's).
+TABLES = [saga_executions, saga_log, saga_schema]
 
 RECORD_COLUMNS = (
     _t.c.id,

@@ -45,12 +45,12 @@ from cqrs.saga.exceptions import SagaNotFoundError
 from cqrs.saga.storage.compat import PythonCqrsStorageMethods
 from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, purge_filter, status_set
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
-from cqrs.saga.storage.sqlalchemy import _transactions
+from cqrs.saga.storage.sqlalchemy import _transactions, _upgrade
 from cqrs.saga.storage.sqlalchemy._engines import SessionOrFactory, create_engine, engine_of
 from cqrs.saga.storage.sqlalchemy._executors import Executor, make_executor
+from cqrs.saga.storage.sqlalchemy._layout import SchemaReport, inspect_schema
 from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods
-from cqrs.saga.storage.sqlalchemy._outbox_schema import saga_outbox
-from cqrs.saga.storage.sqlalchemy._schema import TABLES, Base, claims, family, log_entry, record
+from cqrs.saga.storage.sqlalchemy._schema import claims, family, log_entry, record
 from cqrs.saga.storage.sqlalchemy._statements import Statements
 
 if typing.TYPE_CHECKING:
@@ -60,6 +60,7 @@ if typing.TYPE_CHECKING:
 __all__ = ["SqlAlchemySagaStorage"]
 
 JsonDict = dict[str, typing.Any]
+T = typing.TypeVar("T")
 _UTC = datetime.timezone.utc
 _MYSQL_DUPLICATE_KEY = 1062
 _EARLIEST = datetime.datetime.min.replace(tzinfo=_UTC)
@@ -136,10 +137,31 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         return self._session
 
     async def create_tables(self) -> None:
-        """Create the saga and outbox tables and indexes that do not exist yet (``Base.metadata.create_all``)."""
+        """Create the saga tables and indexes that do not exist yet, and record the schema version.
+
+        Raises `SchemaError`, before writing anything, when tables of these
+        names hold something else: another library's (python-cqrs's
+        ``saga_executions``, say), or an earlier or later schema version of
+        this one's (`upgrade_schema` upgrades an earlier one).
+        """
+        await self._ddl(lambda conn: _upgrade.create(conn, self._display_url()))
+
+    async def check_schema(self) -> SchemaReport:
+        """What the database holds: the schema version, whose tables, and any drift (reads only)."""
+        return await self._executor.transaction(inspect_schema)
+
+    async def upgrade_schema(self) -> tuple[SchemaReport, SchemaReport]:
+        """Upgrade the saga tables of any earlier schema version to this one (creating them if absent).
+
+        Returns the reports before and after. Raises `SchemaError` for foreign
+        tables or a newer version, before writing anything.
+        """
+        return await self._ddl(_upgrade.upgrade)
+
+    async def _ddl(self, work: typing.Callable[[sa.Connection], T]) -> T:
         kind = self._sql.family
 
-        def create(conn: sa.Connection) -> None:
+        def locked(conn: sa.Connection) -> T:
             # Several processes may start at once: one creates the tables, the others wait and find them.
             if kind == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x5A6A_7AB1E5)))
@@ -148,12 +170,15 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
             else:
                 conn.execute(sa.text("SELECT GET_LOCK('cqrs_saga_tables', 60)"))
             try:
-                Base.metadata.create_all(conn, tables=[*TABLES, saga_outbox])
+                return work(conn)
             finally:
                 if kind == "mysql":  # a session lock: it would outlive the transaction
                     conn.execute(sa.text("SELECT RELEASE_LOCK('cqrs_saga_tables')"))
 
-        await self._executor.transaction(create)
+        return await self._executor.transaction(locked)
+
+    def _display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
 
     async def close(self) -> None:
         """Close the session the storage made and dispose the engine if `from_url` made it."""
