@@ -54,3 +54,24 @@ def test_memory_benchmark_reports_framework_cost_per_step(tmp_path: Path) -> Non
     figures = json.loads(out.read_text())
     assert figures["sagas"] == 200
     assert figures["engine_sagas_per_s"] > 0 and figures["engine_us_per_saga"] > 0
+
+
+FAILURE_BENCH = BENCH.parent / "bench_failure.py"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_failure_benchmark_measures_one_commit_less_with_compensations_together(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "failure.json"
+    proc = subprocess.run(
+        [sys.executable, str(FAILURE_BENCH), "--quick", "--url", postgres_url, "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = json.loads(out.read_text())["concurrency"]["16"]
+    # Start, two steps, the failure with compensation begun, then two compensations or one commit for both.
+    assert row["each"]["commits_per_saga"] == pytest.approx(6.0, abs=0.2), row
+    assert row["together"]["commits_per_saga"] == pytest.approx(5.0, abs=0.2), row
+    assert row["ratio"] > 0

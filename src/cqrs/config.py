@@ -73,6 +73,7 @@ class SagaConfig:
     compensation_retry_delay: float = 1.0
     compensation_retry_backoff: float = 2.0
     lease_seconds: float = 30.0
+    compensation_commits: str = "together"
     create_tables: bool = True
     recovery: bool = False
     recovery_interval: float = 5.0
@@ -96,6 +97,10 @@ class SagaConfig:
         if not self.correlation_header or not all(c.isalnum() or c == "-" for c in self.correlation_header):
             raise ValueError(
                 f"Saga setting CORRELATION_HEADER must be an HTTP header name, got {self.correlation_header!r}"
+            )
+        if self.compensation_commits not in ("together", "each"):
+            raise ValueError(
+                f"Saga setting COMPENSATION_COMMITS must be 'together' or 'each', got {self.compensation_commits!r}"
             )
         if self.relay and not self.outbox:
             raise ValueError("Saga setting RELAY publishes the outbox: it needs OUTBOX = true as well")
@@ -151,6 +156,7 @@ class SagaConfig:
                 backoff=self.compensation_retry_backoff,
             ),
             lease_seconds=self.lease_seconds,
+            compensation_commits=typing.cast(typing.Literal["together", "each"], self.compensation_commits),
         )
 
     def mediator(self, storage: SagaStorage | None = None, *, hooks: typing.Sequence[object] = ()) -> SagaMediator:
@@ -196,6 +202,7 @@ class SagaConfig:
             compensation_retry_delay=settings.compensation_retry.delay,
             compensation_retry_backoff=settings.compensation_retry.backoff,
             lease_seconds=self.lease_seconds,
+            compensation_commits=settings.compensation_commits,
             hooks=(*self.hooks, *hooks),
             outbox=self.outbox,
         )
@@ -225,6 +232,7 @@ _KINDS: dict[str, _Kind] = {
     "compensation_retry_delay": _NON_NEGATIVE,
     "compensation_retry_backoff": _Kind((int, float), "a number of 1 or more", 1.0, True),
     "lease_seconds": _POSITIVE,
+    "compensation_commits": _Kind((str,), "'together' or 'each'"),
     "create_tables": _Kind((bool,), "true or false"),
     "recovery": _Kind((bool,), "true or false"),
     "recovery_interval": _POSITIVE,

@@ -45,11 +45,11 @@ from cqrs.saga.exceptions import SagaNotFoundError
 from cqrs.saga.storage.compat import PythonCqrsStorageMethods
 from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, purge_filter, status_set
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
-from cqrs.saga.storage.sqlalchemy import _transactions, _upgrade
+from cqrs.saga.storage.sqlalchemy import _log_batch, _transactions, _upgrade
 from cqrs.saga.storage.sqlalchemy._engines import SessionOrFactory, create_engine, engine_of
 from cqrs.saga.storage.sqlalchemy._executors import Executor, make_executor
 from cqrs.saga.storage.sqlalchemy._layout import SchemaReport, inspect_schema
-from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods
+from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods, outbox_json_rows, outbox_rows
 from cqrs.saga.storage.sqlalchemy._schema import claims, family, log_entry, record
 from cqrs.saga.storage.sqlalchemy._statements import Statements
 
@@ -105,6 +105,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
             )
         self._sql = Statements(dialect.name)
         self._executor: Executor = make_executor(self.engine, self._sql.json_params, fast_path)
+        self._entries_statements: dict[tuple[bool, ...], typing.Any] = {}
 
     @classmethod
     def from_url(
@@ -257,10 +258,11 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         lease_seconds: float,
         release: bool = False,
         outbox: typing.Sequence[OutboxMessage] = (),
+        entries: typing.Sequence[StepEntry] = (),
     ) -> bool:
-        """Append ``entry``, store ``context``, ``status`` and ``error``, renew (or release) the lease and
-        insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no longer the
-        saga's."""
+        """Append ``entry`` then ``entries``, store ``context``, ``status`` and ``error``, renew (or release)
+        the lease and insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no
+        longer the saga's."""
         # PostgreSQL: one autocommitted statement; the log row exists only if the fenced update matched.
         # SQLite and MySQL: UPDATE, then INSERT only if it matched, then COMMIT.
         params: dict[str, typing.Any] = {"b_id": saga_id, "b_owner": lease.owner, "b_epoch": lease.epoch}
@@ -272,6 +274,11 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
             params["b_status"] = SagaStatus(status).value
         if error is not None:
             params["b_error"] = error
+        if entries:
+            return await self._checkpoint_entries(
+                params, saga_id, [entry, *entries] if entry is not None else entries, outbox,
+                context is not None, status is not None, error is not None, release,
+            )
         if outbox:
             statement = self._sql.checkpoint(
                 entry is not None, context is not None, status is not None, error is not None, release, outbox=True
@@ -460,6 +467,29 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         return await self._executor.transaction(lambda conn: _transactions.purge(conn, sql, statements, params))
 
     # -- helpers ------------------------------------------------------------------------------------------
+
+    async def _checkpoint_entries(
+        self, params: dict[str, typing.Any], saga_id: uuid.UUID, entries: typing.Sequence[StepEntry],
+        messages: typing.Sequence[OutboxMessage], context: bool, status: bool, error: bool, release: bool,
+    ) -> bool:
+        """A checkpoint with several log rows (`_log_batch`): one statement on PostgreSQL, else the update and
+        the rows (and the outbox rows) in one transaction."""
+        sql = self._sql
+        update = sql.checkpoint_update(context, status, error, release)
+        if sql.postgres:
+            key = (bool(messages), context, status, error, release)
+            statement = self._entries_statements.get(key)
+            if statement is None:
+                statement = self._entries_statements[key] = _log_batch.logged_entries(sql, update, bool(messages))
+            params["b_entries"] = _log_batch.entries_json(entries)
+            if messages:
+                params["b_outbox"] = outbox_json_rows(messages)
+            return await self._executor.write(statement, params) > 0
+        rows = _log_batch.entries_rows(sql, saga_id, entries)
+        outbox = (sql.outbox.insert, outbox_rows(saga_id, messages)) if messages else None
+        return await self._executor.transaction(
+            lambda conn: _transactions.update_then_append(conn, update, params, sql.append, rows, outbox)
+        )
 
     async def _write_with_entry(
         self, statement: typing.Any, params: dict[str, typing.Any], saga_id: uuid.UUID, entry: StepEntry | None

@@ -30,11 +30,12 @@ def update_then_append(
     update: typing.Any,
     params: Params,
     append: typing.Any,
-    log_params: Params | None,
+    log_params: Params | typing.Sequence[Params] | None,
     outbox: tuple[typing.Any, typing.Sequence[Params]] | None = None,
 ) -> bool:
-    """A checkpoint or an amendment: the conditional ``UPDATE``, then the log row and the outbox rows
-    (``outbox``: the insert and one parameter set per row) only if it matched."""
+    """A checkpoint or an amendment: the conditional ``UPDATE``, then the log row (or rows: a list of
+    parameter sets) and the outbox rows (``outbox``: the insert and one parameter set per row) only if it
+    matched."""
     if conn.execute(update, params).rowcount != 1:
         return False
     if log_params is not None:
