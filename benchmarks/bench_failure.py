@@ -121,14 +121,16 @@ async def main(args: argparse.Namespace) -> int:
                 every[mode].append(await one_run(backend, mode, level, sagas, seconds))
             ratios.append(every["together"][-1].rate / every["each"][-1].rate)
         print(f"\nconcurrency {level}: {rounds} round(s)")
-        print(f"{'mode':<10} {'failed sagas/s':>15} {'p50 ms':>8} {'p99 ms':>8} {'commits/saga':>13}")
+        print(f"{'mode':<10} {'failed sagas/s':>15} {'p50 ms':>8} {'p99 ms':>8} {'commits/saga':>13} "
+              f"{'CPU ms/saga':>12}")
         row: dict[str, typing.Any] = {}
         for mode in MODES:
             best = max(every[mode], key=lambda run: run.rate)
             commits = best.commits_per_saga
             print(f"{mode:<10} {best.rate:>15.0f} {best.p50_ms:>8.2f} {best.p99_ms:>8.2f} "
-                  f"{'-' if commits is None else f'{commits:.2f}':>13}")
-            row[mode] = {"rate": best.rate, "p50_ms": best.p50_ms, "p99_ms": best.p99_ms, "commits_per_saga": commits}
+                  f"{'-' if commits is None else f'{commits:.2f}':>13} {best.cpu_ms:>12.3f}")
+            row[mode] = {"rate": best.rate, "p50_ms": best.p50_ms, "p99_ms": best.p99_ms, "commits_per_saga": commits,
+                         "cpu_ms_per_saga": best.cpu_ms, "rounds": [run.rate for run in every[mode]]}
         ratio = statistics.median(ratios)
         verdict = "meets" if ratio >= AIM else "below"
         print(f"together / each: {ratio:.2f} (median of per-round ratios; aim {AIM}: {verdict})")

@@ -475,12 +475,14 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         """A checkpoint with several log rows (`_log_batch`): one statement on PostgreSQL, else the update and
         the rows (and the outbox rows) in one transaction."""
         sql = self._sql
-        update = sql.checkpoint_update(context, status, error, release)
+        key = (bool(messages), context, status, error, release)
+        statement = self._entries_statements.get(key)
+        if statement is None:
+            update = sql.checkpoint_update(context, status, error, release)
+            statement = self._entries_statements[key] = (
+                _log_batch.logged_entries(sql, update, bool(messages)) if sql.postgres else update
+            )
         if sql.postgres:
-            key = (bool(messages), context, status, error, release)
-            statement = self._entries_statements.get(key)
-            if statement is None:
-                statement = self._entries_statements[key] = _log_batch.logged_entries(sql, update, bool(messages))
             params["b_entries"] = _log_batch.entries_json(entries)
             if messages:
                 params["b_outbox"] = outbox_json_rows(messages)
@@ -488,7 +490,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         rows = _log_batch.entries_rows(sql, saga_id, entries)
         outbox = (sql.outbox.insert, outbox_rows(saga_id, messages)) if messages else None
         return await self._executor.transaction(
-            lambda conn: _transactions.update_then_append(conn, update, params, sql.append, rows, outbox)
+            lambda conn: _transactions.update_then_append(conn, statement, params, sql.append, rows, outbox)
         )
 
     async def _write_with_entry(
