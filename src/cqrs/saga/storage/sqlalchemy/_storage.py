@@ -469,10 +469,8 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         if entry is not None:
             entry_params = self._sql.entry_params(entry)
             if not self._sql.postgres:
-                append, log_params = self._sql.append, {"b_id": saga_id, **entry_params}
-                return await self._executor.transaction(
-                    lambda conn: _transactions.update_then_append(conn, statement, params, append, log_params)
-                )
+                log_params = {"b_id": saga_id, **entry_params}
+                return await self._executor.write_then(statement, params, [(self._sql.append, log_params)])
             params.update(entry_params)
         return await self._executor.write(statement, params) == 1
 
