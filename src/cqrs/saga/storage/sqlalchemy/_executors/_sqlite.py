@@ -77,7 +77,7 @@ def why_not_fast(engine: AsyncEngine, asked: bool) -> str | None:
 class _Prepared:
     """A statement compiled once for the engine's SQLite dialect: its SQL and its parameters in ``?`` order."""
 
-    __slots__ = ("converters", "names", "sql")
+    __slots__ = ("converters", "defaults", "names", "sql")
 
     def __init__(self, statement: typing.Any, dialect: sa.Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -85,6 +85,9 @@ class _Prepared:
             raise ValueError(f"Not a fixed SQL text (expanding parameters): {compiled}")
         self.sql: str = compiled.string
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        # Parameters the statement gives a value of its own (a subquery's OFFSET 0, ...).
+        values = compiled.params
+        self.defaults = {name: values[name] for name in self.names if not compiled.binds[name].required}
         converters: list[tuple[int, _Converter]] = []
         for position, name in enumerate(self.names):
             processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -93,6 +96,8 @@ class _Prepared:
         self.converters = tuple(converters)
 
     def arguments(self, params: Params) -> list[typing.Any]:
+        if self.defaults:
+            params = {**self.defaults, **params}
         args = [params[name] for name in self.names]
         for position, convert in self.converters:
             args[position] = convert(args[position])
