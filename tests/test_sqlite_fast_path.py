@@ -60,7 +60,14 @@ async def watching(storage: SqlAlchemySagaStorage) -> typing.AsyncIterator[Seen]
     def on_execute(conn: object, cursor: object, statement: str, *args: object) -> None:
         seen.through_sqlalchemy.append(statement)
 
+    def trace_sqlalchemy_writes(conn: sa.Connection) -> None:
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        driver.set_trace_callback(trace)
+
+    # Both of the writer's connections: the direct writes', and that of the writes through SQLAlchemy Core.
     await executor(storage).on_writer(lambda connection: connection.set_trace_callback(trace))
+    await executor(storage).transaction(trace_sqlalchemy_writes)
     loop = asyncio.get_running_loop()
     run_in_executor = loop.run_in_executor
 
@@ -76,6 +83,9 @@ async def watching(storage: SqlAlchemySagaStorage) -> typing.AsyncIterator[Seen]
         del loop.run_in_executor
         sa.event.remove(storage.engine.sync_engine, "before_cursor_execute", on_execute)
         await executor(storage).on_writer(lambda connection: connection.set_trace_callback(None))
+        await executor(storage).transaction(
+            lambda conn: typing.cast(sqlite3.Connection, conn.connection.driver_connection).set_trace_callback(None)
+        )
 
 
 @pytest.fixture
@@ -153,6 +163,29 @@ async def test_a_checkpoint_and_a_start_with_outbox_messages_are_one_call_each(s
     assert (seen.hops, seen.statements()) == (1, ["BEGIN IMMEDIATE", "UPDATE", "INSERT", "INSERT", "INSERT", "COMMIT"])
     assert seen.through_sqlalchemy == []
     assert [row.name for row in await storage.list_outbox()] == ["placed", "a", "b"]
+
+
+async def test_claims_and_outbox_writes_are_one_call_each_on_the_same_writer_thread(
+    storage: SqlAlchemySagaStorage,
+) -> None:
+    """The writes that go through SQLAlchemy Core (claims, RETURNING, expanding IN) run on the writer thread too,
+    in a transaction that takes the write lock at its start; none goes through the storage engine's aiosqlite."""
+    async with watching(storage) as seen:
+        saga_id, lease = await start(storage, message("placed"))
+    writer = seen.threads()
+    assert await storage.release_lease(saga_id, lease)
+    async with watching(storage) as seen:
+        claim = await storage.claim_saga(saga_id, "runner-b", LEASE)
+    assert claim is not None and claim.lease is not None
+    assert (seen.hops, seen.statements()) == (1, ["BEGIN IMMEDIATE", "UPDATE", "SELECT", "COMMIT"])
+    assert seen.threads() == writer and seen.through_sqlalchemy == []
+    async with watching(storage) as seen:
+        [row] = await storage.claim_outbox("relay", LEASE, limit=10)
+    assert (seen.hops, seen.statements(), seen.threads()) == (1, ["BEGIN IMMEDIATE", "UPDATE", "COMMIT"], writer)
+    async with watching(storage) as seen:
+        assert await storage.mark_published("relay", [row.seq]) == 1  # IN (...): no fixed text
+    assert (seen.hops, seen.statements(), seen.threads()) == (1, ["BEGIN IMMEDIATE", "UPDATE", "COMMIT"], writer)
+    assert seen.through_sqlalchemy == []
 
 
 async def test_a_taken_saga_id_starts_nothing_not_even_its_messages(storage: SqlAlchemySagaStorage) -> None:
@@ -290,14 +323,18 @@ async def test_close_ends_the_writer_thread_and_closes_its_connection(sqlite_url
     await start(storage)
     connections: list[sqlite3.Connection] = []
     await executor(storage).on_writer(connections.append)
+    await executor(storage).transaction(
+        lambda conn: connections.append(typing.cast(sqlite3.Connection, conn.connection.driver_connection))
+    )
     writers = [t for t in threading.enumerate() if t.name.startswith("cqrs-sqlite-writer")]
     assert writers
     await storage.close()
     for thread in writers:
         thread.join(timeout=10)
     assert not any(t.is_alive() for t in writers)
-    with pytest.raises(sqlite3.ProgrammingError):  # closed
-        connections[0].execute("SELECT 1")
+    for connection in connections:
+        with pytest.raises(sqlite3.ProgrammingError):  # closed
+            connection.execute("SELECT 1")
 
 
 # -- synchronous ---------------------------------------------------------------------------------------------

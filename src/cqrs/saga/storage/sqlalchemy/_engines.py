@@ -40,6 +40,8 @@ class SqliteSettings:
     synchronous: str
     #: Whether the database is in memory (then other connections would not see it).
     in_memory: bool
+    #: The JSON ``json_serializer`` / ``json_deserializer`` the engine was made with, if any.
+    json: dict[str, typing.Any] = dataclasses.field(default_factory=dict)
 
 
 _settings: weakref.WeakKeyDictionary[sa.Engine, SqliteSettings] = weakref.WeakKeyDictionary()
@@ -97,7 +99,8 @@ def create_engine(url: str | sa.URL, **engine_kwargs: typing.Any) -> AsyncEngine
     if backend == "sqlite":
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas(not in_memory, synchronous))
         timeout = float(engine_kwargs["connect_args"]["timeout"])
-        _settings[engine.sync_engine] = SqliteSettings(timeout, synchronous, in_memory)
+        json = {k: v for k, v in engine_kwargs.items() if k in ("json_serializer", "json_deserializer")}
+        _settings[engine.sync_engine] = SqliteSettings(timeout, synchronous, in_memory, json)
     return engine
 
 

@@ -17,10 +17,11 @@ for an engine:
   statement execution, which costs several times the client CPU of the
   statement; everything else goes through a `SqlAlchemyExecutor`. SQLAlchemy's
   statement events and ``echo`` do not see those writes.
-- `SqliteExecutor` (`_sqlite`) is SQLite's: ``write`` and ``write_then`` run
-  as one call each on a writer thread with a ``sqlite3`` connection of its
-  own (one thread hop per transaction, not one per statement); everything
-  else goes through a `SqlAlchemyExecutor`.
+- `SqliteExecutor` (`_sqlite`) is SQLite's: every write transaction is one
+  call to a writer thread with ``sqlite3`` connections of its own (one thread
+  hop per transaction, not one per statement); ``write`` and ``write_then``
+  run SQLAlchemy's compiled SQL on the driver, the rest SQLAlchemy Core on
+  that thread. Reads go through a `SqlAlchemyExecutor`.
 
 The fast path is on by default wherever it can be used (asyncpg, or a SQLite
 file through an engine `from_url` made; no ``schema_translate_map``) and

@@ -2,32 +2,38 @@
 
 Through SQLAlchemy and aiosqlite a checkpoint is three driver calls (``UPDATE``,
 ``INSERT``, ``COMMIT``), each a hop to aiosqlite's thread and back inside a
-greenlet. Here the storage owns one stdlib ``sqlite3`` connection, opened and
-used only on a single-thread executor, and a write is one function run there
-(awaited with ``loop.run_in_executor``): one hop whatever the number of
-statements.
+greenlet. Here the storage owns stdlib ``sqlite3`` connections, opened and
+used only on a single-thread executor, and a write transaction is one
+function run there (awaited with ``loop.run_in_executor``): one hop whatever
+the number of statements.
 
 - The SQL is SQLAlchemy's own compilation of the storage's statements for the
   engine's dialect (``compiled.string``, parameters in ``compiled.positiontup``
   order through each type's public ``bind_processor``: JSON, ids and
   timestamps are sent as SQLAlchemy sends them), done once per statement.
   ``sqlite3`` caches the prepared statements. A statement with expanding
-  parameters (``IN`` a list) has no fixed text: it goes through SQLAlchemy.
+  parameters (``IN`` a list) has no fixed text: it runs as the others below.
 - A single statement runs in autocommit (it takes the write lock itself); a
   conditional write (`write_then`) is ``BEGIN IMMEDIATE``, the statements,
   ``COMMIT`` (``ROLLBACK`` when the first matched nothing, or on error), so it
   holds the write lock from its start. The connection waits for other
   processes' locks for the engine's busy timeout.
-- All of this process's fast writes queue on the one thread, so they never
-  wait in SQLite's busy handler for each other. Reads, claims, DDL and the
-  rest go through SQLAlchemy (WAL: readers never wait for the writer).
+- The other writes (claims, ``RETURNING`` writes, schema work: `transaction`,
+  `write_returning`) run on the same thread too, through SQLAlchemy Core on a
+  synchronous engine of the executor's own over a second ``sqlite3``
+  connection, which sends ``BEGIN IMMEDIATE`` before a transaction's first
+  write (``isolation_level="IMMEDIATE"``). So all of this process's writes
+  queue on the one thread and never wait in SQLite's busy handler for each
+  other. Reads go through the storage's engine (in WAL mode readers never
+  wait for the writer).
 - ``sqlite3``'s errors become SQLAlchemy's (``DBAPIError.instance``):
   ``IntegrityError``, ``OperationalError`` (``database is locked``), ...; ``orig``
   is the ``sqlite3`` exception.
 
-The connection gets what `create_engine` gives the engine's: busy timeout, WAL,
-foreign keys and ``synchronous``. SQLAlchemy's events and ``echo`` do not see
-these writes (a ``sqlite3`` trace callback does: `on_writer`).
+The connections get what `create_engine` gives the engine's: busy timeout,
+WAL, foreign keys, ``synchronous`` and the JSON serializers. The storage
+engine's events and ``echo`` do not see these writes (a ``sqlite3`` trace
+callback does: `on_writer`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import typing
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import StaticPool
 
 from cqrs.saga.storage.sqlalchemy._engines import sqlite_settings
 from cqrs.saga.storage.sqlalchemy._executors._sqlalchemy import SqlAlchemyExecutor, Then
@@ -109,8 +116,7 @@ _Bound = tuple[_Prepared, list[typing.Any] | list[list[typing.Any]], bool]
 
 
 class SqliteExecutor:
-    """Writes on the storage's own ``sqlite3`` connection, one thread hop each; everything else through
-    ``fallback``."""
+    """Every write on the storage's writer thread, one hop per transaction; reads through ``fallback``."""
 
     fast_path = True
 
@@ -121,18 +127,21 @@ class SqliteExecutor:
         settings = sqlite_settings(engine)
         self._timeout = settings.timeout if settings is not None else 30.0
         self._synchronous = settings.synchronous if settings is not None else None
+        self._json = settings.json if settings is not None else {}
         # By id() of the statement, as the asyncpg path: `Statements` keeps each as long as the storage.
         # None: a statement with no fixed text, run through SQLAlchemy.
         self._prepared: dict[int, _Prepared | None] = {}
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self._connection: sqlite3.Connection | None = None  # opened, used and closed on the thread only
+        # Opened, used and closed on the thread only: the direct writes' connection, and the engine of the rest.
+        self._connection: sqlite3.Connection | None = None
+        self._sqlalchemy: sa.Engine | None = None
 
     # -- the executor interface ---------------------------------------------------------------------------
 
     async def write(self, statement: typing.Any, params: Params) -> int:
         prepared = self._prepare(statement)
         if prepared is None:
-            return await self._fallback.write(statement, params)
+            return await self._call(self._through_sqlalchemy_now, _rowcount, statement, params)
         args = self._arguments(prepared, params)
         return await self._call(self._write_now, prepared, args)
 
@@ -140,7 +149,7 @@ class SqliteExecutor:
         prepared = self._prepare(first)
         rest = [(self._prepare(statement), values) for statement, values in then]
         if prepared is None or any(p is None for p, _ in rest):
-            return await self._fallback.write_then(first, params, then)
+            return await self._call(self._through_sqlalchemy_now, _then(then), first, params)
         args = self._arguments(prepared, params)
         bound: list[_Bound] = []
         for p, values in rest:
@@ -152,13 +161,13 @@ class SqliteExecutor:
         return await self._call(self._write_then_now, prepared, args, bound)
 
     async def write_returning(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
-        return await self._fallback.write_returning(statement, params)
+        return await self._call(self._through_sqlalchemy_now, _all, statement, params)
 
     async def read(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
         return await self._fallback.read(statement, params)
 
     async def transaction(self, work: typing.Callable[[sa.Connection], T]) -> T:
-        return await self._fallback.transaction(work)
+        return await self._call(self._transaction_now, work)
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
@@ -244,10 +253,29 @@ class SqliteExecutor:
                 raise self._translate(error, sql, current) from error
             raise
 
+    def _transaction_now(self, work: typing.Callable[[sa.Connection], T]) -> T:
+        engine = self._sqlalchemy
+        if engine is None:
+            engine = self._sqlalchemy = sa.create_engine(
+                self.engine.url.set(drivername="sqlite"),
+                creator=lambda: _connect(self.engine, self._timeout, self._synchronous, "IMMEDIATE"),
+                poolclass=StaticPool, hide_parameters=self._sync.hide_parameters, **self._json,
+            )
+        with engine.begin() as conn:
+            return work(conn)
+
+    def _through_sqlalchemy_now(
+        self, run: typing.Callable[[sa.Connection, typing.Any, Params], T], statement: typing.Any, params: Params
+    ) -> T:
+        return self._transaction_now(lambda conn: run(conn, statement, params))
+
     def _close_now(self) -> None:
         connection, self._connection = self._connection, None
+        engine, self._sqlalchemy = self._sqlalchemy, None
         if connection is not None:
             connection.close()
+        if engine is not None:
+            engine.dispose()
 
     def _translate(self, error: sqlite3.Error, sql: str, args: list[typing.Any]) -> BaseException:
         """SQLAlchemy's exception for ``sqlite3``'s ``error`` (as its own statement execution would raise)."""
@@ -257,12 +285,40 @@ class SqliteExecutor:
         )
 
 
-def _connect(engine: AsyncEngine, timeout: float, synchronous: str | None) -> sqlite3.Connection:
-    """The writer's connection to the engine's database file, set up as `create_engine` sets up the engine's."""
+def _rowcount(conn: sa.Connection, statement: typing.Any, params: Params) -> int:
+    return conn.execute(statement, params).rowcount
+
+
+def _all(conn: sa.Connection, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
+    return conn.execute(statement, params).all()
+
+
+def _then(then: Then) -> typing.Callable[[sa.Connection, typing.Any, Params], bool]:
+    """`SqliteExecutor.write_then` through SQLAlchemy (a statement of it has no fixed text)."""
+
+    def run(conn: sa.Connection, first: typing.Any, params: Params) -> bool:
+        if conn.execute(first, params).rowcount != 1:
+            return False
+        for statement, values in then:
+            conn.execute(statement, values)  # a list of parameter sets: one row each
+        return True
+
+    return run
+
+
+def _connect(
+    engine: AsyncEngine, timeout: float, synchronous: str | None,
+    isolation_level: typing.Literal["IMMEDIATE"] | None = None,
+) -> sqlite3.Connection:
+    """A writer connection to the engine's database file, set up as `create_engine` sets up the engine's.
+
+    ``isolation_level``: None for the direct writes, which begin their transactions themselves;
+    ``"IMMEDIATE"`` for SQLAlchemy's, where ``sqlite3`` sends ``BEGIN IMMEDIATE`` before the first write.
+    """
     args, kwargs = engine.dialect.create_connect_args(engine.url)
     database = args[0] if args else kwargs["database"]
     connection = sqlite3.connect(
-        database, timeout=timeout, uri=bool(kwargs.get("uri", False)), isolation_level=None,
+        database, timeout=timeout, uri=bool(kwargs.get("uri", False)), isolation_level=isolation_level,
     )
     try:
         connection.execute("PRAGMA foreign_keys = ON")
