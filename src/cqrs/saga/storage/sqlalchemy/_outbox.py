@@ -18,7 +18,7 @@ import uuid
 
 from cqrs.outbox.models import OutboxMessage, OutboxRecord, OutboxStatus
 from cqrs.saga.storage.models import NewSaga, StepEntry
-from cqrs.saga.storage.sqlalchemy import _outbox_transactions, _transactions
+from cqrs.saga.storage.sqlalchemy import _outbox_transactions
 from cqrs.saga.storage.sqlalchemy._executors import Executor
 from cqrs.saga.storage.sqlalchemy._outbox_schema import outbox_record
 from cqrs.saga.storage.sqlalchemy._statements import Statements
@@ -73,6 +73,8 @@ class SqlOutboxMethods:
             params["b_outbox"] = outbox_json_rows(saga.outbox)
             return await self._executor.write(sql.start_with_outbox, params) > 0
         rows = outbox_rows(saga.saga_id, saga.outbox)
+        if not sql.mysql:  # SQLite: the INSERT ... ON CONFLICT DO NOTHING, then the rows if it inserted
+            return await self._executor.write_then(sql.start, params, [(sql.outbox.insert, rows)])
         return await self._executor.transaction(
             lambda conn: _outbox_transactions.start_with_outbox(conn, sql, params, rows)
         )
@@ -89,11 +91,11 @@ class SqlOutboxMethods:
                 params.update(sql.entry_params(entry))
             params["b_outbox"] = outbox_json_rows(messages)
             return await self._executor.write(statement, params) > 0
-        log_params = {"b_id": saga_id, **sql.entry_params(entry)} if entry is not None else None
-        outbox = (sql.outbox.insert, outbox_rows(saga_id, messages))
-        return await self._executor.transaction(
-            lambda conn: _transactions.update_then_append(conn, statement, params, sql.append, log_params, outbox)
-        )
+        then: list[tuple[typing.Any, typing.Any]] = []
+        if entry is not None:
+            then.append((sql.append, {"b_id": saga_id, **sql.entry_params(entry)}))
+        then.append((sql.outbox.insert, outbox_rows(saga_id, messages)))
+        return await self._executor.write_then(statement, params, then)
 
     # -- cqrs.outbox.OutboxStorage ------------------------------------------------------------------------
 
