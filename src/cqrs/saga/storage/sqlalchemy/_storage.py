@@ -48,6 +48,7 @@ from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, Sa
 from cqrs.saga.storage.sqlalchemy import _transactions, _upgrade
 from cqrs.saga.storage.sqlalchemy._engines import SessionOrFactory, create_engine, engine_of
 from cqrs.saga.storage.sqlalchemy._executors import Executor, make_executor
+from cqrs.saga.storage.sqlalchemy._group_commit import GroupCommit
 from cqrs.saga.storage.sqlalchemy._layout import SchemaReport, inspect_schema
 from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods
 from cqrs.saga.storage.sqlalchemy._schema import claims, family, log_entry, record
@@ -83,9 +84,16 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     ``schema_translate_map``), True asks for it (a warning says why when it
     cannot be used), False sends every write through SQLAlchemy. Whether it
     is on is decided here, logged once per engine, and shown by `fast_path`.
+
+    ``group_commit`` (PostgreSQL only, else ``ValueError``): checkpoints of
+    concurrent sagas share commits; each `checkpoint` returns once the batch
+    holding it committed, with its own outcome. It pays with many concurrent
+    sagas, not with one at a time (see `_group_commit` and the performance guide).
     """
 
-    def __init__(self, session_or_factory: SessionOrFactory, *, fast_path: bool | None = None) -> None:
+    def __init__(
+        self, session_or_factory: SessionOrFactory, *, fast_path: bool | None = None, group_commit: bool = False
+    ) -> None:
         self._source = session_or_factory
         self._session: AsyncSession | None = (
             session_or_factory if isinstance(session_or_factory, AsyncSession) else None
@@ -105,10 +113,20 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
             )
         self._sql = Statements(dialect.name)
         self._executor: Executor = make_executor(self.engine, self._sql.json_params, fast_path)
+        self._group: GroupCommit | None = None
+        if group_commit:
+            if not self._sql.postgres:
+                raise ValueError(f"group_commit=True needs PostgreSQL; this storage is on {dialect.name}")
+            self._group = GroupCommit(self.engine, self._executor)
 
     @classmethod
     def from_url(
-        cls, url: str | sa.URL, *, fast_path: bool | None = None, **engine_kwargs: typing.Any
+        cls,
+        url: str | sa.URL,
+        *,
+        fast_path: bool | None = None,
+        group_commit: bool = False,
+        **engine_kwargs: typing.Any,
     ) -> SqlAlchemySagaStorage:
         """A storage on a new engine for ``url`` (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``,
         ``mysql+asyncmy://...``).
@@ -116,7 +134,8 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         ``engine_kwargs`` go to ``create_async_engine`` (``pool_size``, ``echo``, ...).
         """
         engine = create_engine(url, **engine_kwargs)
-        storage = cls(async_sessionmaker(engine, expire_on_commit=False), fast_path=fast_path)
+        factory = async_sessionmaker(engine, expire_on_commit=False)
+        storage = cls(factory, fast_path=fast_path, group_commit=group_commit)
         storage._owns_engine = True
         return storage
 
@@ -124,6 +143,11 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     def fast_path(self) -> bool:
         """Whether single-statement writes run on the asyncpg connection itself (see the class doc)."""
         return self._executor.fast_path
+
+    @property
+    def group_commit(self) -> bool:
+        """Whether checkpoints of concurrent sagas share commits (see the class doc)."""
+        return self._group is not None
 
     @property
     def session(self) -> AsyncSession:
@@ -181,7 +205,10 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         return self.engine.url.render_as_string(hide_password=True)
 
     async def close(self) -> None:
-        """Close the session the storage made and dispose the engine if `from_url` made it."""
+        """Write the checkpoints queued for group commit, close the session the storage made and dispose the
+        engine if `from_url` made it."""
+        if self._group is not None:
+            await self._group.close()
         await self._executor.close()
         if self._made_session and self._session is not None:
             session, self._session, self._made_session = self._session, None, False
@@ -260,7 +287,17 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     ) -> bool:
         """Append ``entry``, store ``context``, ``status`` and ``error``, renew (or release) the lease and
         insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no longer the
-        saga's."""
+        saga's. With group commit, that commit is the batch's."""
+        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox)
+        if self._group is not None:
+            return await self._group.checkpoint(self._checkpoint_alone, *args)
+        return await self._checkpoint_alone(*args)
+
+    async def _checkpoint_alone(
+        self, saga_id: uuid.UUID, lease: Lease, entry: StepEntry | None, context: JsonDict | None,
+        status: SagaStatus | None, error: str | None, lease_seconds: float, release: bool,
+        outbox: typing.Sequence[OutboxMessage],
+    ) -> bool:
         # PostgreSQL: one autocommitted statement; the log row exists only if the fenced update matched.
         # SQLite and MySQL: UPDATE, then INSERT only if it matched, then COMMIT.
         params: dict[str, typing.Any] = {"b_id": saga_id, "b_owner": lease.owner, "b_epoch": lease.epoch}
