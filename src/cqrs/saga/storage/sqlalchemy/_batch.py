@@ -1,18 +1,21 @@
-"""Group commit's statement: many sagas' checkpoints in one PostgreSQL statement, and their JSON.
+"""Group commit's statement: many sagas' starts and checkpoints in one PostgreSQL statement, and their JSON.
 
-A batch is one parameter, a JSON array of checkpoints (at most one per saga),
-expanded by ``jsonb_to_recordset``::
+A batch is two parameters, JSON arrays of starts and of checkpoints (at most
+one of either per saga), expanded by ``jsonb_to_recordset``::
 
-    WITH b AS (SELECT * FROM jsonb_to_recordset(CAST($1 AS JSONB)) AS b(id UUID, owner TEXT, ...)),
+    WITH s AS (INSERT INTO saga_executions ... SELECT ... FROM jsonb_to_recordset(CAST($1 AS JSONB)) AS n(...)
+               ON CONFLICT (id) DO NOTHING RETURNING id),
+         b AS (SELECT * FROM jsonb_to_recordset(CAST($1 AS JSONB)) AS b(id UUID, owner TEXT, ...)),
          u AS (UPDATE saga_executions SET ... FROM b
                WHERE saga_executions.id = b.id AND owner = b.owner AND lease_epoch = b.epoch
                RETURNING saga_executions.id),
          l AS (INSERT INTO saga_log ... SELECT ... FROM u JOIN b ON b.id = u.id WHERE b.entry IS true),
          o AS (INSERT INTO saga_outbox ... SELECT ... FROM u JOIN b ON b.id = u.id
                JOIN jsonb_to_recordset(b.outbox) AS m(...) ON true ORDER BY m.position)
-    SELECT u.id FROM u
+    SELECT u.id FROM u UNION ALL SELECT s.id FROM s
 
-It is what `Statements.checkpoint` writes for each saga, fenced the same way:
+A start is what `Statements.start` inserts (its id returned only if it was
+free); a checkpoint is what `Statements.checkpoint` writes, fenced the same way:
 a saga's log row and outbox rows are inserted only if its own fenced update
 matched, and the ids returned are the checkpoints that were written (the
 others lost their lease). A checkpoint's absent values are JSON ``null``
@@ -35,15 +38,16 @@ from sqlalchemy.dialects import postgresql as pg
 
 from cqrs.outbox.models import OutboxMessage, OutboxStatus
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
-from cqrs.saga.storage.models import Lease, StepEntry
+from cqrs.saga.storage.models import Lease, NewSaga, StepEntry
 from cqrs.saga.storage.sqlalchemy._outbox import _json_rows
 from cqrs.saga.storage.sqlalchemy._outbox_schema import saga_outbox
 from cqrs.saga.storage.sqlalchemy._schema import LOG_INSERT_COLUMNS, Clock, literal, saga_executions, saga_log
 
-__all__ = ["BATCH_PARAM", "batch_statement", "encode_checkpoint", "join_batch"]
+__all__ = ["BATCH_PARAM", "STARTS_PARAM", "batch_statement", "encode_checkpoint", "encode_start", "join_batch"]
 
-#: The statement's one parameter: the batch as JSON text.
+#: The statement's parameters: the checkpoints, and the starts, as JSON text.
 BATCH_PARAM = "b_batch"
+STARTS_PARAM = "b_starts"
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _OUTBOX_COLUMNS = ["message_id", "saga_id", "topic", "name", "payload", "headers", "status", "attempts", "created_at"]
 
@@ -83,16 +87,61 @@ def encode_checkpoint(
     return _COMPACT_JSON.encode(item)
 
 
+def encode_start(saga: NewSaga, owner: str, lease_seconds: float) -> str:
+    """A start (without outbox messages) as a JSON object of the batch."""
+    return _COMPACT_JSON.encode({
+        "id": str(saga.saga_id),
+        "name": saga.name,
+        "definition_version": saga.definition_version,
+        "status": SagaStatus(saga.status).value,
+        "context": saga.context,
+        "correlation_id": saga.correlation_id,
+        "trace_context": saga.trace_context,
+        "owner": owner,
+        "lease_seconds": lease_seconds,
+    })
+
+
 def join_batch(items: typing.Iterable[str]) -> str:
     """The batch parameter: the encoded checkpoints as one JSON array."""
     return "[" + ",".join(items) + "]"
 
 
 def batch_statement() -> sa.Select[typing.Any]:
-    """The batch statement (see the module doc); its rows are the ids of the sagas whose checkpoint was written."""
+    """The batch statement (see the module doc); its rows are the ids of the sagas whose start or checkpoint was
+    written."""
     t, lg, o = saga_executions, saga_log, saga_outbox
     clock = Clock("postgresql")
     now = clock.now
+    one, zero = sa.literal_column("1", sa.Integer()), sa.literal_column("0", sa.Integer())
+    new = (
+        sa.func.jsonb_to_recordset(sa.cast(sa.bindparam(STARTS_PARAM, type_=sa.Text()), pg.JSONB()))
+        .table_valued(
+            sa.column("id", pg.UUID(as_uuid=True)),
+            sa.column("name", sa.Text()),
+            sa.column("definition_version", sa.Integer()),
+            sa.column("status", sa.Text()),
+            sa.column("context", pg.JSONB()),
+            sa.column("correlation_id", sa.Text()),
+            sa.column("trace_context", pg.JSONB()),
+            sa.column("owner", sa.Text()),
+            sa.column("lease_seconds", sa.Float()),
+        )
+        .render_derived(name="n", with_types=True)
+    )
+    n = new.c
+    started = (
+        pg.insert(t)
+        .from_select(
+            ["id", "name", "definition_version", "status", "context", "version", "correlation_id", "owner",
+             "lease_epoch", "lease_expires_at", "recovery_attempts", "created_at", "updated_at", "trace_context"],
+            sa.select(n.id, n.name, n.definition_version, n.status, n.context, one, n.correlation_id, n.owner,
+                      one, clock.shifted(n.lease_seconds), zero, now, now, n.trace_context),
+        )
+        .on_conflict_do_nothing(index_elements=[t.c.id])
+        .returning(t.c.id)
+        .cte("s")
+    )
     records = (
         sa.func.jsonb_to_recordset(sa.cast(sa.bindparam(BATCH_PARAM, type_=sa.Text()), pg.JSONB()))
         .table_valued(
@@ -120,7 +169,7 @@ def batch_statement() -> sa.Select[typing.Any]:
         sa.update(t)
         .where(t.c.id == b.c.id, t.c.owner == b.c.owner, t.c.lease_epoch == b.c.epoch)
         .values(
-            version=t.c.version + sa.literal_column("1", sa.Integer()),
+            version=t.c.version + one,
             updated_at=now,
             context=sa.func.coalesce(b.c.context, t.c.context),
             status=sa.func.coalesce(b.c.status, t.c.status),
@@ -154,10 +203,11 @@ def batch_statement() -> sa.Select[typing.Any]:
     rows = (
         sa.select(
             m.message_id, updated.c.id, m.topic, m.name, m.payload, m.headers,
-            literal(OutboxStatus.PENDING.value), sa.literal_column("0", sa.Integer()), now,
+            literal(OutboxStatus.PENDING.value), zero, now,
         )
         .select_from(matched.join(messages, sa.true()))
         .order_by(updated.c.id, m.position)  # seq in the order each step emitted them
     )
     outbox = sa.insert(o).from_select(_OUTBOX_COLUMNS, rows)
-    return sa.select(updated.c.id).add_cte(log.cte("l")).add_cte(outbox.cte("o"))
+    written = sa.union_all(sa.select(updated.c.id), sa.select(started.c.id))
+    return typing.cast("sa.Select[typing.Any]", written.add_cte(log.cte("l")).add_cte(outbox.cte("o")))

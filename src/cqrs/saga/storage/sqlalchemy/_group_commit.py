@@ -1,8 +1,9 @@
-"""Group commit on PostgreSQL: one writer sends the checkpoints queued meanwhile as one statement, one commit.
+"""Group commit on PostgreSQL: one writer sends the writes queued meanwhile as one statement, one commit.
 
-`GroupCommit.checkpoint` queues a checkpoint and waits. One writer task per
-event loop takes everything queued (at most one checkpoint per saga, so a
-saga's checkpoints keep their order and each batch updates a saga's row once)
+`GroupCommit.checkpoint` (and `GroupCommit.start`, for a start without
+outbox messages) queues the write and waits. One writer task per event loop
+takes everything queued (at most one write per saga, so a saga's writes keep
+their order and each batch writes a saga's row once)
 and sends it as `_batch.batch_statement`: one round trip, one commit. While
 that batch is in flight the next one queues up; there is no timer window, the
 writer sends whatever is queued as soon as the previous batch is back. So a
@@ -46,8 +47,15 @@ from sqlalchemy.util import greenlet_spawn
 
 from cqrs.outbox.models import OutboxMessage
 from cqrs.saga.storage.enums import SagaStatus
-from cqrs.saga.storage.models import Lease, StepEntry
-from cqrs.saga.storage.sqlalchemy._batch import BATCH_PARAM, batch_statement, encode_checkpoint, join_batch
+from cqrs.saga.storage.models import Lease, NewSaga, StepEntry
+from cqrs.saga.storage.sqlalchemy._batch import (
+    BATCH_PARAM,
+    STARTS_PARAM,
+    batch_statement,
+    encode_checkpoint,
+    encode_start,
+    join_batch,
+)
 
 if typing.TYPE_CHECKING:
     from cqrs.saga.storage.sqlalchemy._executors import Executor
@@ -68,13 +76,18 @@ Retry = typing.Callable[[], typing.Awaitable[bool]]
 Alone = typing.Callable[..., typing.Awaitable[bool]]
 
 
+def _future() -> asyncio.Future[bool]:
+    return asyncio.get_running_loop().create_future()
+
+
 class _Pending:
     """A queued checkpoint: its saga, its JSON, its waiter, and how to write it on its own."""
 
-    __slots__ = ("encoded", "future", "key", "retry")
+    __slots__ = ("encoded", "future", "key", "retry", "start")
 
-    def __init__(self, key: str, encoded: str, future: asyncio.Future[bool], retry: Retry) -> None:
+    def __init__(self, key: str, encoded: str, future: asyncio.Future[bool], retry: Retry, start: bool) -> None:
         self.key = key
+        self.start = start
         self.encoded = encoded
         self.future = future
         self.retry = retry
@@ -122,7 +135,9 @@ class GroupCommit:
         self._executor = executor
         self._statement = batch_statement()
         self._direct = executor.fast_path
-        self._sql = self._statement.compile(dialect=engine.sync_engine.dialect).string if self._direct else ""
+        compiled = self._statement.compile(dialect=engine.sync_engine.dialect)
+        self._sql = compiled.string
+        self._order = tuple(compiled.positiontup or ())
         self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = weakref.WeakKeyDictionary()
 
     async def checkpoint(
@@ -137,17 +152,36 @@ class GroupCommit:
             encoded = encode_checkpoint(*args)
         except (TypeError, ValueError) as failure:  # a value JSON cannot hold: what SQLAlchemy raises for it
             raise sa.exc.StatementError(str(failure), "checkpoint", None, failure) from failure
+        return await self._queue(_Pending(str(saga_id), encoded, _future(), lambda: alone(*args), False))
+
+    async def start(
+        self, alone: typing.Callable[[NewSaga, str, float], typing.Awaitable[Lease | None]],
+        saga: NewSaga, owner: str, lease_seconds: float,
+    ) -> Lease | None:
+        """Queue the start of ``saga`` (without outbox messages) and wait until its batch committed
+        (`SqlAlchemySagaStorage.start_saga`); ``alone`` starts a saga on its own (after a failed batch)."""
+        try:
+            encoded = encode_start(saga, owner, lease_seconds)
+        except (TypeError, ValueError) as failure:
+            raise sa.exc.StatementError(str(failure), "start_saga", None, failure) from failure
+
+        async def retry() -> bool:
+            return await alone(saga, owner, lease_seconds) is not None
+
+        inserted = await self._queue(_Pending(str(saga.saga_id), encoded, _future(), retry, True))
+        return Lease(owner=owner, epoch=1) if inserted else None
+
+    async def _queue(self, pending: _Pending) -> bool:
         loop = asyncio.get_running_loop()
         writer = self._writers.get(loop)
         if writer is None:
             writer = self._writers[loop] = _Writer(loop)
-        future: asyncio.Future[bool] = loop.create_future()
-        writer.queue.append(_Pending(str(saga_id), encoded, future, lambda: alone(*args)))
+        writer.queue.append(pending)
         if writer.task is None:
             writer.task = loop.create_task(self._run(writer))
         elif writer.waiting:
             writer.wakeup.set()
-        return await future
+        return await pending.future
 
     async def close(self) -> None:
         """Send everything queued on this loop's writer and wait for it; give its connection back."""
@@ -208,7 +242,11 @@ class GroupCommit:
     async def _send(self, writer: _Writer, batch: list[_Pending]) -> None:
         """Write ``batch`` in one statement and tell each waiter its outcome."""
         try:
-            rows = await self._execute(writer, join_batch(pending.encoded for pending in batch))
+            params = {
+                BATCH_PARAM: join_batch(pending.encoded for pending in batch if not pending.start),
+                STARTS_PARAM: join_batch(pending.encoded for pending in batch if pending.start),
+            }
+            rows = await self._execute(writer, params)
         except Exception as error:
             unknown = not isinstance(error, sa.exc.DBAPIError) or error.connection_invalidated
             if unknown or len(batch) == 1:
@@ -232,9 +270,9 @@ class GroupCommit:
             if not pending.future.done():
                 pending.future.set_result(pending.key in matched)
 
-    async def _execute(self, writer: _Writer, batch: str) -> typing.Sequence[typing.Sequence[typing.Any]]:
+    async def _execute(self, writer: _Writer, params: dict[str, str]) -> typing.Sequence[typing.Sequence[typing.Any]]:
         if not self._direct:
-            return await self._executor.write_returning(self._statement, {BATCH_PARAM: batch})
+            return await self._executor.write_returning(self._statement, params)
         from cqrs.saga.storage.sqlalchemy._executors._asyncpg import _lost, _translate
 
         now = writer.loop.time()
@@ -247,8 +285,9 @@ class GroupCommit:
             connection = await self._engine.raw_connection()
             writer.connection, writer.until = connection, now + _HOLD_SECONDS
         driver = connection.driver_connection
+        args = [params[name] for name in self._order]
         try:
-            rows: typing.Sequence[typing.Sequence[typing.Any]] = await driver.fetch(self._sql, batch)  # type: ignore[union-attr]
+            rows: typing.Sequence[typing.Sequence[typing.Any]] = await driver.fetch(self._sql, *args)  # type: ignore[union-attr]
         except BaseException as error:
             writer.connection = None
             if not isinstance(error, Exception):  # cancelled with the batch perhaps in flight
@@ -259,5 +298,5 @@ class GroupCommit:
                 connection.invalidate(error)
             else:
                 await greenlet_spawn(connection.close)
-            raise _translate(error, self._sql, [batch], lost, self._engine.sync_engine.hide_parameters) from error
+            raise _translate(error, self._sql, args, lost, self._engine.sync_engine.hide_parameters) from error
         return rows

@@ -226,7 +226,12 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
 
     async def start_saga(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
         """Insert ``saga`` leased to ``owner`` (epoch 1) with its outbox rows, in one commit; None if its id is
-        taken (and then no outbox row is written)."""
+        taken (and then no outbox row is written). With group commit, that commit is the batch's."""
+        if self._group is not None and not saga.outbox:
+            return await self._group.start(self._start_alone, saga, owner, lease_seconds)
+        return await self._start_alone(saga, owner, lease_seconds)
+
+    async def _start_alone(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
         params = {
             "b_id": saga.saga_id,
             "b_name": saga.name,
