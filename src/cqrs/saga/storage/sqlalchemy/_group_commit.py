@@ -96,17 +96,22 @@ class _Pending:
 class _Writer:
     """One event loop's queue, writer task and connection."""
 
-    __slots__ = ("closing", "connection", "loop", "queue", "task", "until", "waiting", "wakeup")
+    __slots__ = ("closing", "connection", "loop", "queue", "task", "until", "wakeup")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: collections.deque[_Pending] = collections.deque()
         self.task: asyncio.Task[None] | None = None
-        self.wakeup = asyncio.Event()
-        self.waiting = False
+        #: Set while the writer waits for work: resolved (True) by the next write queued, or (False) by `wake`.
+        self.wakeup: asyncio.Future[bool] | None = None
         self.closing = False
         self.connection: PoolProxiedConnection | None = None
         self.until = 0.0
+
+    def wake(self, work: bool) -> None:
+        wakeup, self.wakeup = self.wakeup, None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(work)
 
     def take(self) -> list[_Pending]:
         """The next batch: queued checkpoints in order, one per saga (a saga's later ones stay queued)."""
@@ -179,8 +184,8 @@ class GroupCommit:
         writer.queue.append(pending)
         if writer.task is None:
             writer.task = loop.create_task(self._run(writer))
-        elif writer.waiting:
-            writer.wakeup.set()
+        else:
+            writer.wake(True)
         return await pending.future
 
     async def close(self) -> None:
@@ -189,7 +194,7 @@ class GroupCommit:
         if writer is None or writer.task is None:
             return
         writer.closing = True
-        writer.wakeup.set()
+        writer.wake(True)
         try:
             await writer.task
         finally:
@@ -229,15 +234,14 @@ class GroupCommit:
 
     async def _more(self, writer: _Writer) -> bool:
         """Wait (holding the connection) for the next checkpoint; False after `_LINGER_SECONDS` without one."""
-        writer.wakeup.clear()
-        writer.waiting = True
+        wakeup = writer.wakeup = writer.loop.create_future()
+        timer = writer.loop.call_later(_LINGER_SECONDS, writer.wake, False)
         try:
-            await asyncio.wait_for(writer.wakeup.wait(), _LINGER_SECONDS)
-        except asyncio.TimeoutError:
-            return bool(writer.queue)
+            await wakeup
         finally:
-            writer.waiting = False
-        return True
+            timer.cancel()
+            writer.wakeup = None
+        return bool(writer.queue)
 
     async def _send(self, writer: _Writer, batch: list[_Pending]) -> None:
         """Write ``batch`` in one statement and tell each waiter its outcome."""
