@@ -7,7 +7,8 @@ one of either per saga), expanded by ``jsonb_to_recordset``::
                ON CONFLICT (id) DO NOTHING RETURNING id),
          b AS (SELECT * FROM jsonb_to_recordset(CAST($1 AS JSONB)) AS b(id UUID, owner TEXT, ...)),
          u AS (UPDATE saga_executions SET ... FROM b
-               WHERE saga_executions.id = b.id AND owner = b.owner AND lease_epoch = b.epoch
+               WHERE saga_executions.id = ANY(ARRAY(SELECT id FROM b))
+                 AND saga_executions.id = b.id AND owner = b.owner AND lease_epoch = b.epoch
                RETURNING saga_executions.id),
          l AS (INSERT INTO saga_log ... SELECT ... FROM u JOIN b ON b.id = u.id WHERE b.entry IS true),
          o AS (INSERT INTO saga_outbox ... SELECT ... FROM u JOIN b ON b.id = u.id
@@ -167,7 +168,14 @@ def batch_statement() -> sa.Select[typing.Any]:
     released = b.c.release
     updated = (
         sa.update(t)
-        .where(t.c.id == b.c.id, t.c.owner == b.c.owner, t.c.lease_epoch == b.c.epoch)
+        .where(
+            # The ids as an array too: the planner then looks them up in the primary key (it takes the
+            # batch for 100 rows and would rather scan a small table than probe it 100 times).
+            t.c.id == sa.any_(sa.func.array(sa.select(b.c.id).scalar_subquery())),
+            t.c.id == b.c.id,
+            t.c.owner == b.c.owner,
+            t.c.lease_epoch == b.c.epoch,
+        )
         .values(
             version=t.c.version + one,
             updated_at=now,
