@@ -300,8 +300,6 @@ class GroupCommit:
             lost = _lost(error, driver)
             if lost:
                 connection.invalidate(error)
-                # As the executor does: a restart or failover took the pool's other connections too.
-                await self._engine.dispose()
             else:
                 await greenlet_spawn(connection.close)
             raise _translate(error, self._sql, args, lost, self._engine.sync_engine.hide_parameters) from error
