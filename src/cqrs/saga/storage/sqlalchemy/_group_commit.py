@@ -1,35 +1,38 @@
-"""Group commit on PostgreSQL: one writer sends the writes queued meanwhile as one statement, one commit.
+"""Group commit on PostgreSQL: the writes queued meanwhile go out as one statement, one commit.
 
 `GroupCommit.checkpoint` (and `GroupCommit.start`, for a start without
 outbox messages) queues the write and waits. One writer task per event loop
-takes everything queued (at most one write per saga, so a saga's writes keep
-their order and each batch writes a saga's row once)
-and sends it as `_batch.batch_statement`: one round trip, one commit. While
-that batch is in flight the next one queues up; there is no timer window, the
-writer sends whatever is queued as soon as the previous batch is back. So a
-batch is as large as the number of checkpoints that arrived during one round
-trip: a lone saga gets a batch of one (the same commit as without group
-commit), many concurrent sagas share each commit.
+takes everything queued (at most one write per saga, and none of a saga whose
+previous write is still in flight, so a saga's writes keep their order and a
+batch writes a saga's row once) and sends it as `_batch.batch_statement`: one
+round trip, one commit. There is no timer window: the writer sends what is
+queued as soon as it may. It keeps at most `_IN_FLIGHT` batches in flight
+(two), each on its own connection, so the sagas released by one batch run
+their next steps while the other is on the server; a write queued while both
+are in flight goes out with the next batch. So a batch is as large as the
+number of writes that arrived meanwhile: a lone saga gets batches of one (the
+same commits as without group commit), many concurrent sagas share each commit.
 
-Every waiter learns its own checkpoint's outcome, only after the batch's
-commit returned:
+Every waiter learns its own write's outcome, only after the batch's commit
+returned:
 
-- written (its fenced update matched): True; fenced (its lease was lost, or
-  its epoch is stale): False, exactly as a checkpoint on its own;
+- written (its fenced update matched, or its start's id was free): True; a
+  checkpoint fenced (its lease was lost, or its epoch is stale) gets False,
+  exactly as on its own;
 - the batch statement failed (nothing of it was written: it is one
-  autocommitted statement): each checkpoint of the batch is written again on
-  its own, so only the ones whose own write fails raise;
+  autocommitted statement): each write of the batch is made again on its own,
+  so only the ones whose own write fails raise;
 - the connection was lost or the writer was interrupted with the batch in
   flight (whether it committed is unknown): every waiter of the batch raises
   (``OperationalError`` with ``connection_invalidated``, or ``RuntimeError``),
-  as a checkpoint on its own would; none is retried, so none is written twice.
+  as a write on its own would; none is made again, so none is made twice.
 
-On asyncpg with the fast path the writer holds one connection of the engine's
-pool while it has work (back to the pool once no checkpoint has arrived for
-`_LINGER_SECONDS`, and exchanged for a fresh checkout every `_HOLD_SECONDS`),
-and runs the batch on the asyncpg connection itself; otherwise the batch runs
-through SQLAlchemy (`Executor.write_returning`). `close` lets the writer send
-everything queued, then gives its connection back.
+On asyncpg with the fast path the writer holds its connections (from the
+engine's pool) while it has work: back to the pool once nothing was queued for
+`_LINGER_SECONDS`, and each exchanged for a fresh checkout after
+`_HOLD_SECONDS`; the batch runs on the asyncpg connection itself. Otherwise
+it runs through SQLAlchemy (`Executor.write_returning`). `close` lets the
+writer send everything queued, then gives its connections back.
 """
 
 from __future__ import annotations
@@ -68,8 +71,12 @@ _LINGER_SECONDS = 0.05
 #: How long the writer uses a connection before giving it back for a fresh checkout (pre-ping,
 #: recycling and invalidation of the pool then apply), however busy it is.
 _HOLD_SECONDS = 1.0
-#: The most checkpoints in one statement (the rest wait for the next one).
+#: The most writes in one statement (the rest wait for the next one).
 _MAX_BATCH = 512
+#: Batches in flight at once, each on its own connection: while one is on the server, the sagas released
+#: by the other run their next steps and queue their next writes (one alone would leave client and
+#: server taking turns).
+_IN_FLIGHT = 2
 
 Retry = typing.Callable[[], typing.Awaitable[bool]]
 #: `SqlAlchemySagaStorage`'s checkpoint without group commit (same arguments as `GroupCommit.checkpoint`).
@@ -94,19 +101,22 @@ class _Pending:
 
 
 class _Writer:
-    """One event loop's queue, writer task and connection."""
+    """One event loop's queue, writer task, batches in flight and connections."""
 
-    __slots__ = ("closing", "connection", "loop", "queue", "task", "until", "wakeup")
+    __slots__ = ("busy", "closing", "idle", "in_flight", "loop", "queue", "task", "wakeup")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: collections.deque[_Pending] = collections.deque()
         self.task: asyncio.Task[None] | None = None
-        #: Set while the writer waits for work: resolved (True) by the next write queued, or (False) by `wake`.
+        #: Set while the writer waits: resolved by the next write queued, a batch back, or (False) the linger timer.
         self.wakeup: asyncio.Future[bool] | None = None
         self.closing = False
-        self.connection: PoolProxiedConnection | None = None
-        self.until = 0.0
+        self.in_flight = 0
+        #: The sagas with a write in a batch in flight: their next writes wait for it.
+        self.busy: set[str] = set()
+        #: Connections the writer holds between batches, each with the time it is due back to the pool.
+        self.idle: list[tuple[PoolProxiedConnection, float]] = []
 
     def wake(self, work: bool) -> None:
         wakeup, self.wakeup = self.wakeup, None
@@ -114,9 +124,10 @@ class _Writer:
             wakeup.set_result(work)
 
     def take(self) -> list[_Pending]:
-        """The next batch: queued checkpoints in order, one per saga (a saga's later ones stay queued)."""
+        """The next batch: queued writes in order, one per saga and none of a saga with a batch in flight (a
+        saga's later writes stay queued)."""
         batch: list[_Pending] = []
-        seen: set[str] = set()
+        seen = set(self.busy)
         rest: collections.deque[_Pending] = collections.deque()
         queue = self.queue
         while queue:
@@ -203,22 +214,20 @@ class GroupCommit:
     # -- the writer -----------------------------------------------------------------------------------
 
     async def _run(self, writer: _Writer) -> None:
-        batch: list[_Pending] = []
         try:
             while True:
-                if not writer.queue:
-                    if writer.closing or not await self._more(writer):
-                        break
-                    continue
-                batch = writer.take()
+                batch = writer.take() if writer.in_flight < _IN_FLIGHT else []
                 if batch:
-                    await self._send(writer, batch)
-                batch = []
+                    writer.in_flight += 1
+                    writer.busy.update(pending.key for pending in batch)
+                    writer.loop.create_task(self._send(writer, batch))
+                elif writer.in_flight:
+                    await self._wait(writer, linger=False)  # until a batch is back (or a write queued)
+                elif not writer.queue and (writer.closing or not await self._wait(writer, linger=True)):
+                    break
         except BaseException as error:
-            failure = RuntimeError(
-                "The group-commit writer was interrupted; whether this checkpoint was written is unknown"
-            )
-            for pending in [*batch, *writer.queue]:
+            failure = RuntimeError("The group-commit writer was interrupted; this write was not sent")
+            for pending in writer.queue:
                 if not pending.future.done():
                     pending.future.set_exception(failure)
             writer.queue.clear()
@@ -226,25 +235,42 @@ class GroupCommit:
                 raise failure from error
             raise
         finally:
-            # Before any await: a checkpoint queued from now on starts a new writer.
+            # Before any await: a write queued from now on starts a new writer.
             writer.task = None
-            connection, writer.connection = writer.connection, None
-            if connection is not None:
+            idle, writer.idle = writer.idle, []
+            for connection, _ in idle:
                 await greenlet_spawn(connection.close)
 
-    async def _more(self, writer: _Writer) -> bool:
-        """Wait (holding the connection) for the next checkpoint; False after `_LINGER_SECONDS` without one."""
+    async def _wait(self, writer: _Writer, *, linger: bool) -> bool:
+        """Wait for the next write queued or batch back; with ``linger``, False after `_LINGER_SECONDS`
+        without either (the writer then gives its connections back and ends)."""
         wakeup = writer.wakeup = writer.loop.create_future()
-        timer = writer.loop.call_later(_LINGER_SECONDS, writer.wake, False)
+        timer = writer.loop.call_later(_LINGER_SECONDS, writer.wake, False) if linger else None
         try:
             await wakeup
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             writer.wakeup = None
         return bool(writer.queue)
 
     async def _send(self, writer: _Writer, batch: list[_Pending]) -> None:
         """Write ``batch`` in one statement and tell each waiter its outcome."""
+        try:
+            await self._write(writer, batch)
+        except BaseException:
+            # Interrupted (the loop is closing) with the batch perhaps in flight: its outcome is unknown.
+            failure = RuntimeError("The group-commit writer was interrupted; whether this write was made is unknown")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            raise
+        finally:
+            writer.in_flight -= 1
+            writer.busy.difference_update(pending.key for pending in batch)
+            writer.wake(True)
+
+    async def _write(self, writer: _Writer, batch: list[_Pending]) -> None:
         try:
             params = {
                 BATCH_PARAM: join_batch(pending.encoded for pending in batch if not pending.start),
@@ -258,7 +284,7 @@ class GroupCommit:
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 return
-            # Nothing of the batch was written: each checkpoint on its own, so only the failing ones fail.
+            # Nothing of the batch was written: each write on its own, so only the failing ones fail.
             for pending in batch:
                 if pending.future.done():
                     continue
@@ -280,20 +306,20 @@ class GroupCommit:
         from cqrs.saga.storage.sqlalchemy._executors._asyncpg import _lost, _translate
 
         now = writer.loop.time()
-        connection = writer.connection
-        if connection is not None and now > writer.until:
-            writer.connection = None
-            await greenlet_spawn(connection.close)
-            connection = None
+        connection: PoolProxiedConnection | None = None
+        while writer.idle and connection is None:
+            held, until = writer.idle.pop()
+            if until > now:
+                connection = held
+            else:
+                await greenlet_spawn(held.close)
         if connection is None:
-            connection = await self._engine.raw_connection()
-            writer.connection, writer.until = connection, now + _HOLD_SECONDS
+            connection, until = await self._engine.raw_connection(), now + _HOLD_SECONDS
         driver = connection.driver_connection
         args = [params[name] for name in self._order]
         try:
             rows: typing.Sequence[typing.Sequence[typing.Any]] = await driver.fetch(self._sql, *args)  # type: ignore[union-attr]
         except BaseException as error:
-            writer.connection = None
             if not isinstance(error, Exception):  # cancelled with the batch perhaps in flight
                 connection.invalidate()
                 raise
@@ -303,4 +329,8 @@ class GroupCommit:
             else:
                 await greenlet_spawn(connection.close)
             raise _translate(error, self._sql, args, lost, self._engine.sync_engine.hide_parameters) from error
+        if writer.task is not None:
+            writer.idle.append((connection, until))
+        else:  # the writer has ended (interrupted): nobody would give it back
+            await greenlet_spawn(connection.close)
         return rows
