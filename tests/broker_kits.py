@@ -88,9 +88,16 @@ def delivery(topic: str, headers: dict[str, str], body: bytes) -> Delivery:
 
 
 class RabbitMQKit(Kit):
-    """Exchange ``name`` and, bound to it with ``#``, the ledger queue ``name`` (what was published)."""
+    """Exchange ``name`` and, bound to it with ``#``, the ledger queue ``name`` (what was published).
+
+    Reading takes the messages off the queue (acknowledged) and keeps them in ``seen``, in order.
+    """
 
     kind = "rabbitmq"
+
+    def __init__(self, name: str | None = None, address: str | None = None, *, check: bool = True) -> None:
+        super().__init__(name, address, check=check)
+        self.seen: list[Delivery] = []
 
     async def setup(self) -> None:
         import aio_pika
@@ -119,16 +126,14 @@ class RabbitMQKit(Kit):
     async def received(self) -> list[Delivery]:
         import aio_pika
 
-        out: list[Delivery] = []
         connection = await aio_pika.connect(self.url)
         async with connection:
             channel = await connection.channel()
             queue = await channel.get_queue(self.name)
-            while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
                 headers = {k: str(v) for k, v in (message.headers or {}).items()}
-                out.append(delivery(message.routing_key or "", headers, message.body))
-            # Not acknowledged: they go back to the queue when the channel closes, for the next read.
-        return out
+                self.seen.append(delivery(message.routing_key or "", headers, message.body))
+        return list(self.seen)
 
     async def count(self) -> int:
         import aio_pika
@@ -137,7 +142,7 @@ class RabbitMQKit(Kit):
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(self.name, durable=True, passive=True)
-            return int(queue.declaration_result.message_count or 0)
+            return len(self.seen) + int(queue.declaration_result.message_count or 0)
 
 
 class RedisKit(Kit):
@@ -229,14 +234,15 @@ class NatsKit(Kit):
     def broker(self, address: str | None = None) -> MessageBroker:
         from cqrs.message_brokers.nats import NatsJetStreamBroker
 
-        return NatsJetStreamBroker(url(self.kind, address or self.address), subject_prefix=self.prefix, timeout=5)
+        return NatsJetStreamBroker(url(self.kind, address or self.address), subject_prefix=self.prefix, timeout=2)
 
     async def received(self) -> list[Delivery]:
         client, js = await self._js()
         out: list[Delivery] = []
         try:
             info = await js.stream_info(self.stream)
-            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            first = info.state.first_seq if info.state.messages else info.state.last_seq + 1
+            for seq in range(first, info.state.last_seq + 1):
                 raw = await js.get_msg(self.stream, seq)
                 headers = {k: str(v) for k, v in (raw.headers or {}).items()}
                 out.append(delivery(raw.subject.removeprefix(self.prefix), headers, raw.data or b""))

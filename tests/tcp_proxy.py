@@ -4,7 +4,9 @@
 broker that went away) until `restore` opens the same port again.
 `freeze_replies` stops passing the broker's bytes back to the clients (what
 they sent still reaches the broker: a publish is stored, its confirm never
-arrives) until `thaw`. The shared broker itself is never stopped.
+arrives) until `thaw`; `freeze_replies_after` does so by itself once the
+clients sent a marker some number of times (say, the n-th message body). The
+shared broker itself is never stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class TcpProxy:
         self._replies = asyncio.Event()
         self._replies.set()
         self.connections = 0
+        self._marker: bytes | None = None
+        self._marker_left = 0
 
     @property
     def address(self) -> str:
@@ -50,10 +54,23 @@ class TcpProxy:
             await asyncio.wait(set(self._tasks))
 
     async def restore(self) -> None:
+        """Open the port again, passing everything both ways."""
+        self.thaw()
         await self.start()
 
     def freeze_replies(self) -> None:
         self._replies.clear()
+
+    def freeze_replies_after(self, marker: bytes, count: int) -> None:
+        """Freeze the replies as soon as the clients have sent ``marker`` ``count`` times (from now on)."""
+        self._marker, self._marker_left = marker, count
+
+    def _count_markers(self, data: bytes) -> None:
+        if self._marker is not None:
+            self._marker_left -= data.count(self._marker)
+            if self._marker_left <= 0:
+                self._marker = None
+                self.freeze_replies()
 
     def thaw(self) -> None:
         self._replies.set()
@@ -88,5 +105,7 @@ class TcpProxy:
             while data := await reader.read(65536):
                 if replies:
                     await self._replies.wait()
+                else:
+                    self._count_markers(data)
                 writer.write(data)
                 await writer.drain()

@@ -9,8 +9,8 @@ headers (message id, saga id, correlation id, ...) and ``Nats-Msg-Id`` set
 to the message id, so JetStream itself drops a duplicate publication within
 the stream's duplicate window. `send_message` returns once JetStream
 acknowledged the message (stored in the stream); a subject no stream takes
-raises, so the relay retries it. The client reconnects by itself after a
-lost connection, without limit.
+raises, so the relay retries it. After a lost connection the next send
+connects anew.
 """
 
 from __future__ import annotations
@@ -43,8 +43,17 @@ logger = logging.getLogger("cqrs.message_brokers")
 HEADER_NATS_MSG_ID = "Nats-Msg-Id"
 
 
+async def _quiet(error: Exception) -> None:
+    logger.debug("NATS client error: %r", error)
+
+
 async def _connect(servers: str | list[str]) -> NatsClient:
-    return await nats.connect(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5)
+    # No reconnecting inside the client: its reconnect loop retries the first connection forever and buffers
+    # publishes while it runs. A lost connection closes the client instead, and the next use connects anew.
+    return await nats.connect(
+        servers, allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.2, connect_timeout=5,
+        error_cb=_quiet,
+    )
 
 
 async def ensure_stream(js: JetStreamContext, name: str, subjects: typing.Sequence[str]) -> None:
