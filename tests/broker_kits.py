@@ -79,6 +79,14 @@ class Kit(abc.ABC):
     async def count(self) -> int:
         """How many messages the broker holds for this test."""
 
+    @abc.abstractmethod
+    def subscription(self) -> typing.Any:
+        """A subscription to this test's messages (quick to retry, for the tests)."""
+
+    @abc.abstractmethod
+    async def unsettled(self) -> int:
+        """How many messages the subscription's consumer has not settled (read with it stopped)."""
+
 
 def delivery(topic: str, headers: dict[str, str], body: bytes) -> Delivery:
     return Delivery(
@@ -106,8 +114,13 @@ class RabbitMQKit(Kit):
         async with connection:
             channel = await connection.channel()
             exchange = await channel.declare_exchange(self.name, aio_pika.ExchangeType.TOPIC, durable=True)
-            queue = await channel.declare_queue(self.name, durable=True)
-            await queue.bind(exchange, "#")
+            for name in (self.name, self.consumer_queue):
+                queue = await channel.declare_queue(name, durable=True)
+                await queue.bind(exchange, "#")
+
+    @property
+    def consumer_queue(self) -> str:
+        return f"{self.name}-in"
 
     async def cleanup(self) -> None:
         import aio_pika
@@ -116,7 +129,22 @@ class RabbitMQKit(Kit):
         async with connection:
             channel = await connection.channel()
             await channel.queue_delete(self.name)
+            await channel.queue_delete(self.consumer_queue)
             await channel.exchange_delete(self.name)
+
+    def subscription(self) -> typing.Any:
+        from cqrs.message_brokers.rabbitmq import RabbitMQSubscription
+
+        return RabbitMQSubscription(self.url, queue=self.consumer_queue, exchange=self.name, retry_delay=0.05)
+
+    async def unsettled(self) -> int:
+        import aio_pika
+
+        connection = await aio_pika.connect(self.url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(self.consumer_queue, durable=True, passive=True)
+            return int(queue.declaration_result.message_count or 0)
 
     def broker(self, address: str | None = None) -> MessageBroker:
         from cqrs.message_brokers.rabbitmq import RabbitMQBroker
@@ -194,6 +222,22 @@ class RedisKit(Kit):
         finally:
             await client.aclose()
 
+    def subscription(self) -> typing.Any:
+        from cqrs.message_brokers.redis import RedisStreamSubscription
+
+        return RedisStreamSubscription(self.url, stream=self.prefix + TOPIC, group=self.name, consumer="c1",
+                                       block=0.1, claim_idle=0.2)
+
+    async def unsettled(self) -> int:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self.url)
+        try:
+            pending = await client.xpending(self.prefix + TOPIC, self.name)
+            return int(pending["pending"])
+        finally:
+            await client.aclose()
+
 
 class NatsKit(Kit):
     """Stream ``name`` (upper-cased, dots dashed) taking the subjects ``name.>``."""
@@ -255,6 +299,20 @@ class NatsKit(Kit):
         try:
             info = await js.stream_info(self.stream)
             return int(info.state.messages)
+        finally:
+            await client.close()
+
+    def subscription(self) -> typing.Any:
+        from cqrs.message_brokers.nats import NatsSubscription
+
+        return NatsSubscription(self.url, subject=self.prefix + ">", durable=f"{self.name}-in", stream=self.stream,
+                                fetch_timeout=0.2, retry_delay=0.05)
+
+    async def unsettled(self) -> int:
+        client, js = await self._js()
+        try:
+            info = await js.consumer_info(self.stream, f"{self.name}-in")
+            return int(info.num_ack_pending + info.num_pending)
         finally:
             await client.close()
 

@@ -22,6 +22,7 @@ id: `cqrs.inbox` records the ids handled, in the handler's own transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import json
@@ -30,7 +31,7 @@ import typing
 
 from cqrs.message_brokers._wire import HEADER_CORRELATION_ID, HEADER_MESSAGE_NAME, HEADER_SAGA_ID
 
-__all__ = ["Handler", "Received", "Rejected", "Settlement", "Subscription", "settle"]
+__all__ = ["Handler", "Received", "Rejected", "Settlement", "Subscription", "consume", "settle"]
 
 logger = logging.getLogger("cqrs.consumer")
 
@@ -110,3 +111,22 @@ async def settle(handler: Handler, received: Received) -> Settlement:
                        exc_info=True)
         return Settlement.RETRY
     return Settlement.ACK
+
+
+async def consume(
+    subscription: Subscription,
+    handler: Handler,
+    *,
+    stop: asyncio.Event,
+    reconnect_delay: float = 1.0,
+) -> None:
+    """Run ``subscription`` with ``handler`` until ``stop`` is set, subscribing again (after
+    ``reconnect_delay`` seconds) whenever the broker connection fails or is lost."""
+    while not stop.is_set():
+        try:
+            await subscription.run(handler, stop=stop)
+        except Exception:
+            logger.warning("Subscription %r stopped; subscribing again in %.1fs", subscription, reconnect_delay,
+                           exc_info=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), reconnect_delay)

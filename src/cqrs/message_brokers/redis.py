@@ -142,11 +142,15 @@ class RedisStreamSubscription:
             await self.client.aclose()
 
     async def run(self, handler: Handler, *, stop: asyncio.Event | None = None) -> None:
-        """Consume until ``stop`` is set (checked at least every ``block`` seconds)."""
+        """Consume until ``stop`` is set (checked at least every ``block`` seconds); a client made from a URL
+        has its connections closed at the end (a later run opens new ones)."""
         stop = stop or asyncio.Event()
-        await self.ensure_group()
-        while not stop.is_set():
-            await self.run_once(handler)
+        try:
+            await self.ensure_group()
+            while not stop.is_set():
+                await self.run_once(handler)
+        finally:
+            await self.close()
 
     async def run_once(self, handler: Handler) -> int:
         """Handle the idle pending entries claimed now, then the new ones read (waiting up to ``block``);
