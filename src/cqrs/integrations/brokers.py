@@ -71,7 +71,11 @@ class BrokerTriggers:
 
     async def __call__(self, received: Received) -> None:
         """Record the sagas the message's event starts (then the subscription acknowledges it)."""
-        event = received.json()
+        try:
+            event = received.json()
+        except Rejected:
+            self.rejected += 1
+            raise
         if not isinstance(event, dict):
             self.rejected += 1
             raise Rejected(f"Message {received.message_id} is not a JSON object")
