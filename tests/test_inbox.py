@@ -157,3 +157,13 @@ async def test_the_sql_inbox_records_in_an_orm_session_too(shop: Shop) -> None:
     assert await shop.written() == ["with the session"]
 
 
+
+
+def test_the_sql_inbox_without_sqlalchemy_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)
+    monkeypatch.delitem(sys.modules, "cqrs.inbox.sqlalchemy", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'cqrs-saga\[sqlalchemy\]'"):
+        importlib.import_module("cqrs.inbox.sqlalchemy")
