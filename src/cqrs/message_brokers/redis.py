@@ -40,10 +40,16 @@ logger = logging.getLogger("cqrs.message_brokers")
 Entry = tuple[typing.Any, dict[typing.Any, typing.Any]]
 
 
+#: Connections a client made from a URL opens at most; more concurrent commands wait for one (rather than
+#: fail, as redis-py's default pool makes them past 100).
+MAX_CONNECTIONS = 32
+
+
 def _client(source: str | aioredis.Redis) -> tuple[aioredis.Redis, bool]:
     """The client for ``source`` and whether it is ours to close."""
     if isinstance(source, str):
-        return aioredis.Redis.from_url(source), True
+        pool = aioredis.BlockingConnectionPool.from_url(source, max_connections=MAX_CONNECTIONS, timeout=None)
+        return aioredis.Redis.from_pool(pool), True
     return source, False
 
 
