@@ -278,7 +278,7 @@ class NatsKit(Kit):
     def broker(self, address: str | None = None) -> MessageBroker:
         from cqrs.message_brokers.nats import NatsJetStreamBroker
 
-        return NatsJetStreamBroker(url(self.kind, address or self.address), subject_prefix=self.prefix, timeout=2)
+        return NatsJetStreamBroker(url(self.kind, address or self.address), subject_prefix=self.prefix)
 
     async def received(self) -> list[Delivery]:
         client, js = await self._js()
