@@ -15,6 +15,8 @@ import collections
 import typing
 import uuid
 
+import pytest
+
 from broker_kits import TOPIC, Kit
 from cqrs.inbox import MemoryInbox, idempotent
 from cqrs.message_brokers.consumer import Received, consume
@@ -75,3 +77,48 @@ async def test_a_subscription_settles_each_message_by_its_handlers_outcome(broke
     assert redelivered["Flaky"] == [False, True]
     assert deliveries["A"] == (1 if broker_kit.kind == "nats" else 2)  # JetStream dropped the duplicate itself
     assert await broker_kit.unsettled() == 0
+
+
+@pytest.mark.redis
+async def test_a_redis_entry_refused_for_good_is_copied_to_the_dead_letter_stream() -> None:
+    import redis.asyncio as aioredis
+
+    from broker_kits import RedisKit
+    from cqrs.message_brokers.redis import RedisStreamSubscription
+
+    kit = RedisKit()
+    dead = f"{kit.name}:dead"
+    bad = message("Bad", body=b"{nope")
+    await publish(kit, bad, message("Last"))
+    seen: list[str] = []
+
+    async def handle(received: Received) -> None:
+        seen.append(received.name or "")
+        received.json()
+
+    stop = asyncio.Event()
+    subscription = RedisStreamSubscription(kit.url, stream=kit.prefix + TOPIC, group=kit.name, dead_letter=dead,
+                                           block=0.1)
+    consumer = asyncio.ensure_future(subscription.run(handle, stop=stop))
+    client = aioredis.Redis.from_url(kit.url)
+    try:
+        await until(lambda: "Last" in seen, 30, "both entries were handled")
+        stop.set()
+        await asyncio.wait_for(consumer, 30)
+        [(_, fields)] = await client.xrange(dead)
+        assert fields[b"message-id"] == str(bad.message_id).encode() and fields[b"body"] == b"{nope"
+        assert fields[b"rejected-from"] == (kit.prefix + TOPIC).encode()
+        assert (await client.xpending(kit.prefix + TOPIC, kit.name))["pending"] == 0
+    finally:
+        stop.set()
+        await client.aclose()
+        await kit.cleanup()
+
+
+async def publish(kit: Kit, *messages: Message) -> None:
+    broker = kit.broker()
+    try:
+        for sent in messages:
+            await broker.send_message(sent)
+    finally:
+        await broker.close()  # type: ignore[attr-defined]

@@ -224,3 +224,47 @@ async def test_nothing_is_acknowledged_while_the_database_is_unreachable(broker_
     finally:
         await storage.close()
         await proxy.close()
+
+
+# -- without a broker: the handler itself ------------------------------------------------------------
+
+
+def received(event: typing.Any, message_id: str, topic: str = TOPIC) -> Received:
+    import json
+
+    return Received(message_id, topic, json.dumps(event).encode(), {"message-id": message_id})
+
+
+async def test_a_keyless_trigger_starts_one_saga_per_message_id_and_a_webhook_one_per_delivery() -> None:
+    from cqrs.saga.storage.memory import MemorySagaStorage
+    from cqrs.triggers import TriggerRouter
+
+    storage = MemorySagaStorage()
+    mediator = SagaConfig(sagas=[KeylessNoteSaga], container=di.Container()).mediator(storage)
+    router = TriggerRouter([KeylessNoteSaga])
+    by_message = [await router.accept(mediator, "note", {"text": "a"}, delivery_id="m-1") for _ in range(2)]
+    assert [a.status for a in by_message] == ["accepted", "duplicate"]
+    assert by_message[0].sagas[0].saga_id == by_message[1].sagas[0].saga_id
+    unkeyed = [await router.accept(mediator, "note", {"text": "a"}) for _ in range(2)]
+    assert [a.status for a in unkeyed] == ["accepted", "accepted"]  # a webhook's keyless deliveries: two sagas
+    assert len(await storage.list_sagas(limit=10)) == 3
+
+
+async def test_the_source_may_be_chosen_per_message_and_an_unknown_one_is_refused_at_once() -> None:
+    from cqrs.saga.storage.memory import MemorySagaStorage
+    from cqrs.triggers import UnknownSourceError
+
+    storage = MemorySagaStorage()
+    mediator = SagaConfig(sagas=SAGAS, container=di.Container(), compensation_retry_delay=0.0).mediator(storage)
+    with pytest.raises(UnknownSourceError):
+        BrokerTriggers(mediator, source="nope")
+    triggers = BrokerTriggers(mediator, source=lambda message: message.topic.replace("-", "_"))
+    await triggers(received({"order_id": "O-9", "amount": 2}, "m-9", topic="order-created"))
+    await triggers(received({"invoice": {"id": "I-9", "amount": 3}}, "m-10", topic="payment-due"))
+    await triggers.wait_runs()
+    assert triggers.accepted == 2
+    assert sorted(s.name for s in await storage.list_sagas(limit=10)) == [
+        "webhook_audit", "webhook_order", "webhook_payment",
+    ]
+    with pytest.raises(ValueError, match="name the source"):
+        await triggers.status("anything")

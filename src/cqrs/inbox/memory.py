@@ -38,6 +38,7 @@ class MemoryInbox:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> typing.AsyncIterator[MemoryInboxTransaction]:
+        """A transaction: its records are committed when the block ends, released when it raises."""
         tx = MemoryInboxTransaction()
         try:
             yield tx
@@ -55,6 +56,7 @@ class MemoryInbox:
         tx.recorded.clear()
 
     async def record(self, tx: MemoryInboxTransaction, consumer: str, message_id: str) -> bool:
+        """Record ``message_id`` for ``consumer`` in ``tx``; False if handled already (see `cqrs.inbox.Inbox`)."""
         key = (consumer, message_id)
         while True:
             if key in self._done or key in tx.recorded:
@@ -68,9 +70,11 @@ class MemoryInbox:
         return True
 
     async def handled(self, consumer: str, message_id: str) -> bool:
+        """Whether a committed record says ``consumer`` handled ``message_id``."""
         return (consumer, message_id) in self._done
 
     async def purge(self, *, older_than: datetime.timedelta, limit: int = 1000) -> int:
+        """Forget up to ``limit`` records older than ``older_than``; returns how many."""
         if older_than < datetime.timedelta(0):
             raise ValueError(f"purge(older_than=...) must not be negative, got {older_than}")
         cutoff = self._clock() - older_than

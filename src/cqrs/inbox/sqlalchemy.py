@@ -80,15 +80,21 @@ class SqlAlchemyInbox:
             await conn.run_sync(inbox_metadata.create_all, checkfirst=True)
 
     async def close(self) -> None:
+        """Dispose of the engine if it was made from a URL."""
         if self._owned:
             await self.engine.dispose()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> typing.AsyncIterator[AsyncConnection]:
+        """A connection of the engine in a transaction: committed when the block ends, rolled back if it raises."""
         async with self.engine.begin() as conn:
             yield conn
 
     async def record(self, tx: AsyncConnection | AsyncSession, consumer: str, message_id: str) -> bool:
+        """Insert the record in ``tx`` (a connection or session in a transaction); False if it was there.
+
+        Consumer names and message ids are 1 to 200 characters (`ValueError` otherwise).
+        """
         for what, value in (("consumer", consumer), ("message id", message_id)):
             if not value or len(value) > _LIMIT:
                 raise ValueError(f"An inbox {what} must be 1 to {_LIMIT} characters, got {value!r}")
@@ -96,6 +102,7 @@ class SqlAlchemyInbox:
         return bool(getattr(result, "rowcount", 0) == 1)
 
     async def handled(self, consumer: str, message_id: str) -> bool:
+        """Whether a committed record says ``consumer`` handled ``message_id``."""
         query = sa.select(sa.literal(1)).where(
             inbox_table.c.consumer == consumer, inbox_table.c.message_id == message_id
         )
@@ -103,6 +110,7 @@ class SqlAlchemyInbox:
             return (await conn.scalar(query)) is not None
 
     async def purge(self, *, older_than: datetime.timedelta, limit: int = 1000) -> int:
+        """Delete up to ``limit`` records received more than ``older_than`` ago (by the database's clock)."""
         if older_than < datetime.timedelta(0):
             raise ValueError(f"purge(older_than=...) must not be negative, got {older_than}")
         async with self.engine.begin() as conn:

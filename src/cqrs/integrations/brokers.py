@@ -67,6 +67,7 @@ class BrokerTriggers:
         self._runs: set[asyncio.Task[typing.Any]] = set()
 
     def source_of(self, received: Received) -> str:
+        """The trigger source ``received`` is an event of."""
         return self.source if isinstance(self.source, str) else self.source(received)
 
     async def __call__(self, received: Received) -> None:

@@ -117,6 +117,7 @@ class NatsJetStreamBroker(MessageBroker):
             return self._js
 
     async def close(self) -> None:
+        """Close the connection (the next send opens a new one)."""
         client, self._client, self._js = self._client, None, None
         if client is not None and not client.is_closed:
             with contextlib.suppress(Exception):

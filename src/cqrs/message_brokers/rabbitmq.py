@@ -99,6 +99,7 @@ class RabbitMQBroker(MessageBroker):
         return self
 
     async def close(self) -> None:
+        """Close the connection (the next send opens a new one)."""
         await self._connection.close()
 
     async def __aenter__(self) -> RabbitMQBroker:

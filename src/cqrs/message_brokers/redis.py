@@ -77,6 +77,7 @@ class RedisStreamsBroker(MessageBroker):
         return self.stream_prefix + message.topic
 
     async def close(self) -> None:
+        """Close the client's connections if the client was made from a URL."""
         if self._owned:
             await self.client.aclose()
 
@@ -144,6 +145,7 @@ class RedisStreamSubscription:
                 raise
 
     async def close(self) -> None:
+        """Close the client's connections if the client was made from a URL."""
         if self._owned:
             await self.client.aclose()
 
