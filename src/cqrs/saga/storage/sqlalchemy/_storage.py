@@ -13,10 +13,11 @@ statement once; asyncpg keeps prepared statements per connection):
   `release_lease` and `amend_saga`. `claim_recoverable` is two statements a
   pass (the claim, then every claimed saga's history), `claim_saga` two (the
   claim, then the history), three when the lease is not granted.
-- SQLite: `start_saga` is the ``INSERT`` and a ``COMMIT``; a `checkpoint` is
-  ``UPDATE``, ``INSERT`` (only if the update matched) and ``COMMIT`` in one
-  transaction (SQLite has no data-modifying CTEs). The ``BEGIN`` is issued by
-  the sqlite3 module with the first write, in the same call.
+- SQLite: `start_saga` is the ``INSERT`` (autocommit); a `checkpoint` is
+  ``BEGIN IMMEDIATE``, ``UPDATE``, ``INSERT`` (only if the update matched)
+  and ``COMMIT`` (SQLite has no data-modifying CTEs), in one call to the
+  fast path's writer thread (`_executors._sqlite`); through SQLAlchemy the
+  ``BEGIN`` is issued by the sqlite3 module with the first write.
 - MySQL/MariaDB: `start_saga` is the ``INSERT`` and a ``COMMIT``; a
   `checkpoint` is ``UPDATE``, ``INSERT`` (only if it matched) and ``COMMIT``.
   Claims are a transaction of a few statements (`_transactions`). The MySQL
@@ -28,7 +29,9 @@ so it takes the database's write lock at once, and `claim_recoverable` is one
 ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``: two processes can
 never both claim a saga, without ``BEGIN IMMEDIATE``. Engines made by
 `from_url` set a busy timeout (30 s), WAL journal mode and foreign keys on
-every connection; for an engine you make yourself, set a busy timeout.
+every connection, and ``synchronous`` (FULL, or NORMAL with
+``?synchronous=normal`` in the URL: see docs/storage.md); for an engine you
+make yourself, set a busy timeout.
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ from cqrs.saga.exceptions import SagaNotFoundError
 from cqrs.saga.storage.compat import PythonCqrsStorageMethods
 from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, purge_filter, status_set
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
-from cqrs.saga.storage.sqlalchemy import _transactions, _upgrade
+from cqrs.saga.storage.sqlalchemy import _log_batch, _transactions, _upgrade
 from cqrs.saga.storage.sqlalchemy._engines import SessionOrFactory, create_engine, engine_of
 from cqrs.saga.storage.sqlalchemy._executors import Executor, make_executor
 from cqrs.saga.storage.sqlalchemy._layout import SchemaReport, inspect_schema
-from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods
+from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods, outbox_json_rows, outbox_rows
 from cqrs.saga.storage.sqlalchemy._schema import claims, family, log_entry, record
 from cqrs.saga.storage.sqlalchemy._statements import Statements
 
@@ -77,12 +80,15 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     (aiosqlite) and MySQL/MariaDB (asyncmy or aiomysql).
 
     ``fast_path``: on PostgreSQL through asyncpg, single-statement writes run
-    on the asyncpg connection itself, skipping SQLAlchemy's statement
-    execution (SQLAlchemy's statement events and ``echo`` do not see them).
-    None (the default) uses it wherever it can (asyncpg without a
-    ``schema_translate_map``), True asks for it (a warning says why when it
-    cannot be used), False sends every write through SQLAlchemy. Whether it
-    is on is decided here, logged once per engine, and shown by `fast_path`.
+    on the asyncpg connection itself; on a SQLite file, every write
+    transaction is one call to a writer thread with a ``sqlite3`` connection
+    of the storage's own. Both skip SQLAlchemy's statement execution
+    (SQLAlchemy's statement events and ``echo`` do not see them). None (the
+    default) uses it wherever it can (asyncpg, or SQLite through an engine
+    `from_url` made; no ``schema_translate_map``), True asks for it (a
+    warning says why when it cannot be used), False sends every write
+    through SQLAlchemy. Whether it is on is decided here, logged once per
+    engine, and shown by `fast_path`.
     """
 
     def __init__(self, session_or_factory: SessionOrFactory, *, fast_path: bool | None = None) -> None:
@@ -105,13 +111,15 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
             )
         self._sql = Statements(dialect.name)
         self._executor: Executor = make_executor(self.engine, self._sql.json_params, fast_path)
+        self._entries_statements: dict[tuple[bool, ...], typing.Any] = {}
 
     @classmethod
     def from_url(
         cls, url: str | sa.URL, *, fast_path: bool | None = None, **engine_kwargs: typing.Any
     ) -> SqlAlchemySagaStorage:
         """A storage on a new engine for ``url`` (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``,
-        ``mysql+asyncmy://...``).
+        ``mysql+asyncmy://...``). A SQLite URL may end in ``?synchronous=normal`` (default ``full``; see
+        docs/storage.md for what each promises).
 
         ``engine_kwargs`` go to ``create_async_engine`` (``pool_size``, ``echo``, ...).
         """
@@ -122,7 +130,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
 
     @property
     def fast_path(self) -> bool:
-        """Whether single-statement writes run on the asyncpg connection itself (see the class doc)."""
+        """Whether writes skip SQLAlchemy: the asyncpg or SQLite fast path (see the class doc)."""
         return self._executor.fast_path
 
     @property
@@ -257,10 +265,11 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         lease_seconds: float,
         release: bool = False,
         outbox: typing.Sequence[OutboxMessage] = (),
+        entries: typing.Sequence[StepEntry] = (),
     ) -> bool:
-        """Append ``entry``, store ``context``, ``status`` and ``error``, renew (or release) the lease and
-        insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no longer the
-        saga's."""
+        """Append ``entry`` then ``entries``, store ``context``, ``status`` and ``error``, renew (or release)
+        the lease and insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no
+        longer the saga's."""
         # PostgreSQL: one autocommitted statement; the log row exists only if the fenced update matched.
         # SQLite and MySQL: UPDATE, then INSERT only if it matched, then COMMIT.
         params: dict[str, typing.Any] = {"b_id": saga_id, "b_owner": lease.owner, "b_epoch": lease.epoch}
@@ -272,6 +281,11 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
             params["b_status"] = SagaStatus(status).value
         if error is not None:
             params["b_error"] = error
+        if entries:
+            return await self._checkpoint_entries(
+                params, saga_id, [entry, *entries] if entry is not None else entries, outbox,
+                context is not None, status is not None, error is not None, release,
+            )
         if outbox:
             statement = self._sql.checkpoint(
                 entry is not None, context is not None, status is not None, error is not None, release, outbox=True
@@ -461,6 +475,30 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
 
     # -- helpers ------------------------------------------------------------------------------------------
 
+    async def _checkpoint_entries(
+        self, params: dict[str, typing.Any], saga_id: uuid.UUID, entries: typing.Sequence[StepEntry],
+        messages: typing.Sequence[OutboxMessage], context: bool, status: bool, error: bool, release: bool,
+    ) -> bool:
+        """A checkpoint with several log rows (`_log_batch`): one statement on PostgreSQL, else the update and
+        the rows (and the outbox rows) in one transaction."""
+        sql = self._sql
+        key = (bool(messages), context, status, error, release)
+        statement = self._entries_statements.get(key)
+        if statement is None:
+            update = sql.checkpoint_update(context, status, error, release)
+            statement = self._entries_statements[key] = (
+                _log_batch.logged_entries(sql, update, bool(messages)) if sql.postgres else update
+            )
+        if sql.postgres:
+            params["b_entries"] = _log_batch.entries_json(entries)
+            if messages:
+                params["b_outbox"] = outbox_json_rows(messages)
+            return await self._executor.write(statement, params) > 0
+        then: list[tuple[typing.Any, typing.Any]] = [(sql.append, _log_batch.entries_rows(sql, saga_id, entries))]
+        if messages:
+            then.append((sql.outbox.insert, outbox_rows(saga_id, messages)))
+        return await self._executor.write_then(statement, params, then)
+
     async def _write_with_entry(
         self, statement: typing.Any, params: dict[str, typing.Any], saga_id: uuid.UUID, entry: StepEntry | None
     ) -> bool:
@@ -469,10 +507,8 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         if entry is not None:
             entry_params = self._sql.entry_params(entry)
             if not self._sql.postgres:
-                append, log_params = self._sql.append, {"b_id": saga_id, **entry_params}
-                return await self._executor.transaction(
-                    lambda conn: _transactions.update_then_append(conn, statement, params, append, log_params)
-                )
+                log_params = {"b_id": saga_id, **entry_params}
+                return await self._executor.write_then(statement, params, [(self._sql.append, log_params)])
             params.update(entry_params)
         return await self._executor.write(statement, params) == 1
 
