@@ -128,9 +128,9 @@ class SqliteExecutor:
         self._timeout = settings.timeout if settings is not None else 30.0
         self._synchronous = settings.synchronous if settings is not None else None
         self._json = settings.json if settings is not None else {}
-        # By id() of the statement, as the asyncpg path: `Statements` keeps each as long as the storage.
-        # None: a statement with no fixed text, run through SQLAlchemy.
-        self._prepared: dict[int, _Prepared | None] = {}
+        # By id() of the statement, which is kept with it (so its id is never another's); `Statements`
+        # builds each once. None: a statement with no fixed text, run through SQLAlchemy.
+        self._prepared: dict[int, tuple[typing.Any, _Prepared | None]] = {}
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         # Opened, used and closed on the thread only: the direct writes' connection, and the engine of the rest.
         self._connection: sqlite3.Connection | None = None
@@ -186,16 +186,14 @@ class SqliteExecutor:
     # -- on the loop ---------------------------------------------------------------------------------------
 
     def _prepare(self, statement: typing.Any) -> _Prepared | None:
-        key = id(statement)
-        try:
-            return self._prepared[key]
-        except KeyError:
-            pass
+        entry = self._prepared.get(id(statement))
+        if entry is not None and entry[0] is statement:
+            return entry[1]
         try:
             prepared: _Prepared | None = _Prepared(statement, self._sync.dialect)
         except ValueError:
             prepared = None
-        self._prepared[key] = prepared
+        self._prepared[id(statement)] = (statement, prepared)
         return prepared
 
     def _arguments(self, prepared: _Prepared, params: Params) -> list[typing.Any]:
@@ -257,7 +255,7 @@ class SqliteExecutor:
         engine = self._sqlalchemy
         if engine is None:
             engine = self._sqlalchemy = sa.create_engine(
-                self.engine.url.set(drivername="sqlite"),
+                self.engine.url.set(drivername="sqlite", query={}),  # the creator connects
                 creator=lambda: _connect(self.engine, self._timeout, self._synchronous, "IMMEDIATE"),
                 poolclass=StaticPool, hide_parameters=self._sync.hide_parameters, **self._json,
             )
