@@ -3,9 +3,9 @@
 Through SQLAlchemy and aiosqlite a checkpoint is three driver calls (``UPDATE``,
 ``INSERT``, ``COMMIT``), each a hop to aiosqlite's thread and back inside a
 greenlet. Here the storage owns stdlib ``sqlite3`` connections, opened and
-used only on a single-thread executor, and a write transaction is one
-function run there (awaited with ``loop.run_in_executor``): one hop whatever
-the number of statements.
+used only on a writer thread of its own (`_writer`), and a write transaction
+is one function run there: one hop there and back whatever the number of
+statements.
 
 - The SQL is SQLAlchemy's own compilation of the storage's statements for the
   engine's dialect (``compiled.string``, parameters in ``compiled.positiontup``
@@ -38,8 +38,6 @@ callback does: `on_writer`).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import sqlite3
 import typing
@@ -50,6 +48,7 @@ from sqlalchemy.pool import StaticPool
 
 from cqrs.saga.storage.sqlalchemy._engines import sqlite_settings
 from cqrs.saga.storage.sqlalchemy._executors._sqlalchemy import SqlAlchemyExecutor, Then
+from cqrs.saga.storage.sqlalchemy._executors._writer import WriterThread
 
 __all__ = ["SqliteExecutor", "why_not_fast"]
 
@@ -131,7 +130,7 @@ class SqliteExecutor:
         # By id() of the statement, which is kept with it (so its id is never another's); `Statements`
         # builds each once. None: a statement with no fixed text, run through SQLAlchemy.
         self._prepared: dict[int, tuple[typing.Any, _Prepared | None]] = {}
-        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._thread: WriterThread | None = None
         # Opened, used and closed on the thread only: the direct writes' connection, and the engine of the rest.
         self._connection: sqlite3.Connection | None = None
         self._sqlalchemy: sa.Engine | None = None
@@ -173,9 +172,9 @@ class SqliteExecutor:
         thread, self._thread = self._thread, None
         if thread is not None:
             try:
-                await asyncio.get_running_loop().run_in_executor(thread, self._close_now)
+                await thread.call(self._close_now)
             finally:
-                thread.shutdown(wait=True)  # its one job is done: the thread is ending
+                thread.stop()  # at once: nothing is queued after the close
         await self._fallback.close()
 
     async def on_writer(self, fn: typing.Callable[[sqlite3.Connection], T]) -> T:
@@ -208,8 +207,8 @@ class SqliteExecutor:
     async def _call(self, fn: typing.Callable[..., T], *args: typing.Any) -> T:
         thread = self._thread
         if thread is None:
-            thread = self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cqrs-sqlite-writer")
-        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
+            thread = self._thread = WriterThread("cqrs-sqlite-writer")
+        return await thread.call(fn, *args)
 
     # -- on the writer thread ------------------------------------------------------------------------------
 
