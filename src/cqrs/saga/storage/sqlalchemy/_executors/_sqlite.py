@@ -22,7 +22,7 @@ statements.
   `write_returning`) run on the same thread too, through SQLAlchemy Core on a
   synchronous engine of the executor's own over a second ``sqlite3``
   connection, which sends ``BEGIN IMMEDIATE`` before a transaction's first
-  write (``isolation_level="IMMEDIATE"``). So all of this process's writes
+  write (``isolation_level="IMMEDIATE"``). So all of this storage's writes
   queue on the one thread and never wait in SQLite's busy handler for each
   other. Reads go through the storage's engine (in WAL mode readers never
   wait for the writer).
