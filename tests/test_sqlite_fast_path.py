@@ -2,9 +2,10 @@
 `cqrs.saga.storage.sqlalchemy._executors._sqlite`), with the same rows, errors and locking as through
 SQLAlchemy, and the ``synchronous`` setting of docs/storage.md.
 
-Driver calls are seen through public hooks: a ``sqlite3`` trace callback on the writer's connection
-(what SQLite runs, on which thread), the event loop's ``run_in_executor`` (thread hops) and
-SQLAlchemy's ``before_cursor_execute`` (what goes through aiosqlite). Nothing sleeps.
+Driver calls are seen through public hooks: a ``sqlite3`` trace callback on the writer's connections
+(what SQLite runs, on which thread), the event loop's ``call_soon_threadsafe`` (each call to a thread
+comes back through it) and SQLAlchemy's ``before_cursor_execute`` (what goes through aiosqlite).
+Nothing sleeps.
 """
 
 from __future__ import annotations
@@ -69,18 +70,18 @@ async def watching(storage: SqlAlchemySagaStorage) -> typing.AsyncIterator[Seen]
     await executor(storage).on_writer(lambda connection: connection.set_trace_callback(trace))
     await executor(storage).transaction(trace_sqlalchemy_writes)
     loop = asyncio.get_running_loop()
-    run_in_executor = loop.run_in_executor
+    call_soon_threadsafe = loop.call_soon_threadsafe
 
-    def counting(*args: typing.Any) -> typing.Any:
+    def counting(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
         seen.hops += 1
-        return run_in_executor(*args)
+        return call_soon_threadsafe(*args, **kwargs)
 
     sa.event.listen(storage.engine.sync_engine, "before_cursor_execute", on_execute)
-    loop.run_in_executor = counting  # type: ignore[method-assign,assignment]
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
     try:
         yield seen
     finally:
-        del loop.run_in_executor
+        del loop.call_soon_threadsafe
         sa.event.remove(storage.engine.sync_engine, "before_cursor_execute", on_execute)
         await executor(storage).on_writer(lambda connection: connection.set_trace_callback(None))
         await executor(storage).transaction(
@@ -315,6 +316,19 @@ async def test_two_storages_on_one_file_interleave_their_transactions(storage: S
             assert [e.step_name for e in await storage.get_step_history(saga_id)] == [f"s{n}" for n in range(5)]
     finally:
         await second.close()
+
+
+async def test_a_caller_that_stops_waiting_leaves_the_writer_working(storage: SqlAlchemySagaStorage) -> None:
+    """A cancelled call that reached the writer runs all the same (as a statement in flight would); the writer
+    goes on with the next calls."""
+    saga_id, lease = await start(storage)
+    write = asyncio.ensure_future(storage.renew_lease(saga_id, lease, 3600.0))
+    await asyncio.sleep(0)  # the task runs up to its wait for the writer
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    assert await storage.checkpoint(saga_id, lease, entry=done("one"), lease_seconds=LEASE)
+    assert [e.step_name for e in await storage.get_step_history(saga_id)] == ["one"]
 
 
 async def test_close_ends_the_writer_thread_and_closes_its_connection(sqlite_url: str) -> None:

@@ -3,9 +3,9 @@
 Through SQLAlchemy and aiosqlite a checkpoint is three driver calls (``UPDATE``,
 ``INSERT``, ``COMMIT``), each a hop to aiosqlite's thread and back inside a
 greenlet. Here the storage owns stdlib ``sqlite3`` connections, opened and
-used only on a single-thread executor, and a write transaction is one
-function run there (awaited with ``loop.run_in_executor``): one hop whatever
-the number of statements.
+used only on a writer thread of its own (`_writer`), and a write transaction
+is one function run there: one hop there and back whatever the number of
+statements.
 
 - The SQL is SQLAlchemy's own compilation of the storage's statements for the
   engine's dialect (``compiled.string``, parameters in ``compiled.positiontup``
@@ -22,7 +22,7 @@ the number of statements.
   `write_returning`) run on the same thread too, through SQLAlchemy Core on a
   synchronous engine of the executor's own over a second ``sqlite3``
   connection, which sends ``BEGIN IMMEDIATE`` before a transaction's first
-  write (``isolation_level="IMMEDIATE"``). So all of this process's writes
+  write (``isolation_level="IMMEDIATE"``). So all of this storage's writes
   queue on the one thread and never wait in SQLite's busy handler for each
   other. Reads go through the storage's engine (in WAL mode readers never
   wait for the writer).
@@ -38,8 +38,6 @@ callback does: `on_writer`).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import sqlite3
 import typing
@@ -50,6 +48,7 @@ from sqlalchemy.pool import StaticPool
 
 from cqrs.saga.storage.sqlalchemy._engines import sqlite_settings
 from cqrs.saga.storage.sqlalchemy._executors._sqlalchemy import SqlAlchemyExecutor, Then
+from cqrs.saga.storage.sqlalchemy._executors._writer import WriterThread
 
 __all__ = ["SqliteExecutor", "why_not_fast"]
 
@@ -128,10 +127,10 @@ class SqliteExecutor:
         self._timeout = settings.timeout if settings is not None else 30.0
         self._synchronous = settings.synchronous if settings is not None else None
         self._json = settings.json if settings is not None else {}
-        # By id() of the statement, as the asyncpg path: `Statements` keeps each as long as the storage.
-        # None: a statement with no fixed text, run through SQLAlchemy.
-        self._prepared: dict[int, _Prepared | None] = {}
-        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        # By id() of the statement, which is kept with it (so its id is never another's); `Statements`
+        # builds each once. None: a statement with no fixed text, run through SQLAlchemy.
+        self._prepared: dict[int, tuple[typing.Any, _Prepared | None]] = {}
+        self._thread: WriterThread | None = None
         # Opened, used and closed on the thread only: the direct writes' connection, and the engine of the rest.
         self._connection: sqlite3.Connection | None = None
         self._sqlalchemy: sa.Engine | None = None
@@ -173,9 +172,9 @@ class SqliteExecutor:
         thread, self._thread = self._thread, None
         if thread is not None:
             try:
-                await asyncio.get_running_loop().run_in_executor(thread, self._close_now)
+                await thread.call(self._close_now)
             finally:
-                thread.shutdown(wait=True)  # its one job is done: the thread is ending
+                thread.stop()  # at once: nothing is queued after the close
         await self._fallback.close()
 
     async def on_writer(self, fn: typing.Callable[[sqlite3.Connection], T]) -> T:
@@ -186,16 +185,14 @@ class SqliteExecutor:
     # -- on the loop ---------------------------------------------------------------------------------------
 
     def _prepare(self, statement: typing.Any) -> _Prepared | None:
-        key = id(statement)
-        try:
-            return self._prepared[key]
-        except KeyError:
-            pass
+        entry = self._prepared.get(id(statement))
+        if entry is not None and entry[0] is statement:
+            return entry[1]
         try:
             prepared: _Prepared | None = _Prepared(statement, self._sync.dialect)
         except ValueError:
             prepared = None
-        self._prepared[key] = prepared
+        self._prepared[id(statement)] = (statement, prepared)
         return prepared
 
     def _arguments(self, prepared: _Prepared, params: Params) -> list[typing.Any]:
@@ -210,8 +207,8 @@ class SqliteExecutor:
     async def _call(self, fn: typing.Callable[..., T], *args: typing.Any) -> T:
         thread = self._thread
         if thread is None:
-            thread = self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cqrs-sqlite-writer")
-        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
+            thread = self._thread = WriterThread("cqrs-sqlite-writer")
+        return await thread.call(fn, *args)
 
     # -- on the writer thread ------------------------------------------------------------------------------
 
@@ -257,7 +254,7 @@ class SqliteExecutor:
         engine = self._sqlalchemy
         if engine is None:
             engine = self._sqlalchemy = sa.create_engine(
-                self.engine.url.set(drivername="sqlite"),
+                self.engine.url.set(drivername="sqlite", query={}),  # the creator connects
                 creator=lambda: _connect(self.engine, self._timeout, self._synchronous, "IMMEDIATE"),
                 poolclass=StaticPool, hide_parameters=self._sync.hide_parameters, **self._json,
             )
