@@ -121,12 +121,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
 
     @classmethod
     def from_url(
-        cls,
-        url: str | sa.URL,
-        *,
-        fast_path: bool | None = None,
-        group_commit: bool = False,
-        **engine_kwargs: typing.Any,
+        cls, url: str | sa.URL, *, fast_path: bool | None = None, group_commit: bool = False, **engine_kwargs: object
     ) -> SqlAlchemySagaStorage:
         """A storage on a new engine for ``url`` (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``,
         ``mysql+asyncmy://...``).
