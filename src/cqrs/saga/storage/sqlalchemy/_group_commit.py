@@ -88,7 +88,7 @@ def _future() -> asyncio.Future[bool]:
 
 
 class _Pending:
-    """A queued checkpoint: its saga, its JSON, its waiter, and how to write it on its own."""
+    """A queued write (a start or a checkpoint): its saga, its JSON, its waiter, and how to make it on its own."""
 
     __slots__ = ("encoded", "future", "key", "retry", "start")
 
@@ -103,7 +103,7 @@ class _Pending:
 class _Writer:
     """One event loop's queue, writer task, batches in flight and connections."""
 
-    __slots__ = ("busy", "closing", "idle", "in_flight", "loop", "queue", "task", "wakeup")
+    __slots__ = ("busy", "closing", "idle", "in_flight", "loop", "queue", "sends", "task", "wakeup")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -113,6 +113,7 @@ class _Writer:
         self.wakeup: asyncio.Future[bool] | None = None
         self.closing = False
         self.in_flight = 0
+        self.sends: set[asyncio.Task[None]] = set()  # the batches in flight (the loop keeps tasks weakly)
         #: The sagas with a write in a batch in flight: their next writes wait for it.
         self.busy: set[str] = set()
         #: Connections the writer holds between batches, each with the time it is due back to the pool.
@@ -144,7 +145,7 @@ class _Writer:
 
 
 class GroupCommit:
-    """Checkpoints of many sagas in one commit (see the module doc)."""
+    """Starts and checkpoints of many sagas in one commit (see the module doc)."""
 
     def __init__(self, engine: AsyncEngine, executor: Executor) -> None:
         self._engine = engine
@@ -220,7 +221,9 @@ class GroupCommit:
                 if batch:
                     writer.in_flight += 1
                     writer.busy.update(pending.key for pending in batch)
-                    writer.loop.create_task(self._send(writer, batch))
+                    send = writer.loop.create_task(self._send(writer, batch))
+                    writer.sends.add(send)
+                    send.add_done_callback(writer.sends.discard)
                 elif writer.in_flight:
                     await self._wait(writer, linger=False)  # until a batch is back (or a write queued)
                 elif not writer.queue and (writer.closing or not await self._wait(writer, linger=True)):
