@@ -40,6 +40,28 @@ def test_quick_benchmark_measures_four_commits_per_saga(postgres_url: str, tmp_p
     assert summary["targets"]["throughput"] == summary["ratios"]["16"]["paired_throughput"]
 
 
+@pytest.mark.slow
+def test_quick_sqlite_benchmark_counts_four_commits_per_saga_and_prints_the_aim(tmp_path: Path) -> None:
+    """On SQLite the engine's commits are counted on its fast path's own connection (a sqlite3 trace callback)
+    and through SQLAlchemy; the floor's by the script itself."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--sqlite", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "engine throughput >= 0.60 x bare aiosqlite floor: concurrency 1 " in proc.stdout
+    summary = json.loads(out.read_text())
+    rows = {(row["label"], row["concurrency"]): row for row in summary["rows"]}
+    assert set(rows) == {(label, level) for label in ("engine", "storage", "floor") for level in (1, 16)}
+    for (label, level), row in rows.items():
+        assert row["sagas"] == 100, (label, level)
+        assert row["commits_per_saga"] == pytest.approx(4.0, abs=0.05), (label, level, row)
+    assert summary["targets"]["throughput"] == {
+        level: summary["ratios"][level]["paired_throughput"] for level in ("1", "16")
+    }
+
+
 MEMORY_BENCH = BENCH.parent / "bench_memory.py"
 
 
@@ -56,7 +78,26 @@ def test_memory_benchmark_reports_framework_cost_per_step(tmp_path: Path) -> Non
     assert figures["engine_sagas_per_s"] > 0 and figures["engine_us_per_saga"] > 0
 
 
+FAILURE_BENCH = BENCH.parent / "bench_failure.py"
 GROUP_BENCH = BENCH.parent / "bench_group_commit.py"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_failure_benchmark_measures_one_commit_less_with_compensations_together(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "failure.json"
+    proc = subprocess.run(
+        [sys.executable, str(FAILURE_BENCH), "--quick", "--url", postgres_url, "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = json.loads(out.read_text())["concurrency"]["16"]
+    # Start, two steps, the failure with compensation begun, then two compensations or one commit for both.
+    assert row["each"]["commits_per_saga"] == pytest.approx(6.0, abs=0.2), row
+    assert row["together"]["commits_per_saga"] == pytest.approx(5.0, abs=0.2), row
+    assert row["ratio"] > 0
 
 
 @pytest.mark.slow

@@ -343,6 +343,46 @@ async def test_a_released_lease_can_be_claimed_at_once(storage: SagaStorage) -> 
     assert claim is not None and claim.lease == Lease("runner-b", 2)
 
 
+async def test_a_checkpoint_appends_several_entries_in_order_in_one_commit(storage: SagaStorage) -> None:
+    """How a failed saga's compensations are recorded together: every row, in order, with the final status,
+    the lease released and the outbox rows; a fenced writer writes none of it."""
+    from cqrs.outbox.models import OutboxMessage
+
+    saga_id, lease = await started(storage)
+    assert await storage.checkpoint(saga_id, lease, entry=act("one"), lease_seconds=LEASE)
+    failed = StepEntry("two", "act", SagaStepStatus.FAILED, "declined")
+    undone = [
+        StepEntry("one", "compensate", SagaStepStatus.COMPENSATED),
+        StepEntry("zero", "compensate", SagaStepStatus.FAILED, "still down", {"tried": 3}),
+    ]
+    message = OutboxMessage(uuid.uuid4(), "orders", "Undone", {"order": 1}, {"saga-id": str(saga_id)})
+    stale = Lease(lease.owner, lease.epoch - 1)
+    assert not await storage.checkpoint(saga_id, stale, entry=failed, entries=undone, lease_seconds=LEASE)
+    assert steps(await storage.get_step_history(saga_id)) == [("one", "act", "completed")]
+
+    assert await storage.checkpoint(
+        saga_id, lease, entry=failed, entries=undone, status=SagaStatus.COMPENSATION_FAILED, error="declined",
+        lease_seconds=LEASE, release=True, outbox=[message],
+    )
+    history = await storage.get_step_history(saga_id)
+    assert steps(history) == [
+        ("one", "act", "completed"), ("two", "act", "failed"),
+        ("one", "compensate", "compensated"), ("zero", "compensate", "failed"),
+    ]
+    assert (history[-1].details, history[-1].response) == ("still down", {"tried": 3})
+    record = await record_of(storage, saga_id)
+    assert (record.status, record.error, record.owner) == (SagaStatus.COMPENSATION_FAILED, "declined", None)
+    assert [row.message_id for row in await storage.list_outbox(saga_id=saga_id)] == [  # type: ignore[attr-defined]
+        message.message_id
+    ]
+    # Without an entry of its own, and without outbox rows.
+    saga_two, lease_two = await started(storage)
+    assert await storage.checkpoint(saga_two, lease_two, entry=None, entries=undone, lease_seconds=LEASE)
+    assert steps(await storage.get_step_history(saga_two)) == [
+        ("one", "compensate", "compensated"), ("zero", "compensate", "failed"),
+    ]
+
+
 async def test_claiming_a_pending_saga_makes_it_running(storage: SagaStorage) -> None:
     saga_id = uuid.uuid4()
     await storage.create_saga(saga_id, "order", {"a": 1})  # stored at epoch 1, unleased
@@ -1918,11 +1958,15 @@ async def test_a_saga_of_n_steps_costs_n_plus_one_commits(
     assert steps(history) == [(name, "act", "completed") for name in names]
 
 
-async def test_a_failing_saga_costs_one_commit_for_the_failure_and_one_per_compensation(
-    storage: SagaStorage,
+@pytest.mark.parametrize(("compensation_commits", "commits"), [("together", 5), ("each", 6)])
+async def test_a_failing_saga_costs_one_commit_for_the_failure_and_one_for_its_compensations(
+    storage: SagaStorage, compensation_commits: typing.Literal["together", "each"], commits: int
 ) -> None:
     sql = sqlalchemy_path(storage)
-    mediator = bootstrap(di.Container(), sagas_mapper=lambda m: m.bind(ShipContext, ShipSaga), saga_storage=sql)
+    mediator = bootstrap(
+        di.Container(), sagas_mapper=lambda m: m.bind(ShipContext, ShipSaga), saga_storage=sql,
+        compensation_commits=compensation_commits,
+    )
     warm = await mediator.run(ShipContext(order_id="warm-up"))  # connections and statements made
     assert warm.status == SagaStatus.COMPLETED
     tally = Tally(sql.engine.sync_engine)
@@ -1932,9 +1976,9 @@ async def test_a_failing_saga_costs_one_commit_for_the_failure_and_one_per_compe
         tally.remove()
 
     assert outcome.status == SagaStatus.FAILED
-    # start, Reserve, Charge; Ship's failure with COMPENSATING; Charge's and Reserve's compensations,
-    # the last one storing FAILED.
-    assert (tally.commits, tally.rollbacks) == (6, 0)
+    # start, Reserve, Charge; Ship's failure with COMPENSATING; then Charge's and Reserve's compensations
+    # with FAILED in one commit ("together"), or in one commit each, the last one storing FAILED ("each").
+    assert (tally.commits, tally.rollbacks) == (commits, 0)
     history = await sql.get_step_history(outcome.saga_id)
     assert steps(history) == [
         ("Reserve", "act", "completed"), ("Charge", "act", "completed"), ("Ship", "act", "failed"),
@@ -2328,16 +2372,15 @@ async def test_the_fast_path_decision_is_logged_once_per_engine(storage: SagaSto
         await mapped.dispose()
 
 
-async def test_asking_for_the_fast_path_off_postgresql_says_why_and_writes_through_sqlalchemy(
-    tmp_path: typing.Any,
-) -> None:
+async def test_asking_for_a_fast_path_where_there_is_none_says_why_and_writes_through_sqlalchemy() -> None:
+    """An in-memory SQLite database has no fast path (a connection of the storage's own would not see it)."""
     from log_capture import capturing
 
     with capturing("cqrs.saga.storage") as logged:
-        store = SqlAlchemySagaStorage.from_url(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", fast_path=True)
+        store = SqlAlchemySagaStorage.from_url("sqlite+aiosqlite://", fast_path=True)
     try:
         [warning] = logged.records
-        assert warning.levelname == "WARNING" and "not postgresql+asyncpg" in warning.getMessage()
+        assert warning.levelname == "WARNING" and "in memory" in warning.getMessage()
         assert not store.fast_path
         await store.create_tables()
         assert await store.start_saga(new_saga(), "runner-a", LEASE) is not None

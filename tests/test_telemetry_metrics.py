@@ -92,3 +92,26 @@ def test_metrics_of_one_registry_are_made_once() -> None:
     assert first._metrics is second._metrics
     body, content_type = metrics.render(registry)
     assert b"cqrs_sagas_started_total" in body and content_type.startswith("text/plain")
+
+
+async def test_watch_outbox_backlog_keeps_the_gauge_at_the_storages_count(tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.outbox_saga import CrashContext, StepDone, Steps, saga_map
+
+    from cqrs.saga.mediator import SagaMediator
+    from cqrs.saga.storage.memory import MemorySagaStorage
+
+    storage = MemorySagaStorage()
+    mediator = SagaMediator(saga_map(), Steps(tmp_path / "ledger"), storage=storage, outbox=True)
+    await mediator.start(CrashContext(order=1), events=[StepDone(event_name=name, payload={}) for name in "ab"])
+    registry = CollectorRegistry()
+    watcher = asyncio.ensure_future(metrics.SagaMetrics(registry).watch_outbox_backlog(storage, interval=0.01))
+    try:
+        async with asyncio.timeout(10):
+            while registry.get_sample_value("cqrs_outbox_backlog") != 2:
+                await asyncio.sleep(0.01)
+    finally:
+        watcher.cancel()
+    with pytest.raises(ValueError, match="interval"):
+        await metrics.SagaMetrics(CollectorRegistry()).watch_outbox_backlog(storage, interval=0)

@@ -161,3 +161,17 @@ def test_commands_fail_in_one_line_on_an_unreachable_or_unmigrated_database(
         errors = [line for line in done.stderr.splitlines() if line.strip() and not re.match(r"\d{4}-\d\d-\d\d ", line)]
         assert len(errors) == 1 and errors[0].startswith("CommandError: "), (case, done.stderr)
         assert "secret" not in done.stderr + done.stdout, case
+
+
+def test_compensation_commits_is_a_setting_the_mediator_gets() -> None:
+    from cqrs.config import SagaConfig
+    from cqrs.saga.settings import EngineSettings
+    from cqrs.saga.storage.memory import MemorySagaStorage
+
+    config = SagaConfig.from_mapping({"COMPENSATION_COMMITS": "each"})
+    assert config.mediator(MemorySagaStorage()).settings.compensation_commits == "each"
+    assert SagaConfig().mediator(MemorySagaStorage()).settings.compensation_commits == "together"
+    with pytest.raises(ValueError, match="COMPENSATION_COMMITS must be 'together' or 'each'"):
+        SagaConfig(compensation_commits="later")
+    with pytest.raises(ValueError, match="compensation_commits"):
+        EngineSettings(compensation_commits="later")  # type: ignore[arg-type]

@@ -51,6 +51,15 @@ class SagaConfig:
     events' handlers, ``message_broker`` for notification events, and
     ``hooks`` (`cqrs.SagaHook`).
 
+    ``outbox``: notification events go to the outbox table with their
+    step's checkpoint (and a start's events with the start) instead of
+    straight to ``message_broker`` (`cqrs.outbox`). ``relay``: the runtime
+    also runs an `cqrs.outbox.OutboxRelay` publishing that outbox through
+    ``message_broker`` (woken at once by this process's commits, polling
+    every ``relay_interval`` seconds for the rest); it needs both
+    ``outbox`` and ``message_broker``. Relays may also run elsewhere
+    (``cqrs-saga relay``, ``manage.py saga_relay``): any number share the work.
+
     Every value is checked when the config is made: a wrong type, a number
     out of range or (in `from_mapping` / `from_env`) an unknown key is a
     `ValueError` naming it and, for a key, the closest valid one.
@@ -64,6 +73,7 @@ class SagaConfig:
     compensation_retry_delay: float = 1.0
     compensation_retry_backoff: float = 2.0
     lease_seconds: float = 30.0
+    compensation_commits: str = "together"
     create_tables: bool = True
     recovery: bool = False
     recovery_interval: float = 5.0
@@ -74,6 +84,9 @@ class SagaConfig:
     domain_events_mapper: typing.Callable[[EventMap], None] | None = None
     message_broker: MessageBroker | None = None
     hooks: typing.Sequence[object] = ()
+    outbox: bool = False
+    relay: bool = False
+    relay_interval: float = 1.0
 
     def __post_init__(self) -> None:
         for name, kind in _KINDS.items():
@@ -85,6 +98,14 @@ class SagaConfig:
             raise ValueError(
                 f"Saga setting CORRELATION_HEADER must be an HTTP header name, got {self.correlation_header!r}"
             )
+        if self.compensation_commits not in ("together", "each"):
+            raise ValueError(
+                f"Saga setting COMPENSATION_COMMITS must be 'together' or 'each', got {self.compensation_commits!r}"
+            )
+        if self.relay and not self.outbox:
+            raise ValueError("Saga setting RELAY publishes the outbox: it needs OUTBOX = true as well")
+        if self.relay and self.message_broker is None:
+            raise ValueError("Saga setting RELAY publishes through the config's message_broker: give one")
 
     @classmethod
     def from_env(cls, prefix: str = "CQRS_SAGA_", **overrides: typing.Any) -> SagaConfig:
@@ -135,11 +156,12 @@ class SagaConfig:
                 backoff=self.compensation_retry_backoff,
             ),
             lease_seconds=self.lease_seconds,
+            compensation_commits=typing.cast(typing.Literal["together", "each"], self.compensation_commits),
         )
 
-    def mediator(self, storage: SagaStorage | None = None) -> SagaMediator:
+    def mediator(self, storage: SagaStorage | None = None, *, hooks: typing.Sequence[object] = ()) -> SagaMediator:
         """A mediator over ``storage`` (default: the config's ``storage``) with this config's sagas,
-        container, settings, event handlers, message broker and hooks.
+        container, settings, event handlers, message broker, outbox and hooks (and ``hooks`` after those).
 
         A config that names its storage by URL has no storage of its own: an
         integration's runtime opens it (`cqrs.integrations`), or pass one here.
@@ -180,7 +202,9 @@ class SagaConfig:
             compensation_retry_delay=settings.compensation_retry.delay,
             compensation_retry_backoff=settings.compensation_retry.backoff,
             lease_seconds=self.lease_seconds,
-            hooks=self.hooks,
+            compensation_commits=settings.compensation_commits,
+            hooks=(*self.hooks, *hooks),
+            outbox=self.outbox,
         )
 
     def recovery_worker(self, storage: SagaStorage | None = None, **options: typing.Any) -> RecoveryWorker:
@@ -208,11 +232,15 @@ _KINDS: dict[str, _Kind] = {
     "compensation_retry_delay": _NON_NEGATIVE,
     "compensation_retry_backoff": _Kind((int, float), "a number of 1 or more", 1.0, True),
     "lease_seconds": _POSITIVE,
+    "compensation_commits": _Kind((str,), "'together' or 'each'"),
     "create_tables": _Kind((bool,), "true or false"),
     "recovery": _Kind((bool,), "true or false"),
     "recovery_interval": _POSITIVE,
     "max_body_bytes": _Kind((int,), "a whole number of bytes, 1 or more", 1.0, True),
     "logging": _Kind((bool,), "true or false"),
+    "outbox": _Kind((bool,), "true or false"),
+    "relay": _Kind((bool,), "true or false"),
+    "relay_interval": _NON_NEGATIVE,
 }
 
 #: The fields `SagaConfig.from_mapping` and `from_env` read (the rest are objects, given in code).

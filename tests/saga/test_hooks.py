@@ -307,6 +307,27 @@ async def test_a_failure_calls_step_failed_then_the_compensation_hooks_newest_fi
         ("attempt_finished", "Pay", "act", 1, "Declined"),
         ("step_failed", "Pay", "Declined"),
         ("compensation_started", "Declined: card declined"),
+        # Both compensations run, then commit together; their hooks follow the commit, in the same order.
+        *undone("Book")[:3],
+        *undone("Reserve")[:3],
+        undone("Book")[3],
+        undone("Reserve")[3],
+        ("saga_finished", "failed", "Declined: card declined"),
+    ]
+
+
+async def test_with_one_commit_per_compensation_each_hook_follows_its_own_commit(
+    storage: EngineStorage, recorder: Recorder
+) -> None:
+    harness = make_harness(
+        (TripContext, TripSaga), storage=storage, hooks=[recorder], telemetry=False, compensation_commits="each"
+    )
+
+    with pytest.raises(Declined):
+        await harness.run_all(TripContext(pay_fails=True))
+
+    assert log[-10:] == [
+        ("compensation_started", "Declined: card declined"),
         *undone("Book"),
         *undone("Reserve"),
         ("saga_finished", "failed", "Declined: card declined"),
@@ -342,6 +363,7 @@ async def test_retried_attempts_are_numbered_for_acts_and_compensations(
         (TripContext, TripSaga),
         storage=storage,
         hooks=[recorder],
+        compensation_commits="each",  # each compensation's hooks right after its own commit
         compensation_retry_count=2,
         compensation_retry_delay=0.5,
         telemetry=False,
@@ -382,6 +404,7 @@ async def test_a_compensation_that_keeps_failing_calls_compensation_failed(
         (TripContext, TripSaga),
         storage=storage,
         hooks=[recorder],
+        compensation_commits="each",  # each compensation's hooks right after its own commit
         compensation_retry_count=1,
         telemetry=False,
     )
@@ -455,6 +478,7 @@ async def test_a_recovered_saga_whose_next_step_fails_calls_the_failure_and_comp
         lease_seconds=LEASE,
         hooks=[recorder],
         telemetry=False,
+        compensation_commits="each",  # each compensation's hooks right after its own commit
     )
 
     assert await recovery.mediator.recovery_worker().run_once() == 1
@@ -599,7 +623,9 @@ async def test_coroutines_from_plain_and_async_hook_methods_are_awaited_in_place
             await asyncio.sleep(0)  # one turn of the loop: the engine must wait for this
             log.append(entry)
 
-    harness = make_harness((TripContext, TripSaga), storage=storage, hooks=[Awaiting()], telemetry=False)
+    harness = make_harness(
+        (TripContext, TripSaga), storage=storage, hooks=[Awaiting()], telemetry=False, compensation_commits="each"
+    )
 
     with pytest.raises(Declined):
         await harness.run_all(TripContext(pay_fails=True))

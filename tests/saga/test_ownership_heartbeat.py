@@ -200,3 +200,24 @@ async def test_an_action_is_renewed_on_its_second_tick_and_every_second_tick_aft
     ticker.acting.clear()
     ticker._tick()  # nothing acting: the timer is not re-armed
     assert ticker._handle is None
+
+
+def test_a_forked_child_is_another_lease_owner() -> None:
+    """The owner id is computed once per process; a fork makes the child compute its own."""
+    import os
+
+    from cqrs.saga._ownership import process_owner
+
+    parent = process_owner()
+    assert process_owner() == parent
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.write(writer, process_owner().encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        child = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert child != parent and f":{pid}:" in child
+    assert process_owner() == parent

@@ -90,9 +90,14 @@ class TransferSaga(Saga[TransferContext]):
     steps = [DebitStep, CreditStep, NotifyStep, AuditStep]
 
 
-async def _fail_and_cancel_compensation_of(step: str, storage: EngineStorage, saga_id: uuid.UUID) -> None:
+async def _fail_and_cancel_compensation_of(
+    step: str, storage: EngineStorage, saga_id: uuid.UUID, compensation_commits: str = "together"
+) -> None:
     BLOCK_COMPENSATION.add(step)
-    harness = make_harness((TransferContext, TransferSaga), storage=storage, lease_seconds=LEASE)
+    harness = make_harness(
+        (TransferContext, TransferSaga), storage=storage, lease_seconds=LEASE,
+        compensation_commits=compensation_commits,
+    )
     task = asyncio.ensure_future(harness.run_all(TransferContext(transfer_id="t1"), saga_id=saga_id))
     await GATES[0].entered.wait()
     task.cancel()
@@ -143,8 +148,9 @@ async def test_recovering_a_compensating_saga_finishes_compensation_and_raises_s
 
 
 async def test_recovery_does_not_compensate_a_step_already_compensated(storage: EngineStorage) -> None:
+    """With one commit per compensation, the compensations recorded before a crash are not run again."""
     saga_id = uuid.uuid4()
-    await _fail_and_cancel_compensation_of("debit", storage, saga_id)
+    await _fail_and_cancel_compensation_of("debit", storage, saga_id, compensation_commits="each")
     assert LEDGER == ["act:debit", "act:credit", "act:notify", "compensate:credit", "compensate:debit"]
     await advance(storage, LEASE + 1)
     LEDGER.clear()
@@ -153,6 +159,23 @@ async def test_recovery_does_not_compensate_a_step_already_compensated(storage: 
         await recover_saga(TransferSaga, saga_id, TransferContext, di.Container(), storage, lease_seconds=LEASE)
 
     assert LEDGER == ["compensate:debit"]
+    assert (await storage.load_saga_state(saga_id))[0] == SagaStatus.FAILED
+
+
+async def test_compensations_recorded_together_run_again_after_an_interruption(storage: EngineStorage) -> None:
+    """The trade of the default (`EngineSettings.compensation_commits`): until the one commit that records
+    them, no compensation is recorded, so recovery runs every one of them again."""
+    saga_id = uuid.uuid4()
+    await _fail_and_cancel_compensation_of("debit", storage, saga_id)
+    assert LEDGER == ["act:debit", "act:credit", "act:notify", "compensate:credit", "compensate:debit"]
+    assert [row for row in rows(await storage.get_step_history(saga_id)) if row[1] == "compensate"] == []
+    await advance(storage, LEASE + 1)
+    LEDGER.clear()
+
+    with pytest.raises(RuntimeError):
+        await recover_saga(TransferSaga, saga_id, TransferContext, di.Container(), storage, lease_seconds=LEASE)
+
+    assert LEDGER == ["compensate:credit", "compensate:debit"]
     assert (await storage.load_saga_state(saga_id))[0] == SagaStatus.FAILED
 
 

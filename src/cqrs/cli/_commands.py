@@ -20,7 +20,7 @@ from cqrs.cli._durations import parse_duration
 from cqrs.cli._errors import run
 from cqrs.cli._exit import CliError, ExitCode
 from cqrs.cli._session import not_found, open_mediator, opened_storage, resolve_url
-from cqrs.cli._worker import configure_logging, run_worker
+from cqrs.cli._worker import configure_logging, run_outbox_relay, run_worker
 from cqrs.saga.apps import AppError, load_object
 from cqrs.saga.operations import ActionResult, SagaOperations
 from cqrs.saga.saga import Saga
@@ -60,6 +60,7 @@ Actor = typing.Annotated[
     typer.Option("--actor", help="Who acts (default: user@host).", show_default=False),
 ]
 AsJson = typing.Annotated[bool, typer.Option("--json", help="JSON on stdout instead of tables.")]
+LogLevel = typing.Annotated[str, typer.Option(help="Log level of the cqrs loggers.")]
 
 
 def _exit(code: int) -> None:
@@ -252,17 +253,49 @@ def worker(
     lease_seconds: typing.Annotated[float, typer.Option(min=0.1, help="Lease of the sagas this worker runs.")] = 30.0,
     shutdown_grace: typing.Annotated[float, typer.Option(min=0, help="Seconds in-flight sagas get on SIGTERM.")] = 10.0,
     once: typing.Annotated[bool, typer.Option(help="One pass, then exit (cron).")] = False,
-    log_level: typing.Annotated[str, typer.Option(help="Log level of the cqrs loggers.")] = "INFO",
+    outbox: typing.Annotated[
+        bool,
+        typer.Option(envvar="CQRS_SAGA_OUTBOX", help="Write recovered steps' notification events to the outbox."),
+    ] = False,
+    log_level: LogLevel = "INFO",
 ) -> None:
     """Run the recovery worker: claim sagas whose runner died and finish them; stops gracefully on SIGTERM."""
-    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        err.print(f"error: --log-level {log_level!r}: use DEBUG, INFO, WARNING or ERROR")
-        _exit(ExitCode.USAGE)
-    configure_logging(log_level)
+    _logging(log_level)
     _exit(run(lambda: run_worker(
         app_spec, url, concurrency=concurrency, batch_size=batch_size, poll_interval=poll_interval,
         max_attempts=max_attempts, lease_seconds=lease_seconds, shutdown_grace=shutdown_grace, once=once,
+        outbox=outbox,
     )))
+
+
+@app.command()
+def relay(
+    broker: typing.Annotated[
+        str,
+        typer.Option(
+            "--broker", envvar="CQRS_SAGA_BROKER",
+            help="module:object of a MessageBroker, or of what makes one (called with no arguments).",
+        ),
+    ],
+    url: Url = None,
+    batch_size: typing.Annotated[int, typer.Option(min=1, help="Messages claimed per pass.")] = 100,
+    poll_interval: typing.Annotated[float, typer.Option(min=0.01, help="Seconds between passes when idle.")] = 1.0,
+    lease_seconds: typing.Annotated[float, typer.Option(min=0.1, help="How long a claim lasts.")] = 30.0,
+    once: typing.Annotated[bool, typer.Option(help="Publish what is due, then exit.")] = False,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run an outbox relay: publish committed outbox messages to the broker; any number may run at once."""
+    _logging(log_level)
+    _exit(run(lambda: run_outbox_relay(
+        url, broker, once=once, batch_size=batch_size, poll_interval=poll_interval, lease_seconds=lease_seconds,
+    )))
+
+
+def _logging(level: str) -> None:
+    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        err.print(f"error: --log-level {level!r}: use DEBUG, INFO, WARNING or ERROR")
+        _exit(ExitCode.USAGE)
+    configure_logging(level)
 
 
 @app.command()

@@ -56,6 +56,7 @@ async def open_mediator(
     *,
     settings: EngineSettings | None = None,
     hooks: typing.Iterable[SagaHook] = (),
+    outbox: bool = False,
 ) -> typing.AsyncIterator[SagaMediator]:
     """A mediator for ``--app`` over ``--url``'s storage (a mediator app brings its own; then ``--url`` is an error)."""
     try:
@@ -69,7 +70,9 @@ async def open_mediator(
         return
     async with opened_storage(url) as storage:
         try:
-            mediator = await mediator_from(source, storage, settings=settings, hooks=hooks, what=f"--app {app}")
+            mediator = await mediator_from(
+                source, storage, settings=settings, hooks=hooks, outbox=outbox, what=f"--app {app}"
+            )
         except AppError as error:
             raise CliError(str(error)) from None
         yield mediator

@@ -12,7 +12,7 @@ from cqrs.saga.hooks import RunInfo, SagaHook
 from cqrs.saga.settings import EngineSettings
 from cqrs.saga.storage.enums import SagaStatus
 
-__all__ = ["configure_logging", "run_worker"]
+__all__ = ["configure_logging", "run_outbox_relay", "run_worker"]
 
 logger = logging.getLogger("cqrs.cli.worker")
 
@@ -47,10 +47,15 @@ async def run_worker(
     lease_seconds: float,
     shutdown_grace: float,
     once: bool,
+    outbox: bool = False,
 ) -> int:
-    """Recover sagas until SIGTERM/SIGINT (or one pass with ``once``); in-flight sagas get ``shutdown_grace``."""
+    """Recover sagas until SIGTERM/SIGINT (or one pass with ``once``); in-flight sagas get ``shutdown_grace``.
+
+    ``outbox``: the steps it runs write their notification events to the outbox (an app whose mediator
+    uses the outbox needs its worker to do the same, or recovered steps' events skip it).
+    """
     settings = EngineSettings(lease_seconds=lease_seconds)
-    async with open_mediator(app, url, settings=settings, hooks=[WorkerLog()]) as mediator:
+    async with open_mediator(app, url, settings=settings, hooks=[WorkerLog()], outbox=outbox) as mediator:
         worker = mediator.recovery_worker(
             concurrency=concurrency, batch_size=batch_size, poll_interval=poll_interval,
             max_attempts=max_attempts, shutdown_grace=shutdown_grace,
@@ -77,3 +82,17 @@ def _tally(recovered: typing.Mapping[str, int]) -> str:
     if not recovered:
         return "(nothing recovered)"
     return "(" + ", ".join(f"{count} {outcome}" for outcome, count in sorted(recovered.items())) + ")"
+
+
+async def run_outbox_relay(url: str | None, broker: str, *, once: bool, **options: typing.Any) -> int:
+    """Publish the outbox of ``url``'s storage through ``broker`` (``module:object``) until SIGTERM/SIGINT
+    (or until nothing is due, with ``once``); ``options`` go to `cqrs.outbox.OutboxRelay`."""
+    from cqrs.cli._session import resolve_url
+    from cqrs.outbox.runner import run_relay
+
+    relay = await run_relay(resolve_url(url), broker, once=once, handle_signals=not once, **options)
+    logger.info(
+        "relay %s stopped: %d published, %d failed (retried later), %d parked",
+        relay.owner, relay.published, relay.failed, relay.parked,
+    )
+    return 0

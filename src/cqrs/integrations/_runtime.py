@@ -5,7 +5,7 @@ expose lives here once rather than three times in the adapters.)
 
 One `SagaRuntime` per app (FastAPI), per Flask app, per Django process: it
 opens the config's storage and builds one mediator on first use, runs a
-recovery worker if asked, records sagas and runs them in the background or
+recovery worker and an outbox relay if asked, records sagas and runs them in the background or
 until a wait runs out, answers status, history, diagram, list and health,
 carries out operator actions, and at shutdown gives background runs a grace
 period before closing the storage. Every saga it starts is recorded (with
@@ -13,9 +13,6 @@ this process's lease) before the caller answers, and run by the mediator.
 
 FastAPI awaits it on the app's loop; Flask and Django call it on the
 process's shared saga loop (`cqrs.integrations._loop`).
-
-It is over 500 lines because it is the one place all of that lives: split
-by concern, each framework would again need to know how the pieces meet.
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ from cqrs.saga.views import history_view, saga_summary, saga_view
 
 if typing.TYPE_CHECKING:
     from cqrs.integrations.webhooks import TriggerDispatcher
+    from cqrs.outbox.relay import OutboxRelay
     from cqrs.saga.hooks import Listener
     from cqrs.saga.recovery import RecoveryWorker
     from cqrs.triggers import AcceptedEvent
@@ -164,6 +162,8 @@ class SagaRuntime:
         self._tasks: set[asyncio.Task[typing.Any]] = set()
         self.recovery: RecoveryWorker | None = None
         self.recovery_task: asyncio.Task[None] | None = None
+        self.relay: OutboxRelay | None = None
+        self.relay_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -187,7 +187,8 @@ class SagaRuntime:
                 storage = config.storage
                 if storage is None:
                     storage = self._owned = await open_storage(config.storage_url, create_tables=config.create_tables)
-                mediator = config.mediator(storage)
+                relay = _relay_for(config, storage)
+                mediator = config.mediator(storage, hooks=() if relay is None else (relay.waker(),))
                 wanted = config.recovery if self.recovery_option is None else self.recovery_option
                 if wanted is True:
                     self.recovery = mediator.recovery_worker(poll_interval=config.recovery_interval)
@@ -195,6 +196,8 @@ class SagaRuntime:
                     self.recovery = wanted(mediator)
                 if self.recovery is not None:
                     self.recovery_task = asyncio.ensure_future(self.recovery.run())
+                if relay is not None:
+                    self.relay, self.relay_task = relay, asyncio.ensure_future(relay.run())
                 self._mediator = mediator
         return self._mediator
 
@@ -229,7 +232,8 @@ class SagaRuntime:
             await asyncio.wait(pending, timeout=left)
 
     async def aclose(self, grace: float | None = None) -> None:
-        """Stop recovery, give background runs ``grace`` seconds (then cancel them), close the storage.
+        """Stop recovery, give background runs ``grace`` seconds (then cancel them), stop the relay (after
+        the pass under way), close the storage.
 
         Cancelled runs write nothing more and stay recoverable.
         """
@@ -251,6 +255,12 @@ class SagaRuntime:
                     await self.recovery_task
                 except Exception:
                     logger.exception("The saga recovery worker stopped with an error")
+            if self.relay is not None and self.relay_task is not None:
+                self.relay.stop()
+                try:
+                    await self.relay_task
+                except Exception:
+                    logger.exception("The outbox relay stopped with an error")
         finally:
             owned, self._owned, self._mediator = self._owned, None, None
             if owned is not None:
@@ -294,13 +304,18 @@ class SagaRuntime:
             ) from None
 
     async def _record(
-        self, saga_type: SagaType, context: typing.Any, saga_id: uuid.UUID | None, correlation_id: str | None
+        self,
+        saga_type: SagaType,
+        context: typing.Any,
+        saga_id: uuid.UUID | None,
+        correlation_id: str | None,
+        events: typing.Sequence[object] = (),
     ) -> tuple[uuid.UUID, str]:
         mediator = await self.open()
         check_json(_serialization.dump_context(context), status=422)
         saga_id = saga_id or uuid.uuid4()
         cid = correlation.accept_correlation_id(correlation_id or correlation.get_correlation_id())
-        if not await mediator.record(saga_type, context, saga_id, correlation_id=cid):
+        if not await mediator.record(saga_type, context, saga_id, correlation_id=cid, events=events):
             raise Problem(409, f"Saga id {saga_id} is already used by a stored saga")
         log_accepted(saga_id, saga_type.name, cid)
         return saga_id, cid
@@ -312,15 +327,18 @@ class SagaRuntime:
         *,
         saga_id: uuid.UUID | None = None,
         correlation_id: str | None = None,
+        events: typing.Sequence[object] = (),
     ) -> uuid.UUID:
         """Record a new saga (409 if ``saga_id`` is taken), run it in the background, return its id.
 
         The saga is stored (with this process's lease) before this returns; if
         the process dies first, recovery finishes it. ``correlation_id``
         defaults to the current one (the request's), else a fresh one.
+        ``events``: notification events written to the outbox in the saga's
+        first commit (the config's ``outbox`` must be on).
         """
         saga_type, value = self.saga_for(saga_or_context, context)
-        recorded, _ = await self._record(saga_type, value, saga_id, correlation_id)
+        recorded, _ = await self._record(saga_type, value, saga_id, correlation_id, events)
         self.spawn(recorded)
         return recorded
 
@@ -375,10 +393,15 @@ class SagaRuntime:
         self._track(self._open_and_resume(saga_id))
 
     def start_soon(
-        self, saga_type: SagaType, context: typing.Any, saga_id: uuid.UUID, correlation_id: str | None
+        self,
+        saga_type: SagaType,
+        context: typing.Any,
+        saga_id: uuid.UUID,
+        correlation_id: str | None,
+        events: typing.Sequence[object] = (),
     ) -> None:
         """Record and run a new saga in the background; call on the runtime's loop. Failures are logged."""
-        self._track(self._start_logged(saga_type, context, saga_id, correlation_id))
+        self._track(self._start_logged(saga_type, context, saga_id, correlation_id, events))
 
     async def _open_and_resume(self, saga_id: uuid.UUID) -> SagaOutcome | None:
         try:
@@ -389,11 +412,16 @@ class SagaRuntime:
         return await resume_quietly(mediator, saga_id)
 
     async def _start_logged(
-        self, saga_type: SagaType, context: typing.Any, saga_id: uuid.UUID, correlation_id: str | None
+        self,
+        saga_type: SagaType,
+        context: typing.Any,
+        saga_id: uuid.UUID,
+        correlation_id: str | None,
+        events: typing.Sequence[object],
     ) -> None:
         correlation.set_correlation_id(correlation_id)  # this task's own context: as a request's would be
         try:
-            await self.start_saga(saga_type, context, saga_id=saga_id, correlation_id=correlation_id)
+            await self.start_saga(saga_type, context, saga_id=saga_id, correlation_id=correlation_id, events=events)
         except Exception:
             logger.exception("Saga %s (%s) could not be started", saga_id, saga_type.name)
 
@@ -504,6 +532,9 @@ class SagaRuntime:
             "sagas": [saga_type.name for saga_type in self.config.saga_map.sagas()],
             "background_runs": self.pending,
             "recovery": self.recovery is not None,
+            "relay": None if self.relay is None else {
+                "published": self.relay.published, "failed": self.relay.failed, "parked": self.relay.parked,
+            },
         }
 
     # -- operator actions -------------------------------------------------------------------
@@ -567,6 +598,20 @@ class SagaRuntime:
         """The stored state of the sagas an event of ``source`` started (404 if none)."""
         check_text(correlation_id, "the correlation id", status=404)
         return await dispatcher.status((await self.open()).storage, source, correlation_id)
+
+
+def _relay_for(config: SagaConfig, storage: SagaStorage) -> OutboxRelay | None:
+    """The relay ``config.relay`` asks for, over ``storage``'s outbox (None when it asks for none)."""
+    if not config.relay:
+        return None
+    from cqrs.outbox.protocol import OutboxStorage
+    from cqrs.outbox.relay import OutboxRelay
+
+    if not isinstance(storage, OutboxStorage) or config.message_broker is None:
+        raise RuntimeError(f"{type(storage).__name__} has no outbox for the relay to publish")
+    return OutboxRelay(
+        storage, config.message_broker, poll_interval=config.relay_interval, lease_seconds=config.lease_seconds
+    )
 
 
 def log_accepted(saga_id: uuid.UUID, name: str, correlation_id: str | None) -> None:

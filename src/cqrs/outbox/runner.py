@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import signal
 import typing
@@ -28,14 +27,10 @@ BrokerSource = MessageBroker | typing.Callable[[], typing.Any] | str
 
 
 def load_object(spec: str) -> typing.Any:
-    """The object ``"package.module:name"`` names (``name`` may be dotted: ``module:Class.attribute``)."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"Expected 'package.module:name', got {spec!r}")
-    found: typing.Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        found = getattr(found, part)
-    return found
+    """The object ``"package.module:name"`` names (`cqrs.saga.apps.load_object`; ``ValueError`` if none)."""
+    from cqrs.saga.apps import load_object as load
+
+    return load(spec)
 
 
 @contextlib.asynccontextmanager

@@ -36,16 +36,24 @@ class LeaseHolder(typing.Protocol):
         """Renew the lease; raises `SagaOwnershipLostError` if it was lost."""
 
 
-_owner: tuple[int, str] | None = None
+_owner: str | None = None
 
 
 def process_owner() -> str:
     """This process's lease owner id (host, pid and a random part; new after a fork)."""
     global _owner
-    pid = os.getpid()
-    if _owner is None or _owner[0] != pid:
-        _owner = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}")
-    return _owner[1]
+    if _owner is None:
+        pid = os.getpid()
+        _owner = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+    return _owner
+
+
+def _forget_owner() -> None:
+    global _owner
+    _owner = None
+
+
+os.register_at_fork(after_in_child=_forget_owner)  # a forked child is another owner (no getpid per run)
 
 
 class LocalRuns:

@@ -157,9 +157,15 @@ class RunState:
         error: str | None = None,
         release: bool = False,
         outbox: typing.Sequence[OutboxMessage] = (),
+        entries: typing.Sequence[StepEntry] = (),
     ) -> None:
         assert self.lease is not None
-        if outbox:
+        if entries:  # several log rows in one commit (compensations recorded together)
+            ok = await self.storage.checkpoint(
+                self.saga_id, self.lease, entry=entry, context=context, status=status, error=error,
+                lease_seconds=self.settings.lease_seconds, release=release, outbox=outbox, entries=entries,
+            )
+        elif outbox:
             ok = await self.storage.checkpoint(
                 self.saga_id, self.lease, entry=entry, context=context, status=status, error=error,
                 lease_seconds=self.settings.lease_seconds, release=release, outbox=outbox,

@@ -54,9 +54,12 @@ async def mediator_from(
     *,
     settings: EngineSettings | None = None,
     hooks: typing.Iterable[SagaHook] = (),
+    outbox: bool = False,
     what: str = "the app",
 ) -> SagaMediator:
     """A mediator for ``source`` (see the module docstring), over ``storage`` unless it is a mediator already.
+
+    ``outbox``: its runs write notification events to the outbox (as the app's own mediator does, if it does).
 
     Raises `AppError` for anything else, or when ``storage`` is None and a
     storage is needed.
@@ -69,7 +72,7 @@ async def mediator_from(
         raise AppError(f"{what} gives saga definitions but no storage")
     import di
 
-    return SagaMediator(saga_map, di.Container(), storage=storage, settings=settings, hooks=hooks)
+    return SagaMediator(saga_map, di.Container(), storage=storage, settings=settings, hooks=hooks, outbox=outbox)
 
 
 async def resolve(source: typing.Any) -> typing.Any:

@@ -40,6 +40,7 @@ def bootstrap(
     compensation_retry_delay: float = DEFAULT_COMPENSATION_RETRY.delay,
     compensation_retry_backoff: float = DEFAULT_COMPENSATION_RETRY.backoff,
     lease_seconds: float = 30.0,
+    compensation_commits: typing.Literal["together", "each"] = "together",
     sleep: typing.Callable[[float], typing.Awaitable[None]] = asyncio.sleep,
     hooks: typing.Iterable[object] = (),
     outbox: bool = False,
@@ -63,6 +64,8 @@ def bootstrap(
     in all, the n-th retry after ``compensation_retry_delay *
     compensation_retry_backoff ** (n - 1)`` seconds. ``lease_seconds`` is how
     long a crashed runner keeps its sagas before recovery may take them over.
+    ``compensation_commits``: a failed saga's compensations recorded
+    ``"together"`` in one commit or ``"each"`` in its own (`EngineSettings`).
     ``sleep`` is the function waits go through (tests pass a fake one).
     ``hooks`` observe every run (`cqrs.saga.hooks.SagaHook`). ``outbox``:
     notification events are written to the outbox with their step instead of
@@ -104,6 +107,7 @@ def bootstrap(
         ),
         lease_seconds=lease_seconds,
         sleep=sleep,
+        compensation_commits=compensation_commits,
     )
     return SagaMediator(
         saga_map,

@@ -30,7 +30,7 @@ In views (the same names as the FastAPI and Flask integrations)::
     urlpatterns += sagas.operator_routes()             # /sagas, /sagas/<id>[/history|/diagram], /health
 
 Management commands: ``saga_worker`` (runs pending and interrupted sagas),
-``saga_list`` and ``saga_check``. Without ``STORAGE_URL`` sagas live in the
+``saga_relay`` (publishes the outbox), ``saga_list`` and ``saga_check``. Without ``STORAGE_URL`` sagas live in the
 project's own database (SQLite file or PostgreSQL); ``manage.py migrate``
 creates their tables.
 

@@ -5,7 +5,9 @@ Django's own connection, so it commits or rolls back with the
 ``transaction.atomic()`` block around it. The statement is the SQLAlchemy
 storage's table (``saga_executions``) and clock compiled for the
 connection's dialect, once per dialect, so the schema is defined in one
-place. `start_saga_on_commit` defers the whole start to the commit.
+place; events the start carries go to the outbox table (``saga_outbox``)
+the same way, in the same transaction. `start_saga_on_commit` defers the
+whole start to the commit.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from cqrs.saga.storage.models import NewSaga
 if typing.TYPE_CHECKING:
     import sqlalchemy
     from sqlalchemy.engine import Dialect
+
+    from cqrs.outbox.models import OutboxMessage
 
 __all__ = [
     "atomic_saga_start",
@@ -63,6 +67,7 @@ def atomic_saga_start(
     using: str | None = None,
     saga_id: uuid.UUID | None = None,
     correlation_id: str | None = None,
+    events: typing.Sequence[object] = (),
 ) -> uuid.UUID:
     """Record a saga in the current transaction of database ``using``; run it after the commit.
 
@@ -89,7 +94,9 @@ def atomic_saga_start(
     the database the saga storage uses. The saga class must be listed in
     ``CQRS_SAGA["SAGAS"]``. The correlation id defaults to the request's.
     Outside ``atomic()`` (autocommit) the row commits at once and the run starts
-    immediately. Returns the saga id.
+    immediately. ``events``: notification events written to the outbox in
+    the same transaction (``CQRS_SAGA["OUTBOX"] = True``), published by a
+    relay once it commits. Returns the saga id.
     """
     sagas = _runtime.current()
     settings = sagas.require()
@@ -103,11 +110,16 @@ def atomic_saga_start(
         saga_id or uuid.uuid4(),
         status=SagaStatus.PENDING,
         correlation_id=correlation.accept_correlation_id(correlation_id or correlation.get_correlation_id()),
+        events=events,
     )
     connection = transaction.get_connection(alias)
-    insert = _insert_for(connection)
+    inserts = _inserts_for(connection)
     with connection.cursor() as cursor:
-        cursor.execute(insert.sql, insert.parameters(row))
+        cursor.execute(inserts.saga.sql, inserts.saga.parameters(_saga_values(row)))
+        if row.outbox:
+            cursor.executemany(
+                inserts.outbox.sql, [inserts.outbox.parameters(_outbox_values(row, m)) for m in row.outbox]
+            )
     log_accepted(row.saga_id, row.name, row.correlation_id)
     if settings.run_on_commit:
         transaction.on_commit(functools.partial(sagas.hand_off, row.saga_id), using=alias, robust=True)
@@ -121,6 +133,7 @@ def start_saga_on_commit(
     using: str | None = None,
     saga_id: uuid.UUID | None = None,
     correlation_id: str | None = None,
+    events: typing.Sequence[object] = (),
 ) -> uuid.UUID:
     """Start a saga when the current transaction of ``using`` commits; nothing if it rolls back.
 
@@ -138,7 +151,8 @@ def start_saga_on_commit(
     the saga row is written after the commit: if the process dies in
     between, or the storage refuses the write (logged), the saga does not
     exist. Outside ``atomic()`` it starts at once. ``using`` defaults to
-    ``CQRS_SAGA["DATABASE"]``.
+    ``CQRS_SAGA["DATABASE"]``. ``events`` go to the outbox with the saga's
+    row, in the storage's commit that records it (``CQRS_SAGA["OUTBOX"] = True``).
     """
     sagas = _runtime.current()
     settings = sagas.require()
@@ -147,9 +161,12 @@ def start_saga_on_commit(
     saga_id = saga_id or uuid.uuid4()
     cid = correlation.accept_correlation_id(correlation_id or correlation.get_correlation_id())
     runtime = sagas.require_runtime()
+    if events and not runtime.config.outbox:
+        raise ValueError('Events a saga\'s start carries go to the outbox: set CQRS_SAGA["OUTBOX"] = True')
+    carried = tuple(events)
 
     def start() -> None:
-        shared_loop_thread().loop.call_soon_threadsafe(runtime.start_soon, saga_type, context, saga_id, cid)
+        shared_loop_thread().loop.call_soon_threadsafe(runtime.start_soon, saga_type, context, saga_id, cid, carried)
 
     transaction.on_commit(start, using=using or settings.database, robust=True)
     return saga_id
@@ -202,37 +219,22 @@ def sqlalchemy_dialect(connection: typing.Any, *, paramstyle: str | None = "form
 
 
 class _Insert:
-    """``INSERT INTO saga_executions`` of a pending saga, compiled for one dialect.
+    """An ``INSERT`` of one of the storage's tables, compiled for one dialect.
 
-    The saga's own values are parameters, run through the column types' bind
-    processing (UUIDs, JSON and timestamps stored exactly as the storage stores
-    them); the timestamps are the database's clock and the lease is expired, so
-    a worker may take the saga up once it commits.
+    ``given`` columns are parameters, run through the column types' bind
+    processing (UUIDs, JSON and timestamps stored exactly as the storage
+    stores them); ``fixed`` are the other values (the database's clock among
+    them).
     """
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(
+        self, dialect: Dialect, table: sqlalchemy.Table, given: typing.Sequence[str], fixed: dict[str, typing.Any]
+    ) -> None:
         import sqlalchemy as sa
 
-        from cqrs.saga.storage.sqlalchemy import database_now
-
-        table = saga_tables()[0]
-        now = database_now(dialect.name)
-        given = ("id", "name", "definition_version", "status", "context", "correlation_id", "trace_context")
         compiled = (
             table.insert()
-            .values(
-                {
-                    **{name: sa.bindparam(name, None, type_=table.c[name].type) for name in given},
-                    "version": 1,
-                    "owner": None,
-                    "lease_epoch": 0,
-                    "lease_expires_at": now,
-                    "recovery_attempts": 0,
-                    "error": None,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
+            .values({**{name: sa.bindparam(name, None, type_=table.c[name].type) for name in given}, **fixed})
             .compile(dialect=dialect)
         )
         self.sql = str(compiled)
@@ -242,17 +244,8 @@ class _Insert:
             for name in compiled.positiontup or ()
         ]
 
-    def parameters(self, row: NewSaga) -> list[typing.Any]:
-        """The statement's parameters, in order, for the start row ``row``."""
-        values = {
-            "id": row.saga_id,
-            "name": row.name,
-            "definition_version": row.definition_version,
-            "status": row.status.value,
-            "context": row.context,
-            "correlation_id": row.correlation_id,
-            "trace_context": row.trace_context,
-        }
+    def parameters(self, values: dict[str, typing.Any]) -> list[typing.Any]:
+        """The statement's parameters, in order, for ``values`` (of the ``given`` columns)."""
         parameters = []
         for name, fixed, processor in self._order:
             value = values.get(name, fixed)
@@ -260,15 +253,67 @@ class _Insert:
         return parameters
 
 
-_inserts: dict[tuple[str, str], _Insert] = {}
+class _Inserts(typing.NamedTuple):
+    saga: _Insert
+    outbox: _Insert
 
 
-def _insert_for(connection: typing.Any) -> _Insert:
+def _make_inserts(dialect: Dialect) -> _Inserts:
+    """A pending saga's row (no owner, a lease already expired, so a worker may take it up once it commits)
+    and its outbox rows (pending, ordered by their autoincrementing ``seq``)."""
+    from cqrs.saga.storage.sqlalchemy import database_now, saga_outbox
+
+    now = database_now(dialect.name)
+    saga = _Insert(
+        dialect,
+        saga_tables()[0],
+        ("id", "name", "definition_version", "status", "context", "correlation_id", "trace_context"),
+        {
+            "version": 1, "owner": None, "lease_epoch": 0, "lease_expires_at": now, "recovery_attempts": 0,
+            "error": None, "created_at": now, "updated_at": now,
+        },
+    )
+    outbox = _Insert(
+        dialect,
+        saga_outbox,
+        ("message_id", "saga_id", "topic", "name", "payload", "headers"),
+        {"status": "pending", "attempts": 0, "created_at": now},
+    )
+    return _Inserts(saga, outbox)
+
+
+def _saga_values(row: NewSaga) -> dict[str, typing.Any]:
+    return {
+        "id": row.saga_id,
+        "name": row.name,
+        "definition_version": row.definition_version,
+        "status": row.status.value,
+        "context": row.context,
+        "correlation_id": row.correlation_id,
+        "trace_context": row.trace_context,
+    }
+
+
+def _outbox_values(row: NewSaga, message: OutboxMessage) -> dict[str, typing.Any]:
+    return {
+        "message_id": message.message_id,
+        "saga_id": row.saga_id,
+        "topic": message.topic,
+        "name": message.name,
+        "payload": message.payload,
+        "headers": message.headers,
+    }
+
+
+_inserts: dict[tuple[str, str], _Inserts] = {}
+
+
+def _inserts_for(connection: typing.Any) -> _Inserts:
     key = (connection.vendor, connection.Database.__name__)
-    insert = _inserts.get(key)
-    if insert is None:
-        insert = _inserts[key] = _Insert(sqlalchemy_dialect(connection))
-    return insert
+    inserts = _inserts.get(key)
+    if inserts is None:
+        inserts = _inserts[key] = _make_inserts(sqlalchemy_dialect(connection))
+    return inserts
 
 
 def _stores_sagas(connection: typing.Any) -> bool:

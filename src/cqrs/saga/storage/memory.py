@@ -183,6 +183,17 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
             self._seq + 1,
         )
 
+    def _log_rows(
+        self, saga_id: uuid.UUID, entries: typing.Sequence[StepEntry], now: datetime.datetime,
+        *, after: SagaLogEntry | None,
+    ) -> list[SagaLogEntry]:
+        """The rows of ``entries``, numbered after ``after`` (or the last row), not yet appended."""
+        first = (after.seq if after is not None else self._seq) + 1
+        rows = [self._log_row(saga_id, entry, now, owned=True) for entry in entries]
+        for offset, row in enumerate(rows):
+            row.seq = first + offset
+        return rows
+
     def _append(self, record: _StoredSaga, row: SagaLogEntry) -> None:
         self._seq = row.seq
         record.log.append(row)
@@ -278,6 +289,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
         lease_seconds: float,
         release: bool = False,
         outbox: typing.Sequence[OutboxMessage] = (),
+        entries: typing.Sequence[StepEntry] = (),
     ) -> bool:
         record = self._sagas.get(saga_id)
         if record is None or record.owner != lease.owner or record.lease_epoch != lease.epoch:
@@ -285,6 +297,7 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
         # Everything that may fail comes first: a checkpoint is all or nothing.
         now = self._clock()
         row = self._log_row(saga_id, entry, now, owned=True) if entry is not None else None
+        more = self._log_rows(saga_id, entries, now, after=row) if entries else None
         messages = self._outbox.prepared(saga_id, outbox) if outbox else None
         if status is not None and type(status) is not SagaStatus:
             status = SagaStatus(status)
@@ -306,6 +319,9 @@ class MemorySagaStorage(PythonCqrsStorageMethods):
         if row is not None:
             self._seq = row.seq
             record.log.append(row)
+        if more:
+            self._seq = more[-1].seq
+            record.log.extend(more)
         if messages:
             self._outbox.store(messages)
         return True

@@ -68,9 +68,13 @@ class SagaEngineStorage(typing.Protocol):
         lease_seconds: float,
         release: bool = False,
         outbox: typing.Sequence[OutboxMessage] = (),
+        entries: typing.Sequence[StepEntry] = (),
     ) -> bool:
-        """In one commit: append ``entry``, store ``context`` and ``status``, renew (or release) the lease,
-        and insert the ``outbox`` messages (see `cqrs.outbox`).
+        """In one commit: append ``entry`` and then ``entries`` (in order), store ``context`` and ``status``,
+        renew (or release) the lease, and insert the ``outbox`` messages (see `cqrs.outbox`).
+
+        The engine passes ``entries`` only when one commit records several log rows (a failed saga's
+        compensations, recorded together), and ``outbox`` only when there are messages.
 
         Writes nothing and returns False if ``lease`` is no longer the saga's.
         """

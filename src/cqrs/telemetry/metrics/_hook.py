@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import typing
 import weakref
@@ -17,7 +19,10 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
     ) from error
 
 if typing.TYPE_CHECKING:
+    from cqrs.outbox.protocol import OutboxStorage
     from cqrs.saga.storage.models import SagaRecord
+
+logger = logging.getLogger("cqrs.telemetry")
 
 __all__ = ["SagaMetrics"]
 
@@ -77,8 +82,9 @@ class SagaMetrics(SagaHook):
     ``cqrs_recovery_claims_total`` and ``cqrs_lease_losses_total``.
     Histogram ``cqrs_step_duration_seconds`` (labels ``saga``, ``step``,
     ``action`` = ``act``/``compensate``, ``outcome`` = ``ok``/``error``): one
-    observation per attempt. Gauge ``cqrs_outbox_backlog``: what the callback
-    given to `track_outbox_backlog` returns, read at each scrape.
+    observation per attempt. Gauge ``cqrs_outbox_backlog``: the outbox rows
+    waiting to be published, kept by `watch_outbox_backlog` (or what the
+    callback given to `track_outbox_backlog` returns, read at each scrape).
 
     Claims and parked sagas come from the recovery workers of the mediator
     this hook is installed on. Every `SagaMetrics` of one ``registry``
@@ -96,6 +102,20 @@ class SagaMetrics(SagaHook):
     def track_outbox_backlog(self, callback: typing.Callable[[], float]) -> None:
         """Report ``callback()`` as ``cqrs_outbox_backlog`` at each scrape (keep it quick: scrapes wait for it)."""
         self._metrics.outbox_backlog.set_function(callback)
+
+    async def watch_outbox_backlog(self, storage: OutboxStorage, *, interval: float = 15.0) -> None:
+        """Set ``cqrs_outbox_backlog`` to ``await storage.outbox_backlog()`` every ``interval`` seconds until
+        cancelled (run it as a task beside the app). A failed count is logged and tried again next time; the
+        gauge keeps its last value meanwhile."""
+        if interval <= 0:
+            raise ValueError(f"interval must be positive, got {interval}")
+        gauge = self._metrics.outbox_backlog
+        while True:
+            try:
+                gauge.set(await storage.outbox_backlog())
+            except Exception as error:
+                logger.warning("Could not count the outbox backlog: %s", error)
+            await asyncio.sleep(interval)
 
     # -- runs -------------------------------------------------------------------------
 

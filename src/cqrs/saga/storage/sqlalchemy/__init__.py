@@ -22,8 +22,10 @@ a statement per call.
 On PostgreSQL through asyncpg the single-statement writes take a fast path by
 default: the SQL SQLAlchemy compiles, run on the pooled asyncpg connection
 itself (SQLAlchemy's statement events and ``echo`` do not see those writes;
-``fast_path=False`` routes them through SQLAlchemy). Everything else, and
-every other database, goes through SQLAlchemy.
+``fast_path=False`` routes them through SQLAlchemy). On a SQLite file each
+write transaction is one call to a writer thread with a ``sqlite3``
+connection of the storage's own (the same SQL; ``fast_path=False`` too).
+Everything else, and MySQL and MariaDB, go through SQLAlchemy.
 
 Inside:
 
@@ -35,7 +37,7 @@ Inside:
 - `_outbox_schema`, `_outbox_statements`, `_outbox_transactions`, `_outbox`:
   the outbox table, its statements and transactions, and the storage's
   `cqrs.outbox.OutboxStorage` methods;
-- `_executors`: how statements run (SQLAlchemy, or the asyncpg fast path);
+- `_executors`: how statements run (SQLAlchemy, or the asyncpg and SQLite fast paths);
 - `_transactions`: the multi-statement transactions of SQLite and MySQL;
 - `_storage`: `SqlAlchemySagaStorage` itself; `_engines`: the engines it works on, or makes.
 """

@@ -161,10 +161,11 @@ class GroupCommit:
         self, alone: Alone, saga_id: uuid.UUID, lease: Lease, entry: StepEntry | None,
         context: dict[str, typing.Any] | None, status: SagaStatus | None, error: str | None,
         lease_seconds: float, release: bool, outbox: typing.Sequence[OutboxMessage],
+        entries: typing.Sequence[StepEntry],
     ) -> bool:
         """Queue the checkpoint and wait until its batch committed (`SqlAlchemySagaStorage.checkpoint`);
         ``alone`` writes a checkpoint on its own (after a failed batch)."""
-        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox)
+        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox, entries)
         try:
             encoded = encode_checkpoint(*args)
         except (TypeError, ValueError) as failure:  # a value JSON cannot hold: what SQLAlchemy raises for it

@@ -18,17 +18,17 @@ import uuid
 
 from cqrs.outbox.models import OutboxMessage, OutboxRecord, OutboxStatus
 from cqrs.saga.storage.models import NewSaga, StepEntry
-from cqrs.saga.storage.sqlalchemy import _outbox_transactions, _transactions
+from cqrs.saga.storage.sqlalchemy import _outbox_transactions
 from cqrs.saga.storage.sqlalchemy._executors import Executor
 from cqrs.saga.storage.sqlalchemy._outbox_schema import outbox_record
 from cqrs.saga.storage.sqlalchemy._statements import Statements
 
-__all__ = ["SqlOutboxMethods"]
+__all__ = ["SqlOutboxMethods", "outbox_json_rows", "outbox_rows"]
 
 Params = dict[str, typing.Any]
 
 
-def _json_rows(messages: typing.Sequence[OutboxMessage]) -> list[dict[str, typing.Any]]:
+def outbox_json_rows(messages: typing.Sequence[OutboxMessage]) -> list[dict[str, typing.Any]]:
     """PostgreSQL: the messages as the JSON array `OutboxStatements.inserted_from` expands."""
     return [
         {
@@ -43,7 +43,7 @@ def _json_rows(messages: typing.Sequence[OutboxMessage]) -> list[dict[str, typin
     ]
 
 
-def _rows(saga_id: uuid.UUID, messages: typing.Sequence[OutboxMessage]) -> list[Params]:
+def outbox_rows(saga_id: uuid.UUID, messages: typing.Sequence[OutboxMessage]) -> list[Params]:
     """SQLite and MySQL: one parameter set of `OutboxStatements.insert` per message."""
     return [
         {
@@ -70,9 +70,11 @@ class SqlOutboxMethods:
         """Insert the saga and its outbox rows in one commit; False (nothing written) if its id is taken."""
         sql = self._sql
         if sql.postgres:
-            params["b_outbox"] = _json_rows(saga.outbox)
+            params["b_outbox"] = outbox_json_rows(saga.outbox)
             return await self._executor.write(sql.start_with_outbox, params) > 0
-        rows = _rows(saga.saga_id, saga.outbox)
+        rows = outbox_rows(saga.saga_id, saga.outbox)
+        if not sql.mysql:  # SQLite: the INSERT ... ON CONFLICT DO NOTHING, then the rows if it inserted
+            return await self._executor.write_then(sql.start, params, [(sql.outbox.insert, rows)])
         return await self._executor.transaction(
             lambda conn: _outbox_transactions.start_with_outbox(conn, sql, params, rows)
         )
@@ -87,13 +89,13 @@ class SqlOutboxMethods:
         if sql.postgres:
             if entry is not None:
                 params.update(sql.entry_params(entry))
-            params["b_outbox"] = _json_rows(messages)
+            params["b_outbox"] = outbox_json_rows(messages)
             return await self._executor.write(statement, params) > 0
-        log_params = {"b_id": saga_id, **sql.entry_params(entry)} if entry is not None else None
-        outbox = (sql.outbox.insert, _rows(saga_id, messages))
-        return await self._executor.transaction(
-            lambda conn: _transactions.update_then_append(conn, statement, params, sql.append, log_params, outbox)
-        )
+        then: list[tuple[typing.Any, typing.Any]] = []
+        if entry is not None:
+            then.append((sql.append, {"b_id": saga_id, **sql.entry_params(entry)}))
+        then.append((sql.outbox.insert, outbox_rows(saga_id, messages)))
+        return await self._executor.write_then(statement, params, then)
 
     # -- cqrs.outbox.OutboxStorage ------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """`SqlAlchemySagaStorage`: the storage protocols on SQLAlchemy Core.
 
+(Over 500 lines: one class with the methods of four protocols, each a few lines of dispatch; the statements,
+transactions, executors, outbox, log batches and group commit it dispatches to are modules of their own.)
+
 Round trips per engine write (after a pooled connection has prepared the
 statement once; asyncpg keeps prepared statements per connection):
 
@@ -13,10 +16,11 @@ statement once; asyncpg keeps prepared statements per connection):
   `release_lease` and `amend_saga`. `claim_recoverable` is two statements a
   pass (the claim, then every claimed saga's history), `claim_saga` two (the
   claim, then the history), three when the lease is not granted.
-- SQLite: `start_saga` is the ``INSERT`` and a ``COMMIT``; a `checkpoint` is
-  ``UPDATE``, ``INSERT`` (only if the update matched) and ``COMMIT`` in one
-  transaction (SQLite has no data-modifying CTEs). The ``BEGIN`` is issued by
-  the sqlite3 module with the first write, in the same call.
+- SQLite: `start_saga` is the ``INSERT`` (autocommit); a `checkpoint` is
+  ``BEGIN IMMEDIATE``, ``UPDATE``, ``INSERT`` (only if the update matched)
+  and ``COMMIT`` (SQLite has no data-modifying CTEs), in one call to the
+  fast path's writer thread (`_executors._sqlite`); through SQLAlchemy the
+  ``BEGIN`` is issued by the sqlite3 module with the first write.
 - MySQL/MariaDB: `start_saga` is the ``INSERT`` and a ``COMMIT``; a
   `checkpoint` is ``UPDATE``, ``INSERT`` (only if it matched) and ``COMMIT``.
   Claims are a transaction of a few statements (`_transactions`). The MySQL
@@ -28,7 +32,9 @@ so it takes the database's write lock at once, and `claim_recoverable` is one
 ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``: two processes can
 never both claim a saga, without ``BEGIN IMMEDIATE``. Engines made by
 `from_url` set a busy timeout (30 s), WAL journal mode and foreign keys on
-every connection; for an engine you make yourself, set a busy timeout.
+every connection, and ``synchronous`` (FULL, or NORMAL with
+``?synchronous=normal`` in the URL: see docs/storage.md); for an engine you
+make yourself, set a busy timeout.
 """
 
 from __future__ import annotations
@@ -45,12 +51,12 @@ from cqrs.saga.exceptions import SagaNotFoundError
 from cqrs.saga.storage.compat import PythonCqrsStorageMethods
 from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, purge_filter, status_set
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
-from cqrs.saga.storage.sqlalchemy import _transactions, _upgrade
+from cqrs.saga.storage.sqlalchemy import _log_batch, _transactions, _upgrade
 from cqrs.saga.storage.sqlalchemy._engines import SessionOrFactory, create_engine, engine_of
 from cqrs.saga.storage.sqlalchemy._executors import Executor, make_executor
 from cqrs.saga.storage.sqlalchemy._group_commit import GroupCommit
 from cqrs.saga.storage.sqlalchemy._layout import SchemaReport, inspect_schema
-from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods
+from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods, outbox_json_rows, outbox_rows
 from cqrs.saga.storage.sqlalchemy._schema import claims, family, log_entry, record
 from cqrs.saga.storage.sqlalchemy._statements import Statements
 
@@ -78,12 +84,15 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     (aiosqlite) and MySQL/MariaDB (asyncmy or aiomysql).
 
     ``fast_path``: on PostgreSQL through asyncpg, single-statement writes run
-    on the asyncpg connection itself, skipping SQLAlchemy's statement
-    execution (SQLAlchemy's statement events and ``echo`` do not see them).
-    None (the default) uses it wherever it can (asyncpg without a
-    ``schema_translate_map``), True asks for it (a warning says why when it
-    cannot be used), False sends every write through SQLAlchemy. Whether it
-    is on is decided here, logged once per engine, and shown by `fast_path`.
+    on the asyncpg connection itself; on a SQLite file, every write
+    transaction is one call to a writer thread with a ``sqlite3`` connection
+    of the storage's own. Both skip SQLAlchemy's statement execution
+    (SQLAlchemy's statement events and ``echo`` do not see them). None (the
+    default) uses it wherever it can (asyncpg, or SQLite through an engine
+    `from_url` made; no ``schema_translate_map``), True asks for it (a
+    warning says why when it cannot be used), False sends every write
+    through SQLAlchemy. Whether it is on is decided here, logged once per
+    engine, and shown by `fast_path`.
 
     ``group_commit`` (PostgreSQL only, else ``ValueError``): checkpoints of
     concurrent sagas share commits; each `checkpoint` returns once the batch
@@ -113,6 +122,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
             )
         self._sql = Statements(dialect.name)
         self._executor: Executor = make_executor(self.engine, self._sql.json_params, fast_path)
+        self._entries_statements: dict[tuple[bool, ...], typing.Any] = {}
         self._group: GroupCommit | None = None
         if group_commit:
             if not self._sql.postgres:
@@ -124,7 +134,8 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         cls, url: str | sa.URL, *, fast_path: bool | None = None, group_commit: bool = False, **engine_kwargs: object
     ) -> SqlAlchemySagaStorage:
         """A storage on a new engine for ``url`` (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``,
-        ``mysql+asyncmy://...``).
+        ``mysql+asyncmy://...``). A SQLite URL may end in ``?synchronous=normal`` (default ``full``; see
+        docs/storage.md for what each promises).
 
         ``engine_kwargs`` go to ``create_async_engine`` (``pool_size``, ``echo``, ...).
         """
@@ -136,7 +147,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
 
     @property
     def fast_path(self) -> bool:
-        """Whether single-statement writes run on the asyncpg connection itself (see the class doc)."""
+        """Whether writes skip SQLAlchemy: the asyncpg or SQLite fast path (see the class doc)."""
         return self._executor.fast_path
 
     @property
@@ -284,11 +295,12 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         lease_seconds: float,
         release: bool = False,
         outbox: typing.Sequence[OutboxMessage] = (),
+        entries: typing.Sequence[StepEntry] = (),
     ) -> bool:
-        """Append ``entry``, store ``context``, ``status`` and ``error``, renew (or release) the lease and
-        insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no longer the
-        saga's. With group commit, that commit is the batch's."""
-        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox)
+        """Append ``entry`` then ``entries``, store ``context``, ``status`` and ``error``, renew (or release)
+        the lease and insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no
+        longer the saga's. With group commit, that commit is the batch's."""
+        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox, entries)
         if self._group is not None:
             return await self._group.checkpoint(self._checkpoint_alone, *args)
         return await self._checkpoint_alone(*args)
@@ -296,7 +308,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     async def _checkpoint_alone(
         self, saga_id: uuid.UUID, lease: Lease, entry: StepEntry | None, context: JsonDict | None,
         status: SagaStatus | None, error: str | None, lease_seconds: float, release: bool,
-        outbox: typing.Sequence[OutboxMessage],
+        outbox: typing.Sequence[OutboxMessage], entries: typing.Sequence[StepEntry],
     ) -> bool:
         # PostgreSQL: one autocommitted statement; the log row exists only if the fenced update matched.
         # SQLite and MySQL: UPDATE, then INSERT only if it matched, then COMMIT.
@@ -309,6 +321,11 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
             params["b_status"] = SagaStatus(status).value
         if error is not None:
             params["b_error"] = error
+        if entries:
+            return await self._checkpoint_entries(
+                params, saga_id, [entry, *entries] if entry is not None else entries, outbox,
+                context is not None, status is not None, error is not None, release,
+            )
         if outbox:
             statement = self._sql.checkpoint(
                 entry is not None, context is not None, status is not None, error is not None, release, outbox=True
@@ -498,6 +515,30 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
 
     # -- helpers ------------------------------------------------------------------------------------------
 
+    async def _checkpoint_entries(
+        self, params: dict[str, typing.Any], saga_id: uuid.UUID, entries: typing.Sequence[StepEntry],
+        messages: typing.Sequence[OutboxMessage], context: bool, status: bool, error: bool, release: bool,
+    ) -> bool:
+        """A checkpoint with several log rows (`_log_batch`): one statement on PostgreSQL, else the update and
+        the rows (and the outbox rows) in one transaction."""
+        sql = self._sql
+        key = (bool(messages), context, status, error, release)
+        statement = self._entries_statements.get(key)
+        if statement is None:
+            update = sql.checkpoint_update(context, status, error, release)
+            statement = self._entries_statements[key] = (
+                _log_batch.logged_entries(sql, update, bool(messages)) if sql.postgres else update
+            )
+        if sql.postgres:
+            params["b_entries"] = _log_batch.entries_json(entries)
+            if messages:
+                params["b_outbox"] = outbox_json_rows(messages)
+            return await self._executor.write(statement, params) > 0
+        then: list[tuple[typing.Any, typing.Any]] = [(sql.append, _log_batch.entries_rows(sql, saga_id, entries))]
+        if messages:
+            then.append((sql.outbox.insert, outbox_rows(saga_id, messages)))
+        return await self._executor.write_then(statement, params, then)
+
     async def _write_with_entry(
         self, statement: typing.Any, params: dict[str, typing.Any], saga_id: uuid.UUID, entry: StepEntry | None
     ) -> bool:
@@ -506,10 +547,8 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         if entry is not None:
             entry_params = self._sql.entry_params(entry)
             if not self._sql.postgres:
-                append, log_params = self._sql.append, {"b_id": saga_id, **entry_params}
-                return await self._executor.transaction(
-                    lambda conn: _transactions.update_then_append(conn, statement, params, append, log_params)
-                )
+                log_params = {"b_id": saga_id, **entry_params}
+                return await self._executor.write_then(statement, params, [(self._sql.append, log_params)])
             params.update(entry_params)
         return await self._executor.write(statement, params) == 1
 

@@ -1,9 +1,10 @@
 """The multi-statement transactions of SQLite and MySQL/MariaDB, as functions of one SQLAlchemy connection.
 
 Each runs inside `Executor.transaction`, so its statements commit together or
-not at all. On SQLite every one starts with its write statement, so the
-transaction holds the database's write lock from its first statement (no
-``BEGIN IMMEDIATE`` needed, and two processes never both claim a saga).
+not at all (a checkpoint's update and log row are `Executor.write_then`). On
+SQLite every one starts with its write statement, so the transaction holds
+the database's write lock from its first statement (no ``BEGIN IMMEDIATE``
+needed, and two processes never both claim a saga).
 PostgreSQL needs none of these: its writes are single statements, and its
 claims read the histories in a statement of their own after the claim.
 """
@@ -20,28 +21,9 @@ from cqrs.saga.storage.models import Lease, SagaClaim
 from cqrs.saga.storage.sqlalchemy._schema import claims, log_entry, record
 from cqrs.saga.storage.sqlalchemy._statements import Statements
 
-__all__ = ["claim_recoverable_mysql", "claim_recoverable_sqlite", "claim_saga", "purge", "update_then_append"]
+__all__ = ["claim_recoverable_mysql", "claim_recoverable_sqlite", "claim_saga", "purge"]
 
 Params = typing.Mapping[str, typing.Any]
-
-
-def update_then_append(
-    conn: sa.Connection,
-    update: typing.Any,
-    params: Params,
-    append: typing.Any,
-    log_params: Params | None,
-    outbox: tuple[typing.Any, typing.Sequence[Params]] | None = None,
-) -> bool:
-    """A checkpoint or an amendment: the conditional ``UPDATE``, then the log row and the outbox rows
-    (``outbox``: the insert and one parameter set per row) only if it matched."""
-    if conn.execute(update, params).rowcount != 1:
-        return False
-    if log_params is not None:
-        conn.execute(append, log_params)
-    if outbox is not None:
-        conn.execute(*outbox)
-    return True
 
 
 def claim_saga(conn: sa.Connection, sql: Statements, params: Params) -> SagaClaim | None:

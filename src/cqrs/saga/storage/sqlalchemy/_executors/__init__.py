@@ -1,10 +1,12 @@
-"""How the SQL storage runs its statements: a small executor interface and the two executors behind it.
+"""How the SQL storage runs its statements: a small executor interface and the executors behind it.
 
 `Executor` is all the storage sees: ``write`` (one statement, committed, its
-row count), ``write_returning`` (the same, with its rows), ``read``, and
+row count), ``write_returning`` (the same, with its rows), ``read``,
+``write_then`` (a conditional write: a statement, then others only if it
+matched one row, in one transaction: the checkpoints of SQLite and MySQL) and
 ``transaction`` (a function of a SQLAlchemy ``Connection`` run in one
-transaction, for the multi-statement writes of SQLite and MySQL). `make_executor`
-picks one for an engine:
+transaction, for the other multi-statement work). `make_executor` picks one
+for an engine:
 
 - `SqlAlchemyExecutor` runs everything through SQLAlchemy Core, on
   connections of the engine's pool: every driver, every event listener,
@@ -15,9 +17,15 @@ picks one for an engine:
   statement execution, which costs several times the client CPU of the
   statement; everything else goes through a `SqlAlchemyExecutor`. SQLAlchemy's
   statement events and ``echo`` do not see those writes.
+- `SqliteExecutor` (`_sqlite`) is SQLite's: every write transaction is one
+  call to a writer thread with ``sqlite3`` connections of its own (one thread
+  hop per transaction, not one per statement); ``write`` and ``write_then``
+  run SQLAlchemy's compiled SQL on the driver, the rest SQLAlchemy Core on
+  that thread. Reads go through a `SqlAlchemyExecutor`.
 
-The fast path is on by default wherever it can be used (asyncpg, no
-``schema_translate_map``) and never switches itself off: whether it is on is
+The fast path is on by default wherever it can be used (asyncpg, or a SQLite
+file through an engine `from_url` made; no ``schema_translate_map``) and
+never switches itself off: whether it is on is
 decided once, when the storage is made, and logged once per engine (logger
 ``cqrs.saga.storage``). ``fast_path=False`` routes every write through
 SQLAlchemy.
@@ -32,9 +40,9 @@ import weakref
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cqrs.saga.storage.sqlalchemy._executors._sqlalchemy import SqlAlchemyExecutor
+from cqrs.saga.storage.sqlalchemy._executors._sqlalchemy import SqlAlchemyExecutor, Then
 
-__all__ = ["Executor", "Params", "SqlAlchemyExecutor", "make_executor"]
+__all__ = ["Executor", "Params", "SqlAlchemyExecutor", "Then", "make_executor"]
 
 logger = logging.getLogger("cqrs.saga.storage")
 
@@ -49,7 +57,7 @@ _told: weakref.WeakKeyDictionary[sa.Engine, set[tuple[int, str]]] = weakref.Weak
 class Executor(typing.Protocol):
     """Runs the storage's statements; every call ends its own transaction (commit, or rollback on error)."""
 
-    #: Whether single-statement writes skip SQLAlchemy's execution (the asyncpg fast path).
+    #: Whether writes skip SQLAlchemy's execution (the asyncpg and SQLite fast paths).
     fast_path: bool
 
     async def write(self, statement: typing.Any, params: Params) -> int:
@@ -60,6 +68,10 @@ class Executor(typing.Protocol):
 
     async def read(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
         """Run one read; its rows."""
+
+    async def write_then(self, first: typing.Any, params: Params, then: Then) -> bool:
+        """Run ``first``; only if it matched one row, each of ``then`` (a list of parameter sets inserts one row
+        each); in one transaction. Whether ``first`` matched."""
 
     async def transaction(self, work: typing.Callable[[sa.Connection], T]) -> T:
         """Run ``work`` (synchronous SQLAlchemy code) on one connection, in one transaction it commits."""
@@ -75,6 +87,8 @@ def make_executor(engine: AsyncEngine, json_params: typing.AbstractSet[str], fas
     cannot be used); False never uses it.
     """
     sqlalchemy_executor = SqlAlchemyExecutor(engine)
+    if engine.dialect.name == "sqlite":
+        return _sqlite_executor(engine, sqlalchemy_executor, fast_path)
     reason = _why_not_fast(engine)
     if reason is None and fast_path is not False:
         from cqrs.saga.storage.sqlalchemy._executors._asyncpg import AsyncpgExecutor
@@ -97,6 +111,29 @@ def make_executor(engine: AsyncEngine, json_params: typing.AbstractSet[str], fas
             reason,
         )
     return sqlalchemy_executor
+
+
+def _sqlite_executor(engine: AsyncEngine, fallback: SqlAlchemyExecutor, fast_path: bool | None) -> Executor:
+    from cqrs.saga.storage.sqlalchemy._executors import _sqlite
+
+    url = engine.url.render_as_string(hide_password=True)
+    reason = _sqlite.why_not_fast(engine, asked=fast_path is True)
+    if reason is None and fast_path is not False:
+        _tell_once(
+            engine,
+            logging.INFO,
+            "Saga storage on %s: the SQLite fast path is on. Writes run on a sqlite3 connection of the storage's "
+            "own, one call per transaction on its thread, so SQLAlchemy statement events and echo do not see "
+            "them; SqlAlchemySagaStorage(..., fast_path=False) routes them through SQLAlchemy.",
+            url,
+        )
+        return _sqlite.SqliteExecutor(engine, fallback)
+    if reason is not None and fast_path is not False:
+        _tell_once(
+            engine, logging.WARNING if fast_path else logging.INFO,
+            "Saga storage on %s: the SQLite fast path is off (%s); every write goes through SQLAlchemy.", url, reason,
+        )
+    return fallback
 
 
 def _why_not_fast(engine: AsyncEngine) -> str | None:

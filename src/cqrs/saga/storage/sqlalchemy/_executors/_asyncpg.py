@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool, PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from cqrs.saga.storage.sqlalchemy._executors._sqlalchemy import SqlAlchemyExecutor
+from cqrs.saga.storage.sqlalchemy._executors._sqlalchemy import SqlAlchemyExecutor, Then
 
 __all__ = ["AsyncpgExecutor"]
 
@@ -180,6 +180,10 @@ class AsyncpgExecutor:
     async def transaction(self, work: typing.Callable[[sa.Connection], T]) -> T:
         self._give_back_idle()
         return await self._fallback.transaction(work)
+
+    async def write_then(self, first: typing.Any, params: Params, then: Then) -> bool:
+        self._give_back_idle()
+        return await self._fallback.write_then(first, params, then)
 
     async def close(self) -> None:
         lender, self._lender = self._lender, None

@@ -26,11 +26,13 @@ from sqlalchemy.util import greenlet_spawn
 
 from cqrs.saga.storage.sqlalchemy._schema import family
 
-__all__ = ["SqlAlchemyExecutor"]
+__all__ = ["SqlAlchemyExecutor", "Then"]
 
 Params = typing.Mapping[str, typing.Any]
 Row = typing.Sequence[typing.Any]
 T = typing.TypeVar("T")
+#: The statements of a conditional write after its first, each with one parameter set or a list of them.
+Then = typing.Sequence[tuple[typing.Any, Params | typing.Sequence[Params]]]
 
 
 class _LoopLock:
@@ -76,6 +78,9 @@ class SqlAlchemyExecutor:
     async def transaction(self, work: typing.Callable[[sa.Connection], T]) -> T:
         return await self._run(self._write_lock, self._transaction_now, work)
 
+    async def write_then(self, first: typing.Any, params: Params, then: Then) -> bool:
+        return await self._run(self._write_lock, self._write_then_now, first, params, then)
+
     async def close(self) -> None:
         return None
 
@@ -103,3 +108,11 @@ class SqlAlchemyExecutor:
     def _transaction_now(self, work: typing.Callable[[sa.Connection], T]) -> T:
         with self._transactions.begin() as conn:
             return work(conn)
+
+    def _write_then_now(self, first: typing.Any, params: Params, then: Then) -> bool:
+        with self._transactions.begin() as conn:
+            if conn.execute(first, params).rowcount != 1:
+                return False
+            for statement, values in then:
+                conn.execute(statement, values)  # a list of parameter sets: one row each
+            return True
