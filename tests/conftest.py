@@ -125,6 +125,26 @@ def database_url(request: pytest.FixtureRequest, name: str) -> str:
     return str(request.getfixturevalue(f"{name}_url"))
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("nats", marks=pytest.mark.nats),
+    ]
+)
+async def broker_kit(request: pytest.FixtureRequest) -> typing.AsyncIterator[typing.Any]:
+    """Each real broker in turn (RabbitMQ, Redis Streams, NATS JetStream) as a `broker_kits.Kit`: names of this
+    test's own, created, and deleted afterwards. Skips locally, fails in CI, when the broker is not running."""
+    from broker_kits import KITS
+
+    kit = KITS[request.param]()
+    await kit.setup()
+    try:
+        yield kit
+    finally:
+        await kit.cleanup()
+
+
 def _plugin_installed() -> bool:
     """Whether pytest loads `cqrs.testing.plugin` through the installed package's ``pytest11`` entry point."""
     from importlib.metadata import entry_points

@@ -1,9 +1,9 @@
 """A relay process for the racing tests: ``python tests/outbox_relay_process.py --url URL --tag NAME [...]``.
 
 Prints ``ready`` once its storage is open, waits for a line on stdin (so a
-test starts every relay at once), then relays through `TcpBroker`
-(``$CQRS_TEST_BROKER``) until it reads a second line, and prints a JSON
-summary of what it did.
+test starts every relay at once), then relays through ``--broker`` (default
+`TcpBroker`, at ``$CQRS_TEST_BROKER``) until it reads a second line, and
+prints a JSON summary of what it did.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ if __package__ in (None, ""):
 
 from cqrs.config import open_storage
 from cqrs.outbox import run_relay
-from outbox_broker import TcpBroker
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -30,7 +29,7 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.to_thread(sys.stdin.readline)
         stop = asyncio.Event()
         relay_task = asyncio.ensure_future(
-            run_relay(storage, TcpBroker, stop=stop, batch_size=args.batch_size, lease_seconds=60.0,
+            run_relay(storage, args.broker, stop=stop, batch_size=args.batch_size, lease_seconds=60.0,
                       poll_interval=0.02, owner=f"relay-{args.tag}")
         )
         await asyncio.to_thread(sys.stdin.readline)
@@ -47,4 +46,5 @@ if __name__ == "__main__":
     parser.add_argument("--url", required=True)
     parser.add_argument("--tag", required=True)
     parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--broker", default="outbox_broker:TcpBroker")
     asyncio.run(main(parser.parse_args()))

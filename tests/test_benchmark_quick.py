@@ -79,7 +79,6 @@ def test_memory_benchmark_reports_framework_cost_per_step(tmp_path: Path) -> Non
 
 
 FAILURE_BENCH = BENCH.parent / "bench_failure.py"
-GROUP_BENCH = BENCH.parent / "bench_group_commit.py"
 
 
 @pytest.mark.slow
@@ -98,6 +97,9 @@ def test_failure_benchmark_measures_one_commit_less_with_compensations_together(
     assert row["each"]["commits_per_saga"] == pytest.approx(6.0, abs=0.2), row
     assert row["together"]["commits_per_saga"] == pytest.approx(5.0, abs=0.2), row
     assert row["ratio"] > 0
+
+
+GROUP_BENCH = BENCH.parent / "bench_group_commit.py"
 
 
 @pytest.mark.slow

@@ -116,6 +116,17 @@ MODULE_ALL = {
     "cqrs.message_brokers": {"DevnullMessageBroker", "Message", "MessageBroker"},
     "cqrs.message_brokers.protocol": {"Message", "MessageBroker"},
     "cqrs.message_brokers.devnull": {"DevnullMessageBroker"},
+    "cqrs.message_brokers.consumer": {
+        "Handler", "Received", "Rejected", "Settlement", "Subscription", "consume", "settle",
+    },
+    "cqrs.message_brokers.rabbitmq": {"RabbitMQBroker", "RabbitMQSubscription"},
+    "cqrs.message_brokers.redis": {"RedisStreamSubscription", "RedisStreamsBroker"},
+    "cqrs.message_brokers.nats": {"NatsJetStreamBroker", "NatsSubscription", "ensure_stream"},
+    "cqrs.inbox": {"Inbox", "InboxHandler", "MemoryInbox", "MemoryInboxTransaction", "idempotent"},
+    "cqrs.inbox.protocol": {"Inbox"},
+    "cqrs.inbox.memory": {"MemoryInbox", "MemoryInboxTransaction"},
+    "cqrs.inbox.handler": {"InboxHandler", "idempotent"},
+    "cqrs.inbox.sqlalchemy": {"SqlAlchemyInbox", "inbox_metadata", "inbox_table"},
     "cqrs.dispatcher.exceptions": {
         "RequestHandlerDoesNotExist", "RequestHandlerTypeError", "SagaConcurrencyError", "SagaDoesNotExist",
     },
@@ -154,6 +165,7 @@ MODULE_ALL = {
         "triggers_of",
     },
     "cqrs.integrations.webhooks": {"SignatureVerifier", "TriggerDispatcher"},
+    "cqrs.integrations.brokers": {"BrokerTriggers"},
     "cqrs.telemetry": {"default_hooks", "tracing_available"},
     "cqrs.telemetry.logs": {"LOGGER_NAMES", "LogHook", "saga_fields"},
     "cqrs.telemetry.tracing": {

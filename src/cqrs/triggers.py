@@ -67,6 +67,10 @@ __all__ = [
 #: Namespace of the saga ids derived from idempotency keys (never change it: ids would change).
 TRIGGER_NAMESPACE = uuid.UUID("5b0d6a53-3c39-4d7e-9a61-0f1f3f3b6c2e")
 
+#: What a delivery id is prefixed with to serve as the key of a trigger without an idempotency key (so it never
+#: derives the id a key of the same text would).
+DELIVERY_KEY_PREFIX = "delivery:"
+
 #: Default number of attempts a key may have with ``retry_failed=True``.
 DEFAULT_MAX_ATTEMPTS = 10
 
@@ -281,6 +285,7 @@ class TriggerRouter:
         event: typing.Mapping[str, typing.Any],
         *,
         correlation_id: str | None = None,
+        delivery_id: str | None = None,
     ) -> AcceptedEvent:
         """Record the sagas ``event`` starts; run nothing.
 
@@ -290,11 +295,19 @@ class TriggerRouter:
         under this process's lease, before this returns; the caller runs
         `AcceptedEvent.started` in the background. ``correlation_id`` defaults
         to the current one, else a new one.
+
+        ``delivery_id`` is the stable id of the message that carried the event
+        (a broker message id, the same on every redelivery): a trigger without
+        an idempotency key derives its saga id from it, so a redelivered
+        message starts that saga once. Without it (webhooks), every delivery
+        to such a trigger starts a new saga.
         """
         bindings = self.bindings(source)
         prepared: list[tuple[TriggerBinding, typing.Any, str | None]] = []
         for binding in bindings:
             key = _idempotency_key(binding, event)
+            if key is None and delivery_id:
+                key = DELIVERY_KEY_PREFIX + delivery_id
             context = await _context_for(binding, _private_copy(event))  # triggers may not see each other's edits
             if context is not None:
                 prepared.append((binding, context, key))

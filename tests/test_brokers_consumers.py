@@ -1,0 +1,124 @@
+"""Subscriptions to the real RabbitMQ queue, Redis Streams consumer group and NATS durable consumer, feeding an
+inbox-guarded handler.
+
+Each message is settled by what its handler did: acknowledged after it
+returned, refused for good (not redelivered) when it raised `Rejected` (a body
+that is not JSON), redelivered when it raised anything else, and then handled.
+A duplicate publication under the same message id is handled once (the inbox).
+Afterwards the broker holds nothing unsettled for the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import typing
+import uuid
+
+import pytest
+
+from broker_kits import TOPIC, Kit
+from cqrs.inbox import MemoryInbox, idempotent
+from cqrs.message_brokers.consumer import Received, consume
+from cqrs.message_brokers.protocol import Message
+
+
+def message(name: str, *, body: bytes | None = None, message_id: uuid.UUID | None = None) -> Message:
+    return Message(name, TOPIC, {"name": name}, message_id or uuid.uuid4(), payload_bytes=body,
+                   headers={"correlation-id": f"corr-{name}"})
+
+
+async def until(condition: typing.Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_subscription_settles_each_message_by_its_handlers_outcome(broker_kit: Kit) -> None:
+    inbox = MemoryInbox()
+    deliveries: collections.Counter[str] = collections.Counter()
+    redelivered: dict[str, list[bool]] = collections.defaultdict(list)
+    effects: list[str] = []
+
+    async def handle(received: Received, tx: object) -> None:
+        redelivered[received.name or ""].append(received.redelivered)
+        body = received.json()  # Rejected for a body that is not JSON
+        if received.name == "Flaky" and len(redelivered["Flaky"]) == 1:
+            raise ConnectionError("the downstream service is down")
+        assert body == {"name": received.name} and received.correlation_id == f"corr-{received.name}"
+        effects.append(received.name or "")
+
+    guarded = idempotent(inbox, "test-consumer", handle)
+
+    async def counting(received: Received) -> None:
+        deliveries[received.name or ""] += 1
+        await guarded(received)
+
+    twice = uuid.uuid4()
+    broker = broker_kit.broker()
+    try:
+        for sent in (message("A", message_id=twice), message("A", message_id=twice), message("Bad", body=b"{nope"),
+                     message("Flaky"), message("Last")):
+            await broker.send_message(sent)
+    finally:
+        await broker.close()  # type: ignore[attr-defined]
+
+    stop = asyncio.Event()
+    consumer = asyncio.ensure_future(consume(broker_kit.subscription(), counting, stop=stop, reconnect_delay=0.1))
+    try:
+        await until(lambda: {"A", "Flaky", "Last"} <= set(effects), 60, "every good message was handled")
+    finally:
+        stop.set()
+        await asyncio.wait_for(consumer, 30)
+
+    assert sorted(effects) == ["A", "Flaky", "Last"]  # the duplicate A once, Flaky after its retry
+    assert deliveries["Bad"] == 1  # refused for good, never redelivered
+    assert redelivered["Flaky"] == [False, True]
+    assert deliveries["A"] == (1 if broker_kit.kind == "nats" else 2)  # JetStream dropped the duplicate itself
+    assert await broker_kit.unsettled() == 0
+
+
+@pytest.mark.redis
+async def test_a_redis_entry_refused_for_good_is_copied_to_the_dead_letter_stream() -> None:
+    import redis.asyncio as aioredis
+
+    from broker_kits import RedisKit
+    from cqrs.message_brokers.redis import RedisStreamSubscription
+
+    kit = RedisKit()
+    dead = f"{kit.name}:dead"
+    bad = message("Bad", body=b"{nope")
+    await publish(kit, bad, message("Last"))
+    seen: list[str] = []
+
+    async def handle(received: Received) -> None:
+        seen.append(received.name or "")
+        received.json()
+
+    stop = asyncio.Event()
+    subscription = RedisStreamSubscription(kit.url, stream=kit.prefix + TOPIC, group=kit.name, dead_letter=dead,
+                                           block=0.1)
+    consumer = asyncio.ensure_future(subscription.run(handle, stop=stop))
+    client = aioredis.Redis.from_url(kit.url)
+    try:
+        await until(lambda: "Last" in seen, 30, "both entries were handled")
+        stop.set()
+        await asyncio.wait_for(consumer, 30)
+        [(_, fields)] = await client.xrange(dead)
+        assert fields[b"message-id"] == str(bad.message_id).encode() and fields[b"body"] == b"{nope"
+        assert fields[b"rejected-from"] == (kit.prefix + TOPIC).encode()
+        assert (await client.xpending(kit.prefix + TOPIC, kit.name))["pending"] == 0
+    finally:
+        stop.set()
+        await client.aclose()
+        await kit.cleanup()
+
+
+async def publish(kit: Kit, *messages: Message) -> None:
+    broker = kit.broker()
+    try:
+        for sent in messages:
+            await broker.send_message(sent)
+    finally:
+        await broker.close()  # type: ignore[attr-defined]
