@@ -7,8 +7,8 @@ previous write is still in flight, so a saga's writes keep their order and a
 batch writes a saga's row once) and sends it as `_batch.batch_statement`: one
 round trip, one commit. There is no timer window: the writer sends what is
 queued as soon as it may. It keeps at most `_IN_FLIGHT` batches in flight
-(two), each on its own connection, so the sagas released by one batch run
-their next steps while the other is on the server; a write queued while both
+(four), each on its own connection, so the sagas released by one batch run
+their next steps while others are on the server; a write queued while all
 are in flight goes out with the next batch. So a batch is as large as the
 number of writes that arrived meanwhile: a lone saga gets batches of one (the
 same commits as without group commit), many concurrent sagas share each commit.
@@ -76,7 +76,7 @@ _MAX_BATCH = 512
 #: Batches in flight at once, each on its own connection: while one is on the server, the sagas released
 #: by the other run their next steps and queue their next writes (one alone would leave client and
 #: server taking turns).
-_IN_FLIGHT = 2
+_IN_FLIGHT = 4
 
 Retry = typing.Callable[[], typing.Awaitable[bool]]
 #: `SqlAlchemySagaStorage`'s checkpoint without group commit (same arguments as `GroupCommit.checkpoint`).
