@@ -187,6 +187,35 @@ async def test_a_saga_s_writes_queued_together_commit_one_after_the_other_in_ord
         await storage.close()
 
 
+async def test_several_entries_of_each_saga_share_the_batch_in_their_order(postgres_url: str) -> None:
+    """``checkpoint(entries=...)`` (a failed saga's compensations recorded together): every saga's rows, in its
+    order, in the one commit of the batch."""
+    storage = await storage_on(postgres_url)
+    try:
+        sagas = await started(storage, 3)
+        failed = StepEntry("ship", "act", SagaStepStatus.FAILED, "refused")
+        undone = [StepEntry(step, "compensate", SagaStepStatus.COMPENSATED) for step in ("charge", "reserve")]
+        assert await asyncio.gather(*(
+            storage.checkpoint(*saga, entry=failed, entries=undone, status=SagaStatus.FAILED, error="refused",
+                               lease_seconds=LEASE, release=True)
+            for saga in sagas
+        )) == [True] * 3
+        ids = [saga_id for saga_id, _ in sagas]
+        assert len(set(await xmins(storage, "saga_log", "saga_id", ids))) == 1
+        for saga_id in ids:
+            history = await storage.get_history(saga_id)
+            assert history is not None
+            assert [(e.step_name, e.action) for e in history] == [
+                ("ship", "act"), ("charge", "compensate"), ("reserve", "compensate")
+            ]
+            record = await storage.get_saga(saga_id)
+            assert record is not None and (record.status, record.error, record.owner) == (
+                SagaStatus.FAILED, "refused", None
+            )
+    finally:
+        await storage.close()
+
+
 async def test_close_writes_everything_queued(postgres_url: str) -> None:
     storage = await storage_on(postgres_url)
     sagas = await started(storage, 8)

@@ -10,14 +10,16 @@ one of either per saga), expanded by ``jsonb_to_recordset``::
                WHERE saga_executions.id = ANY(ARRAY(SELECT id FROM b))
                  AND saga_executions.id = b.id AND owner = b.owner AND lease_epoch = b.epoch
                RETURNING saga_executions.id),
-         l AS (INSERT INTO saga_log ... SELECT ... FROM u JOIN b ON b.id = u.id WHERE b.entry IS true),
+         l AS (INSERT INTO saga_log ... SELECT ... FROM u JOIN b ON b.id = u.id
+               JOIN jsonb_to_recordset(b.log) AS e(...) ON true ORDER BY e.position),
          o AS (INSERT INTO saga_outbox ... SELECT ... FROM u JOIN b ON b.id = u.id
                JOIN jsonb_to_recordset(b.outbox) AS m(...) ON true ORDER BY m.position)
     SELECT u.id FROM u UNION ALL SELECT s.id FROM s
 
 A start is what `Statements.start` inserts (its id returned only if it was
 free); a checkpoint is what `Statements.checkpoint` writes, fenced the same way:
-a saga's log row and outbox rows are inserted only if its own fenced update
+a saga's log rows (its entry, or a failed saga's compensations recorded
+together) and outbox rows are inserted only if its own fenced update
 matched, and the ids returned are the checkpoints that were written (the
 others lost their lease). A checkpoint's absent values are JSON ``null``
 (SQL ``NULL`` after expansion) and leave the column as it is: ``context``,
@@ -38,8 +40,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from cqrs.outbox.models import OutboxMessage, OutboxStatus
-from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
+from cqrs.saga.storage.enums import SagaStatus
 from cqrs.saga.storage.models import Lease, NewSaga, StepEntry
+from cqrs.saga.storage.sqlalchemy._log_batch import entries_json
 from cqrs.saga.storage.sqlalchemy._outbox import outbox_json_rows
 from cqrs.saga.storage.sqlalchemy._outbox_schema import saga_outbox
 from cqrs.saga.storage.sqlalchemy._schema import LOG_INSERT_COLUMNS, Clock, literal, saga_executions, saga_log
@@ -63,6 +66,7 @@ def encode_checkpoint(
     lease_seconds: float,
     release: bool,
     outbox: typing.Sequence[OutboxMessage],
+    entries: typing.Sequence[StepEntry] = (),
 ) -> str:
     """One checkpoint as a JSON object of the batch (raises ``TypeError``/``ValueError`` for a value JSON
     cannot hold, before anything is queued)."""
@@ -76,13 +80,9 @@ def encode_checkpoint(
         "status": None if status is None else SagaStatus(status).value,
         "error": error,
     }
-    if entry is not None:
-        item["entry"] = True
-        item["step_name"] = entry.step_name
-        item["action"] = entry.action
-        item["step_status"] = SagaStepStatus(entry.status).value
-        item["details"] = entry.details
-        item["response"] = entry.response
+    logged = [entry, *entries] if entry is not None else entries
+    if logged:
+        item["log"] = entries_json(logged)
     if outbox:
         item["outbox"] = outbox_json_rows(outbox)
     return _COMPACT_JSON.encode(item)
@@ -154,12 +154,7 @@ def batch_statement() -> sa.Select[typing.Any]:
             sa.column("context", pg.JSONB()),
             sa.column("status", sa.Text()),
             sa.column("error", sa.Text()),
-            sa.column("entry", sa.Boolean()),
-            sa.column("step_name", sa.Text()),
-            sa.column("action", sa.Text()),
-            sa.column("step_status", sa.Text()),
-            sa.column("details", sa.Text()),
-            sa.column("response", pg.JSONB()),
+            sa.column("log", pg.JSONB()),
             sa.column("outbox", pg.JSONB()),
         )
         .render_derived(name="r", with_types=True)
@@ -189,11 +184,24 @@ def batch_statement() -> sa.Select[typing.Any]:
         .cte("u")
     )
     matched = updated.join(b, b.c.id == updated.c.id)
+    entries = (
+        sa.func.jsonb_to_recordset(b.c.log)
+        .table_valued(
+            sa.column("step_name", sa.Text()),
+            sa.column("action", sa.Text()),
+            sa.column("status", sa.Text()),
+            sa.column("details", sa.Text()),
+            sa.column("response", pg.JSONB()),
+            sa.column("position", sa.Integer()),
+        )
+        .render_derived(name="e", with_types=True)
+    )
+    e = entries.c
     log = sa.insert(lg).from_select(
         LOG_INSERT_COLUMNS,
-        sa.select(updated.c.id, b.c.step_name, b.c.action, b.c.step_status, b.c.details, b.c.response, now)
-        .select_from(matched)
-        .where(b.c.entry.is_(True)),
+        sa.select(updated.c.id, e.step_name, e.action, e.status, e.details, e.response, now)
+        .select_from(matched.join(entries, sa.true()))
+        .order_by(updated.c.id, e.position),  # a saga's rows in the order given
     )
     messages = (
         sa.func.jsonb_to_recordset(b.c.outbox)

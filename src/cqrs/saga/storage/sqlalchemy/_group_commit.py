@@ -7,8 +7,8 @@ previous write is still in flight, so a saga's writes keep their order and a
 batch writes a saga's row once) and sends it as `_batch.batch_statement`: one
 round trip, one commit. There is no timer window: the writer sends what is
 queued as soon as it may. It keeps at most `_IN_FLIGHT` batches in flight
-(two), each on its own connection, so the sagas released by one batch run
-their next steps while the other is on the server; a write queued while both
+(four), each on its own connection, so the sagas released by one batch run
+their next steps while others are on the server; a write queued while all
 are in flight goes out with the next batch. So a batch is as large as the
 number of writes that arrived meanwhile: a lone saga gets batches of one (the
 same commits as without group commit), many concurrent sagas share each commit.
@@ -76,7 +76,7 @@ _MAX_BATCH = 512
 #: Batches in flight at once, each on its own connection: while one is on the server, the sagas released
 #: by the other run their next steps and queue their next writes (one alone would leave client and
 #: server taking turns).
-_IN_FLIGHT = 2
+_IN_FLIGHT = 4
 
 Retry = typing.Callable[[], typing.Awaitable[bool]]
 #: `SqlAlchemySagaStorage`'s checkpoint without group commit (same arguments as `GroupCommit.checkpoint`).
@@ -88,7 +88,7 @@ def _future() -> asyncio.Future[bool]:
 
 
 class _Pending:
-    """A queued checkpoint: its saga, its JSON, its waiter, and how to write it on its own."""
+    """A queued write (a start or a checkpoint): its saga, its JSON, its waiter, and how to make it on its own."""
 
     __slots__ = ("encoded", "future", "key", "retry", "start")
 
@@ -103,7 +103,7 @@ class _Pending:
 class _Writer:
     """One event loop's queue, writer task, batches in flight and connections."""
 
-    __slots__ = ("busy", "closing", "idle", "in_flight", "loop", "queue", "task", "wakeup")
+    __slots__ = ("busy", "closing", "idle", "in_flight", "loop", "queue", "sends", "task", "wakeup")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -113,6 +113,7 @@ class _Writer:
         self.wakeup: asyncio.Future[bool] | None = None
         self.closing = False
         self.in_flight = 0
+        self.sends: set[asyncio.Task[None]] = set()  # the batches in flight (the loop keeps tasks weakly)
         #: The sagas with a write in a batch in flight: their next writes wait for it.
         self.busy: set[str] = set()
         #: Connections the writer holds between batches, each with the time it is due back to the pool.
@@ -144,7 +145,7 @@ class _Writer:
 
 
 class GroupCommit:
-    """Checkpoints of many sagas in one commit (see the module doc)."""
+    """Starts and checkpoints of many sagas in one commit (see the module doc)."""
 
     def __init__(self, engine: AsyncEngine, executor: Executor) -> None:
         self._engine = engine
@@ -160,10 +161,11 @@ class GroupCommit:
         self, alone: Alone, saga_id: uuid.UUID, lease: Lease, entry: StepEntry | None,
         context: dict[str, typing.Any] | None, status: SagaStatus | None, error: str | None,
         lease_seconds: float, release: bool, outbox: typing.Sequence[OutboxMessage],
+        entries: typing.Sequence[StepEntry],
     ) -> bool:
         """Queue the checkpoint and wait until its batch committed (`SqlAlchemySagaStorage.checkpoint`);
         ``alone`` writes a checkpoint on its own (after a failed batch)."""
-        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox)
+        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox, entries)
         try:
             encoded = encode_checkpoint(*args)
         except (TypeError, ValueError) as failure:  # a value JSON cannot hold: what SQLAlchemy raises for it
@@ -220,7 +222,9 @@ class GroupCommit:
                 if batch:
                     writer.in_flight += 1
                     writer.busy.update(pending.key for pending in batch)
-                    writer.loop.create_task(self._send(writer, batch))
+                    send = writer.loop.create_task(self._send(writer, batch))
+                    writer.sends.add(send)
+                    send.add_done_callback(writer.sends.discard)
                 elif writer.in_flight:
                     await self._wait(writer, linger=False)  # until a batch is back (or a write queued)
                 elif not writer.queue and (writer.closing or not await self._wait(writer, linger=True)):

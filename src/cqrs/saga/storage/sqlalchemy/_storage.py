@@ -1,5 +1,8 @@
 """`SqlAlchemySagaStorage`: the storage protocols on SQLAlchemy Core.
 
+(Over 500 lines: one class with the methods of four protocols, each a few lines of dispatch; the statements,
+transactions, executors, outbox, log batches and group commit it dispatches to are modules of their own.)
+
 Round trips per engine write (after a pooled connection has prepared the
 statement once; asyncpg keeps prepared statements per connection):
 
@@ -128,12 +131,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
 
     @classmethod
     def from_url(
-        cls,
-        url: str | sa.URL,
-        *,
-        fast_path: bool | None = None,
-        group_commit: bool = False,
-        **engine_kwargs: typing.Any,
+        cls, url: str | sa.URL, *, fast_path: bool | None = None, group_commit: bool = False, **engine_kwargs: object
     ) -> SqlAlchemySagaStorage:
         """A storage on a new engine for ``url`` (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``,
         ``mysql+asyncmy://...``). A SQLite URL may end in ``?synchronous=normal`` (default ``full``; see
@@ -301,17 +299,16 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     ) -> bool:
         """Append ``entry`` then ``entries``, store ``context``, ``status`` and ``error``, renew (or release)
         the lease and insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no
-        longer the saga's. With group commit, that commit is the batch's (a checkpoint of several entries, a
-        failed saga's compensations, commits on its own)."""
-        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox)
-        if self._group is not None and not entries:
+        longer the saga's. With group commit, that commit is the batch's."""
+        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox, entries)
+        if self._group is not None:
             return await self._group.checkpoint(self._checkpoint_alone, *args)
-        return await self._checkpoint_alone(*args, entries)
+        return await self._checkpoint_alone(*args)
 
     async def _checkpoint_alone(
         self, saga_id: uuid.UUID, lease: Lease, entry: StepEntry | None, context: JsonDict | None,
         status: SagaStatus | None, error: str | None, lease_seconds: float, release: bool,
-        outbox: typing.Sequence[OutboxMessage], entries: typing.Sequence[StepEntry] = (),
+        outbox: typing.Sequence[OutboxMessage], entries: typing.Sequence[StepEntry],
     ) -> bool:
         # PostgreSQL: one autocommitted statement; the log row exists only if the fenced update matched.
         # SQLite and MySQL: UPDATE, then INSERT only if it matched, then COMMIT.
