@@ -9,6 +9,10 @@ import uuid
 
 import pytest
 
+import group_commit_switch
+
+group_commit_switch.install()
+
 PG_HOST = os.environ.get("CQRS_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("CQRS_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("CQRS_TEST_PG_USER", "postgres")
@@ -96,19 +100,29 @@ def sqlite_url(tmp_path: typing.Any) -> str:
         "memory",
         "sqlite",
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-group-commit", marks=pytest.mark.postgres),
         pytest.param("mariadb", marks=pytest.mark.mariadb),
     ]
 )
 def storage_url(request: pytest.FixtureRequest) -> str:
-    """Each storage's URL in turn: ``memory://``, a fresh SQLite file, a fresh PostgreSQL database, a fresh
-    MariaDB database.
+    """Each storage's URL in turn: ``memory://``, a fresh SQLite file, a fresh PostgreSQL database (also with
+    group commit: see `group_commit_switch`), a fresh MariaDB database.
 
     A sync fixture, so the database fixtures (which run their own event loop) resolve
     outside the test's. Parametrize it indirectly with a subset of the four names.
     """
     if request.param == "memory":
         return "memory://"
-    return str(request.getfixturevalue(f"{request.param}_url"))
+    return database_url(request, request.param)
+
+
+def database_url(request: pytest.FixtureRequest, name: str) -> str:
+    """The fresh database ``name`` (``sqlite``, ``postgres``, ``mariadb``), or ``postgres-group-commit``: a
+    PostgreSQL one whose storages use group commit in this test and the processes it starts."""
+    if name == "postgres-group-commit":
+        request.getfixturevalue("monkeypatch").setenv(group_commit_switch.ENV, "1")
+        name = "postgres"
+    return str(request.getfixturevalue(f"{name}_url"))
 
 
 @pytest.fixture(

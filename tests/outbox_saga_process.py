@@ -19,11 +19,14 @@ import uuid
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import group_commit_switch
 from cqrs.config import open_storage
 from cqrs.saga.bootstrap import bootstrap
 from cqrs.saga.storage.enums import SagaStepStatus
 from cqrs.saga.storage.models import Lease
 from outbox_saga import CrashContext, Steps, saga_map
+
+group_commit_switch.install()  # CQRS_TEST_GROUP_COMMIT=1 from the test: group commit on PostgreSQL
 
 KILL_MARKER = "at-kill-point"
 

@@ -97,3 +97,35 @@ def test_failure_benchmark_measures_one_commit_less_with_compensations_together(
     assert row["each"]["commits_per_saga"] == pytest.approx(6.0, abs=0.2), row
     assert row["together"]["commits_per_saga"] == pytest.approx(5.0, abs=0.2), row
     assert row["ratio"] > 0
+
+
+GROUP_BENCH = BENCH.parent / "bench_group_commit.py"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_quick_group_commit_benchmark_compares_with_the_floor_in_the_same_run(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "group.json"
+    proc = subprocess.run(
+        [sys.executable, str(GROUP_BENCH), "--quick", "--url", postgres_url, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "same-run ratios, per-round medians" in proc.stdout
+    summary = json.loads(out.read_text())
+    rows = {(row["label"], row["concurrency"]): row for row in summary["rows"]}
+    assert set(rows) == {(label, level) for label in ("group", "engine", "floor") for level in (16, 64, 256)}
+    for (label, level), row in rows.items():
+        assert row["sagas"] == 200, (label, level)
+        assert row["sagas_per_s"] > 0 and row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"]
+        if label == "group":
+            # Measured from pg_stat_database: concurrent sagas share commits.
+            assert row["commits_per_saga"] < 4.0, (label, level, row)
+        else:
+            assert row["commits_per_saga"] == pytest.approx(4.0, abs=0.05), (label, level, row)
+    for level in ("16", "64", "256"):
+        ratios = summary["ratios"][level]
+        assert ratios["throughput_vs_floor"] > 0 and ratios["throughput_vs_engine"] > 0
+        assert ratios["p50_vs_floor"] > 0 and ratios["p99_vs_engine"] > 0

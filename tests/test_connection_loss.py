@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import group_commit_switch
 from cqrs.saga.recovery import RecoveryWorker
 from cqrs.saga.settings import EngineSettings
 from cqrs.saga.storage.enums import SagaStatus
@@ -37,6 +38,14 @@ from durability.judge import count_runs, promise_problems, take_snapshot
 from durability.saga import STEP_NAMES, FileLedger, Gates, OrderSaga, StepEnv, read_file_ledger
 
 pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(params=["postgres", "postgres-group-commit"])
+def postgres_url(request: pytest.FixtureRequest, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """conftest's fresh PostgreSQL database, its storages without and with group commit (`group_commit_switch`)."""
+    if request.param == "postgres-group-commit":
+        monkeypatch.setenv(group_commit_switch.ENV, "1")
+    return postgres_url
 
 APP_NAME = "cqrs-victim-recoverer"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import database_url
 from cqrs.saga.exceptions import SagaAlreadyRunningError, SagaCompensatedError
 from cqrs.saga.recovery import RecoveryWorker, recover_saga
 from cqrs.saga.settings import EngineSettings
@@ -80,11 +81,13 @@ CASES = {
     params=[
         "sqlite",
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-group-commit", marks=pytest.mark.postgres),
         pytest.param("mariadb", marks=pytest.mark.mariadb),
     ]
 )
 def db_url(request: pytest.FixtureRequest) -> str:
-    return typing.cast(str, request.getfixturevalue(f"{request.param}_url"))
+    """SQLite, PostgreSQL (also with group commit, in the runner process too), MariaDB."""
+    return database_url(request, request.param)
 
 
 async def run_crashing_runner(url: str, ledger: Path, kill_point: str, log: Path) -> None:

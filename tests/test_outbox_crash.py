@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from conftest import database_url
 from cqrs.outbox import OutboxRelay
 from cqrs.saga.bootstrap import bootstrap
 from cqrs.saga.recovery import RecoveryWorker
@@ -48,10 +49,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(
     params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+            pytest.param("postgres-group-commit", marks=pytest.mark.postgres),
             pytest.param("mariadb", marks=pytest.mark.mariadb)]
 )
 def db_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(f"{request.param}_url"))
+    """SQLite, PostgreSQL (also with group commit, in the runner process too), MariaDB."""
+    return database_url(request, request.param)
 
 
 async def killed_at_charge(url: str, ledger: Path, kill: str) -> None:

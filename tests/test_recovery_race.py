@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import database_url
 from cqrs.saga.bootstrap import bootstrap
 from cqrs.saga.exceptions import SagaOwnershipLostError
 from cqrs.saga.map import SagaMap
@@ -67,12 +68,14 @@ SQLITE_RECOVERERS = 4
 @pytest.fixture(
     params=[
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-group-commit", marks=pytest.mark.postgres),
         pytest.param("mariadb", marks=pytest.mark.mariadb),
     ]
 )
 def race_url(request: pytest.FixtureRequest) -> str:
-    """A fresh database the recoverers race on: PostgreSQL, then MariaDB."""
-    return typing.cast(str, request.getfixturevalue(f"{request.param}_url"))
+    """A fresh database the recoverers race on: PostgreSQL (also with group commit, in this process and the
+    recoverer processes), then MariaDB."""
+    return database_url(request, request.param)
 
 
 class Ledgers:

@@ -6,10 +6,14 @@ import datetime
 import typing
 import uuid
 
+import group_commit_switch
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 from cqrs.saga.storage.models import Lease, NewSaga, StepEntry
 
 from .saga import STEP_NAMES, OrderContext, OrderSaga
+
+# The runner processes too: CQRS_TEST_GROUP_COMMIT=1 turns group commit on for PostgreSQL.
+group_commit_switch.install()
 
 __all__ = [
     "expire_leases",

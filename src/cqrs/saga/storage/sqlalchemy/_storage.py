@@ -51,6 +51,7 @@ from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, Sa
 from cqrs.saga.storage.sqlalchemy import _log_batch, _transactions, _upgrade
 from cqrs.saga.storage.sqlalchemy._engines import SessionOrFactory, create_engine, engine_of
 from cqrs.saga.storage.sqlalchemy._executors import Executor, make_executor
+from cqrs.saga.storage.sqlalchemy._group_commit import GroupCommit
 from cqrs.saga.storage.sqlalchemy._layout import SchemaReport, inspect_schema
 from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods, outbox_json_rows, outbox_rows
 from cqrs.saga.storage.sqlalchemy._schema import claims, family, log_entry, record
@@ -89,9 +90,16 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     warning says why when it cannot be used), False sends every write
     through SQLAlchemy. Whether it is on is decided here, logged once per
     engine, and shown by `fast_path`.
+
+    ``group_commit`` (PostgreSQL only, else ``ValueError``): checkpoints of
+    concurrent sagas share commits; each `checkpoint` returns once the batch
+    holding it committed, with its own outcome. It pays with many concurrent
+    sagas, not with one at a time (see `_group_commit` and the performance guide).
     """
 
-    def __init__(self, session_or_factory: SessionOrFactory, *, fast_path: bool | None = None) -> None:
+    def __init__(
+        self, session_or_factory: SessionOrFactory, *, fast_path: bool | None = None, group_commit: bool = False
+    ) -> None:
         self._source = session_or_factory
         self._session: AsyncSession | None = (
             session_or_factory if isinstance(session_or_factory, AsyncSession) else None
@@ -112,10 +120,20 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         self._sql = Statements(dialect.name)
         self._executor: Executor = make_executor(self.engine, self._sql.json_params, fast_path)
         self._entries_statements: dict[tuple[bool, ...], typing.Any] = {}
+        self._group: GroupCommit | None = None
+        if group_commit:
+            if not self._sql.postgres:
+                raise ValueError(f"group_commit=True needs PostgreSQL; this storage is on {dialect.name}")
+            self._group = GroupCommit(self.engine, self._executor)
 
     @classmethod
     def from_url(
-        cls, url: str | sa.URL, *, fast_path: bool | None = None, **engine_kwargs: typing.Any
+        cls,
+        url: str | sa.URL,
+        *,
+        fast_path: bool | None = None,
+        group_commit: bool = False,
+        **engine_kwargs: typing.Any,
     ) -> SqlAlchemySagaStorage:
         """A storage on a new engine for ``url`` (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``,
         ``mysql+asyncmy://...``). A SQLite URL may end in ``?synchronous=normal`` (default ``full``; see
@@ -124,7 +142,8 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         ``engine_kwargs`` go to ``create_async_engine`` (``pool_size``, ``echo``, ...).
         """
         engine = create_engine(url, **engine_kwargs)
-        storage = cls(async_sessionmaker(engine, expire_on_commit=False), fast_path=fast_path)
+        factory = async_sessionmaker(engine, expire_on_commit=False)
+        storage = cls(factory, fast_path=fast_path, group_commit=group_commit)
         storage._owns_engine = True
         return storage
 
@@ -132,6 +151,11 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     def fast_path(self) -> bool:
         """Whether writes skip SQLAlchemy: the asyncpg or SQLite fast path (see the class doc)."""
         return self._executor.fast_path
+
+    @property
+    def group_commit(self) -> bool:
+        """Whether checkpoints of concurrent sagas share commits (see the class doc)."""
+        return self._group is not None
 
     @property
     def session(self) -> AsyncSession:
@@ -189,7 +213,10 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
         return self.engine.url.render_as_string(hide_password=True)
 
     async def close(self) -> None:
-        """Close the session the storage made and dispose the engine if `from_url` made it."""
+        """Write the checkpoints queued for group commit, close the session the storage made and dispose the
+        engine if `from_url` made it."""
+        if self._group is not None:
+            await self._group.close()
         await self._executor.close()
         if self._made_session and self._session is not None:
             session, self._session, self._made_session = self._session, None, False
@@ -207,7 +234,12 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
 
     async def start_saga(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
         """Insert ``saga`` leased to ``owner`` (epoch 1) with its outbox rows, in one commit; None if its id is
-        taken (and then no outbox row is written)."""
+        taken (and then no outbox row is written). With group commit, that commit is the batch's."""
+        if self._group is not None and not saga.outbox:
+            return await self._group.start(self._start_alone, saga, owner, lease_seconds)
+        return await self._start_alone(saga, owner, lease_seconds)
+
+    async def _start_alone(self, saga: NewSaga, owner: str, lease_seconds: float) -> Lease | None:
         params = {
             "b_id": saga.saga_id,
             "b_name": saga.name,
@@ -269,7 +301,18 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     ) -> bool:
         """Append ``entry`` then ``entries``, store ``context``, ``status`` and ``error``, renew (or release)
         the lease and insert the ``outbox`` rows, in one commit; False, and nothing written, if ``lease`` is no
-        longer the saga's."""
+        longer the saga's. With group commit, that commit is the batch's (a checkpoint of several entries, a
+        failed saga's compensations, commits on its own)."""
+        args = (saga_id, lease, entry, context, status, error, lease_seconds, release, outbox)
+        if self._group is not None and not entries:
+            return await self._group.checkpoint(self._checkpoint_alone, *args)
+        return await self._checkpoint_alone(*args, entries)
+
+    async def _checkpoint_alone(
+        self, saga_id: uuid.UUID, lease: Lease, entry: StepEntry | None, context: JsonDict | None,
+        status: SagaStatus | None, error: str | None, lease_seconds: float, release: bool,
+        outbox: typing.Sequence[OutboxMessage], entries: typing.Sequence[StepEntry] = (),
+    ) -> bool:
         # PostgreSQL: one autocommitted statement; the log row exists only if the fenced update matched.
         # SQLite and MySQL: UPDATE, then INSERT only if it matched, then COMMIT.
         params: dict[str, typing.Any] = {"b_id": saga_id, "b_owner": lease.owner, "b_epoch": lease.epoch}
