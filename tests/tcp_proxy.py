@@ -72,6 +72,11 @@ class TcpProxy:
                 self._marker = None
                 self.freeze_replies()
 
+    @property
+    def frozen(self) -> bool:
+        """Whether the broker's replies are held back now."""
+        return not self._replies.is_set()
+
     def thaw(self) -> None:
         self._replies.set()
 

@@ -60,6 +60,11 @@ class _Connection:
                 self._channel = await self._connection.channel(publisher_confirms=self.confirms)
             return self._channel
 
+    async def drop(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        """Close the connection if ``channel`` (on which a publish failed) is still the current one."""
+        if channel is self._channel:
+            await self.close()
+
     async def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and not connection.is_closed:
@@ -134,12 +139,14 @@ class RabbitMQBroker(MessageBroker):
             type=message.message_name,
         )
         exchange = await self._get_exchange()
+        channel = self._exchange_channel
         try:
             confirmation = await exchange.publish(
                 amqp_message, self.routing_key(message), mandatory=True, timeout=self.timeout
             )
         except Exception:
-            await self._connection.close()  # the next send reconnects
+            if channel is not None:
+                await self._connection.drop(channel)  # the next send reconnects
             raise
         if not isinstance(confirmation, Basic.Ack):  # a Basic.Return (routed to no queue) or a Basic.Nack
             what = "routed it to no queue" if not isinstance(confirmation, Basic.Nack) else "refused it"
