@@ -34,6 +34,7 @@ from cqrs.saga.storage.memory import MemorySagaStorage
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
 from cqrs.saga.storage.protocol import SagaStorage
 from cqrs.saga.storage.sqlalchemy import Base, SqlAlchemySagaStorage, saga_log
+from cqrs.saga.storage.sqlalchemy._claim_statements import ClaimStatements
 from cqrs.saga.storage.sqlalchemy._executors._asyncpg import Prepared
 from cqrs.saga.storage.sqlalchemy._schema import family
 from cqrs.saga.storage.sqlalchemy._statements import Statements
@@ -1659,6 +1660,8 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await auto.exec_driver_sql("ANALYZE")
     statements = sql._sql
+    claim_statements = ClaimStatements(statements)
+    claim_params = {"b_id": saga_id, "b_owner": "r", "b_lease_seconds": 1.0}
     running = frozenset({SagaStatus.RUNNING})
     listing = {"name": False, "older": False, "correlation": False, "recoverable": False, "max_attempts": False,
                "idle": False, "after": False}
@@ -1670,8 +1673,13 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         ),
         (
             "ix_saga_executions_status_created",
-            statements.claim_recoverable(False, False),
+            claim_statements.claim_many(False, False),
             {"b_owner": "r", "b_lease_seconds": 1.0, "b_limit": 10},
+        ),
+        (
+            "ix_saga_executions_status_created",
+            claim_statements.claim_many(True, True),
+            {"b_owner": "r", "b_lease_seconds": 1.0, "b_limit": 10, "b_names": ["order"], "b_max_attempts": 3},
         ),
         (
             "ix_saga_executions_status_created",
@@ -1701,6 +1709,8 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         ("ix_saga_log_saga_id_seq", statements.history, {"b_id": saga_id}),
         ("saga_executions_pkey", statements.get, {"b_id": saga_id}),
         ("saga_executions_pkey", statements.claim, {"b_id": saga_id, "b_owner": "r", "b_lease_seconds": 1.0}),
+        ("saga_executions_pkey", claim_statements.claim_one(), claim_params),
+        ("ix_saga_log_saga_id_seq", claim_statements.claim_one(), claim_params),  # the history read with the claim
     ]
     async with sql.engine.connect() as conn:
         await conn.exec_driver_sql("SET enable_seqscan = off")
@@ -2516,7 +2526,7 @@ async def test_on_mysql_concurrent_claims_take_successive_sagas(storage: SagaSto
         ids.append(saga_id)
         await advance(sql, 1)
 
-    def claim(owner: str) -> typing.Callable[[sa.Connection], list[SagaClaim]]:
+    def claim(owner: str) -> typing.Callable[[sa.Connection], list[uuid.UUID]]:
         params = {"b_owner": owner, "b_lease_seconds": LEASE}
         return lambda conn: claim_recoverable_mysql(conn, sql._sql, params, limit=3, names=False, max_attempts=False)
 
@@ -2525,8 +2535,8 @@ async def test_on_mysql_concurrent_claims_take_successive_sagas(storage: SagaSto
         theirs = await second.run_sync(claim("second"))
         await first.commit()
         await second.commit()
-    assert [c.record.saga_id for c in mine] == ids[:3]
-    assert [c.record.saga_id for c in theirs] == ids[3:6]
+    assert mine == ids[:3]
+    assert theirs == ids[3:6]
     assert [c.record.saga_id for c in await sql.claim_recoverable("third", LEASE, limit=10)] == ids[6:]
 
 
