@@ -97,8 +97,8 @@ class ClaimStatements:
             .returning(*RECORD_COLUMNS, locked.c.seen).cte("claimed")
         )
 
-    def _pg_rows(self, claimed: sa.CTE) -> sa.Select[typing.Any]:
-        """The claimed rows, each with ``fresh`` (see the module doc) and its history."""
+    def _pg_rows(self, claimed: sa.CTE, retry: sa.ColumnElement[typing.Any]) -> sa.Select[typing.Any]:
+        """The claimed rows, each with ``fresh`` (see the module doc), its history and ``retry``."""
         snapshot = _t.alias("snapshot")
         fresh = (
             sa.select(sa.literal_column("snapshot.xmin") == claimed.c.seen)
@@ -109,6 +109,7 @@ class ClaimStatements:
             *(claimed.c[name] for name in _RECORD_NAMES),
             fresh.label("fresh"),
             self._history(claimed.c.id).label("history"),
+            retry,
         )
 
     @staticmethod
@@ -117,47 +118,70 @@ class ClaimStatements:
 
     # -- the statements -----------------------------------------------------------------------------------
 
+    def _claimable(self) -> sa.ColumnElement[bool]:
+        """A saga `claim_saga` may take: resumable, its lease free, expired or ``b_owner``'s."""
+        sql = self._sql
+        return sa.and_(RESUMABLE_CLAUSE, sa.or_(sql.lease_free, _t.c.owner == sql.bind("owner", _t.c.owner)))
+
+    def _values(self, recovery: bool) -> dict[str, typing.Any]:
+        """What a claim writes: the new lease (and for recovery, one more attempt)."""
+        sql = self._sql
+        values = {
+            "owner": sql.bind("owner", _t.c.owner),
+            "lease_epoch": _t.c.lease_epoch + _ONE,
+            "lease_expires_at": sql.expiry,
+            "status": sql.pending_to_running,
+            "updated_at": sql.now,
+        }
+        if recovery:
+            values["recovery_attempts"] = _t.c.recovery_attempts + _ONE
+        return values
+
+    def _pg_claim_by_id(self, which: sa.ColumnElement[bool], *, skip_locked: bool) -> typing.Any:
+        """PostgreSQL: the sagas ``which`` picks, claimed where `_claimable` (see `claim_one`, `claim_ids`)."""
+        claimable = self._claimable()
+        locked = (
+            sa.select(*self._locked_columns()).where(which, claimable)
+            .with_for_update(skip_locked=skip_locked).cte("locked")
+        )
+        claimed = self._pg_claimed(locked, self._values(recovery=False))
+        refused = sa.select(
+            *RECORD_COLUMNS,
+            sa.null().label("fresh"),
+            self._history(_t.c.id).label("history"),
+            claimable.label("retry"),
+        ).where(which, ~sa.exists(sa.select(claimed.c.id).where(claimed.c.id == _t.c.id)))
+        return sa.union_all(self._pg_rows(claimed, sa.false().label("retry")), refused)
+
     def claim_one(self) -> typing.Any:
         """`claim_saga`'s claim: its record, ``fresh`` and its history.
 
         PostgreSQL: one statement, one row whether granted (``fresh`` true or false) or not (``fresh``
-        NULL: the stored row), none for an unknown saga. SQLite: the ``UPDATE ... RETURNING`` (no row if
-        not granted: then `get_one`). MySQL: the plain claim ``UPDATE`` (its row count), then `get_one`.
+        NULL: the stored row as the statement's snapshot holds it), none for an unknown saga; it waits
+        for the saga's row lock. SQLite: the ``UPDATE ... RETURNING`` (no row if not granted: then
+        `get_one`). MySQL: the plain claim ``UPDATE`` (its row count), then `get_one`.
         """
 
         def build() -> typing.Any:
             sql = self._sql
-            granted = sa.and_(
-                RESUMABLE_CLAUSE, sa.or_(sql.lease_free, _t.c.owner == sql.bind("owner", _t.c.owner))
-            )
-            values = {
-                "owner": sql.bind("owner", _t.c.owner),
-                "lease_epoch": _t.c.lease_epoch + _ONE,
-                "lease_expires_at": sql.expiry,
-                "status": sql.pending_to_running,
-                "updated_at": sql.now,
-            }
             saga_id = sql.bind("id", _t.c.id)
             if self.mysql:
                 return sql.claim
-            if not self.postgres:
-                return (
-                    sa.update(_t).where(_t.c.id == saga_id, granted).values(**values)
-                    .returning(*RECORD_COLUMNS, self._history(_t.c.id).label("history"))
-                )
-            locked = (
-                sa.select(*self._locked_columns()).where(_t.c.id == saga_id, granted).with_for_update().cte("locked")
+            if self.postgres:
+                return self._pg_claim_by_id(_t.c.id == saga_id, skip_locked=False)
+            return (
+                sa.update(_t).where(_t.c.id == saga_id, self._claimable()).values(**self._values(recovery=False))
+                .returning(*RECORD_COLUMNS, self._history(_t.c.id).label("history"))
             )
-            claimed = self._pg_claimed(locked, values)
-            stored = _t.alias("stored")
-            refused = sa.select(
-                *(stored.c[name] for name in _RECORD_NAMES),
-                sa.null().label("fresh"),
-                self._history(stored.c.id).label("history"),
-            ).where(stored.c.id == saga_id, ~sa.exists(sa.select(claimed.c.id)))
-            return sa.union_all(self._pg_rows(claimed), refused)
 
         return self._cached(("one",), build)
+
+    def claim_ids(self) -> typing.Any:
+        """PostgreSQL: the one-saga claims of ``b_ids`` (several callers' at once, see `_claim_batches`), as
+        `claim_one` but skipping rows another transaction holds: a refused row with ``retry`` true was
+        claimable in the statement's snapshot (locked meanwhile, or changed): claim it with `claim_one`."""
+        ids = sa.bindparam("b_ids", type_=pg_dialect.ARRAY(_t.c.id.type))
+        return self._cached(("ids",), lambda: self._pg_claim_by_id(_t.c.id == sa.any_(ids), skip_locked=True))
 
     def get_one(self) -> typing.Any:
         """SQLite: the stored row with its history (one row, none for an unknown saga). MySQL: the stored
@@ -188,21 +212,14 @@ class ClaimStatements:
                 conditions.append(_t.c.recovery_attempts < sa.bindparam("b_max_attempts", type_=sa.Integer()))
             order = (sa.func.coalesce(_t.c.lease_expires_at, sql.now), _t.c.created_at, _t.c.id)
             limit = sa.bindparam("b_limit", type_=sa.Integer())
-            values = {
-                "owner": sql.bind("owner", _t.c.owner),
-                "lease_epoch": _t.c.lease_epoch + _ONE,
-                "lease_expires_at": sql.expiry,
-                "recovery_attempts": _t.c.recovery_attempts + _ONE,
-                "status": sql.pending_to_running,
-                "updated_at": sql.now,
-            }
+            values = self._values(recovery=True)
             if self.postgres:
                 # The row-locking CTE runs exactly once; rows another claimer has locked are skipped.
                 locked = (
                     sa.select(*self._locked_columns()).where(*conditions).order_by(*order).limit(limit)
                     .with_for_update(skip_locked=True).cte("candidates")
                 )
-                return self._pg_rows(self._pg_claimed(locked, values))
+                return self._pg_rows(self._pg_claimed(locked, values), sa.false().label("retry"))
             # SQLite: one statement holds the single write lock from its start to its end.
             candidates = sa.select(_t.c.id).where(*conditions).order_by(*order).limit(limit)
             return (

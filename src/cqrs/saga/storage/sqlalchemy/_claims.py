@@ -3,9 +3,12 @@
 Round trips and commits per claim (a one-saga claim or a whole batch alike):
 
 - PostgreSQL: one statement (`ClaimStatements`), autocommitted, on the asyncpg
-  fast path where the storage has it: one round trip and one commit. Only a
+  fast path where the storage has it: one round trip and one commit. One-saga
+  claims made at the same time share one statement (`_claim_batches`). Only a
   claimed saga whose row changed while the claim waited for its lock (``fresh``
-  false, see `_claim_statements`) has its history read again, by a second read.
+  false, see `_claim_statements`) has its history read again, by a second read,
+  and only a one-saga claim whose row another transaction held when its batch
+  came is sent again, alone (waiting for that lock, as a lone claim does).
 - SQLite: one transaction; the claim and the histories are one ``UPDATE ...
   RETURNING`` (a one-saga claim that is not granted reads the row again).
 - MySQL and MariaDB: one transaction; after the claim's writes, one read of
@@ -25,6 +28,7 @@ import sqlalchemy as sa
 from cqrs.saga.storage.enums import RESUMABLE, SagaStepStatus
 from cqrs.saga.storage.models import Lease, SagaClaim, SagaLogEntry, SagaRecord
 from cqrs.saga.storage.sqlalchemy import _transactions
+from cqrs.saga.storage.sqlalchemy._claim_batches import ClaimBatches, Key
 from cqrs.saga.storage.sqlalchemy._claim_statements import ClaimStatements
 from cqrs.saga.storage.sqlalchemy._schema import claims, log_entry, record
 
@@ -38,8 +42,12 @@ Row = typing.Sequence[typing.Any]
 Params = dict[str, typing.Any]
 _UTC = datetime.timezone.utc
 _by_seq = operator.attrgetter("seq")
-#: Where a PostgreSQL claim row holds ``fresh`` and the history (after the 15 record columns).
-_FRESH, _HISTORY = 15, 16
+#: Where a PostgreSQL claim row holds ``fresh``, the history and ``retry`` (after the 15 record columns).
+_FRESH, _HISTORY, _RETRY = 15, 16, 17
+
+
+def _uuid(value: typing.Any) -> uuid.UUID:
+    return value if type(value) is uuid.UUID else uuid.UUID(str(value))  # asyncpg has a UUID type of its own
 
 
 def _instant(text: str) -> datetime.datetime:
@@ -82,16 +90,20 @@ class Claims:
         self._executor = executor
         self._sql = sql
         self._statements = ClaimStatements(sql)
+        self._batches = ClaimBatches(self._claim_batch)
 
     async def claim_saga(self, saga_id: uuid.UUID, owner: str, lease_seconds: float) -> SagaClaim | None:
         """See `SqlAlchemySagaStorage.claim_saga`."""
         params: Params = {"b_id": saga_id, "b_owner": owner, "b_lease_seconds": lease_seconds}
         if not self._sql.postgres:
             return await self._executor.transaction(lambda conn: self._claim_one(conn, params))
-        rows = await self._executor.fetch(self._statements.claim_one(), params)
-        if not rows:
+        row = await self._batches.claim((owner, lease_seconds), saga_id)
+        if row is not None and row[_RETRY]:
+            # Claimable, but its row was locked (or changed) when the batch came: wait for it alone.
+            rows = await self._executor.fetch(self._statements.claim_one(), params)
+            row = rows[0] if rows else None
+        if row is None:
             return None
-        row = rows[0]
         claimed = record(row)
         fresh = row[_FRESH]
         if fresh is None:  # the stored row: another runner's lease has not expired, or nothing to run
@@ -102,6 +114,12 @@ class Claims:
         else:
             history = [log_entry(r) for r in await self._executor.read(self._sql.history, {"b_id": saga_id})]
         return SagaClaim(record=claimed, history=history, lease=Lease(owner=owner, epoch=claimed.lease_epoch))
+
+    async def _claim_batch(self, key: Key, saga_ids: list[uuid.UUID]) -> dict[uuid.UUID, Row]:
+        """PostgreSQL: the one-saga claims of ``saga_ids`` in one statement; each stored saga's row."""
+        owner, lease_seconds = key
+        params = {"b_ids": saga_ids, "b_owner": owner, "b_lease_seconds": lease_seconds}
+        return {_uuid(row[0]): row for row in await self._executor.fetch(self._statements.claim_ids(), params)}
 
     def _claim_one(self, conn: sa.Connection, params: Params) -> SagaClaim | None:
         """SQLite and MySQL, in one transaction."""
