@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import typing
 import uuid
 
@@ -1177,6 +1178,107 @@ async def test_a_claim_reads_the_history_its_former_holder_committed_while_the_c
     assert claimed is not None and claimed.lease == Lease("runner-b", 2)
     assert claimed.record.status == SagaStatus.COMPENSATION_FAILED
     assert steps(claimed.history) == [("one", "act", "completed"), ("one", "compensate", "failed")]
+
+
+async def free_sagas(storage: SagaStorage, count: int) -> list[tuple[uuid.UUID, int]]:
+    """``count`` sagas with free leases, the n-th with n % 4 steps done (a response each): (id, steps)."""
+    made = []
+    for n in range(count):
+        saga_id, lease = await started(storage, context={"n": n})
+        for step in range(n % 4):
+            entry = act(f"s{step}", {"step": step}, details=f"d{step}" if step % 2 else None)
+            assert await storage.checkpoint(saga_id, lease, entry=entry, lease_seconds=LEASE)
+        assert await storage.release_lease(saga_id, lease)
+        made.append((saga_id, n % 4))
+    return made
+
+
+async def test_claims_made_at_once_each_get_their_saga_and_its_history(storage: SagaStorage) -> None:
+    """Many one-saga claims at the same time (on PostgreSQL sent as one statement): each is granted its own saga
+    with its whole history, exactly as `get_history` reads it; an unknown id gets None, a leased saga is busy, a
+    finished one is handed out without a lease."""
+    free = await free_sagas(storage, 12)
+    leased, _ = await started(storage)
+    done = await finished(storage, SagaStatus.COMPLETED)
+    wanted = [saga_id for saga_id, _ in free] + [leased, done, uuid.uuid4()]
+
+    claims = await all_at_once([functools.partial(storage.claim_saga, s, "runner-b", LEASE) for s in wanted])
+
+    for (saga_id, done_steps), claim in zip(free, claims, strict=False):
+        assert claim is not None and claim.lease == Lease("runner-b", 2) and not claim.busy
+        assert claim.record.saga_id == saga_id and claim.record.owner == "runner-b"
+        assert len(claim.history) == done_steps
+        assert claim.history == await storage.get_history(saga_id)
+    busy, final, unknown = claims[-3:]
+    assert busy is not None and busy.busy and busy.lease is None
+    assert final is not None and not final.busy and final.lease is None
+    assert final.history == await storage.get_history(done)
+    assert unknown is None
+
+
+async def test_one_saga_claimed_twice_at_once_by_one_owner_is_granted_in_turn(storage: SagaStorage) -> None:
+    """Two claims of one saga at the same moment by one owner: one after the other (each bumps the epoch, so
+    the later one fences the earlier), never both with the same lease."""
+    saga_id, lease = await started(storage)
+    assert await storage.release_lease(saga_id, lease)
+
+    claims = await all_at_once([functools.partial(storage.claim_saga, saga_id, "runner-b", LEASE)] * 2)
+
+    assert sorted(c.lease.epoch for c in claims if c is not None and c.lease is not None) == [2, 3]
+
+
+async def test_claims_at_once_are_not_held_up_by_a_saga_another_transaction_holds(storage: SagaStorage) -> None:
+    """A claim of a saga whose row another transaction holds waits for it (as a lone claim does), and the claims
+    made together with it are granted meanwhile (on PostgreSQL they shared its statement, which skips held rows)."""
+    sql = sql_only(storage)
+    if kind(sql) == "sqlite":
+        pytest.skip("SQLite has no row locks")
+    (held, _), (free, _) = await free_sagas(sql, 2)
+    async with sql.engine.connect() as other:
+        await lock_row(other, held)
+        waiting = asyncio.ensure_future(sql.claim_saga(held, "runner-b", LEASE))
+        meanwhile = asyncio.ensure_future(sql.claim_saga(free, "runner-b", LEASE))
+        claimed = await asyncio.wait_for(meanwhile, 30)
+        assert claimed is not None and claimed.lease == Lease("runner-b", 2)
+        await until_waiting_for_a_lock(sql, waiting)
+        await other.rollback()
+    late = await asyncio.wait_for(waiting, 30)
+    assert late is not None and late.lease == Lease("runner-b", 2)
+
+
+@pytest.mark.parametrize("claim_kind", ["claim_saga", "claim_recoverable"])
+async def test_a_claim_hands_out_the_entry_its_former_holder_committed_after_the_claim_began(
+    storage: SagaStorage, monkeypatch: pytest.MonkeyPatch, claim_kind: str
+) -> None:
+    """PostgreSQL: a claim statement reads the histories in the snapshot it started with. Here the former
+    holder (its lease expired) commits its last checkpoint, releasing the saga, after the claim's statement
+    began and before it locks the saga's row (held at a gate, an advisory lock, in between): the claim is still
+    granted, and its history must have that checkpoint's entry (the row version it locked is not the one its
+    snapshot holds, so the history is read again)."""
+    from cqrs.saga.storage.sqlalchemy import _claim_statements
+
+    sql = sql_only(storage)
+    if kind(sql) != "postgresql":
+        pytest.skip("snapshots of one statement are PostgreSQL's (SQLite and MariaDB read after locking)")
+    gate = sa.cast(sa.func.pg_advisory_xact_lock_shared(sa.literal_column("4242")), sa.Text) == sa.literal_column("''")
+    monkeypatch.setattr(_claim_statements, "RESUMABLE_CLAUSE", sa.and_(_claim_statements.RESUMABLE_CLAUSE, gate))
+    saga_id, lease = await started(sql)
+    assert await sql.checkpoint(saga_id, lease, entry=act("one"), lease_seconds=LEASE)
+    await advance(sql, LEASE + 1)
+    async with sql.engine.connect() as gatekeeper:
+        await gatekeeper.exec_driver_sql("SELECT pg_advisory_lock(4242)")
+        if claim_kind == "claim_saga":
+            claim = asyncio.ensure_future(sql.claim_saga(saga_id, "runner-b", LEASE))
+        else:
+            claim = asyncio.ensure_future(sql.claim_recoverable("runner-b", LEASE, limit=5))
+        await until_waiting_for_a_lock(sql, claim)  # its snapshot is taken; it waits at the gate
+        assert await sql.checkpoint(saga_id, lease, entry=act("two"), lease_seconds=LEASE, release=True)
+        await gatekeeper.exec_driver_sql("SELECT pg_advisory_unlock(4242)")
+    claimed = await asyncio.wait_for(claim, 30)
+    if isinstance(claimed, list):
+        [claimed] = claimed
+    assert claimed is not None and claimed.lease == Lease("runner-b", 2)
+    assert steps(claimed.history) == [("one", "act", "completed"), ("two", "act", "completed")]
 
 
 async def lock_row(conn: typing.Any, saga_id: uuid.UUID) -> None:
