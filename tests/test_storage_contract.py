@@ -2207,6 +2207,34 @@ async def test_on_asyncpg_the_fast_path_is_on_with_the_default_options(storage: 
     assert seen == []
 
 
+async def test_on_asyncpg_a_claim_and_its_histories_are_one_statement_on_the_driver(storage: SagaStorage) -> None:
+    """A batch of `claim_recoverable`, and one-saga claims made at the same time, are one statement each on the
+    asyncpg connections, outside any transaction (one round trip and one commit), the claimed sagas' histories
+    with them, and nothing goes through SQLAlchemy."""
+    sql = asyncpg_only(storage)
+    [(warm_up, _)] = await free_sagas(sql, 1)
+    free = dict(await free_sagas(sql, 12))
+    await sql.engine.dispose()  # every connection from now on is opened, so logged, by the listener
+    with driver_queries(sql) as sent, sqlalchemy_statements(sql) as seen:
+        # Each statement's first run on a connection also reads the types of its columns: not counted.
+        assert await sql.claim_saga(warm_up, "runner-b", LEASE) is not None
+        assert await sql.claim_recoverable("runner-b", LEASE, limit=1, max_attempts=0) == []
+        await asyncio.sleep(0)
+        sent.clear()
+        batch = await sql.claim_recoverable("runner-b", LEASE, limit=6)
+        rest = [saga_id for saga_id in free if saga_id not in {c.record.saga_id for c in batch}]
+        singles = await all_at_once([functools.partial(sql.claim_saga, s, "runner-c", LEASE) for s in rest])
+        await asyncio.sleep(0)  # asyncpg hands records to its loggers on the loop's next iteration
+    statements = ClaimStatements(sql._sql)
+    assert sent == [driver_sql(sql, statements.claim_many(False, False)), driver_sql(sql, statements.claim_ids())]
+    assert seen == []
+    assert len(batch) == 6 and len(singles) == 6
+    for claim in [*batch, *singles]:
+        assert claim is not None and claim.lease is not None
+        assert len(claim.history) == free[claim.record.saga_id]
+        assert claim.history == await sql.get_history(claim.record.saga_id)
+
+
 async def test_on_asyncpg_the_engine_writes_run_on_the_driver_one_commit_each(storage: SagaStorage) -> None:
     """A 3-step saga sends 4 statements on the asyncpg connections (start, one checkpoint per step), each
     committing on its own (PostgreSQL counts 4 transactions), and no BEGIN, COMMIT or anything else."""
