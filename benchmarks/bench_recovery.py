@@ -256,10 +256,11 @@ def report(runs: dict[tuple[str, str], list[dict[str, typing.Any]]], sides: list
             print(f"{mode:14}{side.name:9}{f['median_sagas_per_s']:>18,.0f}{per_round:>34}"
                   f"{f['cpu_ms_per_saga']:>13.3f}{commit_text:>14}")
         if len(sides) == 2:
-            ratios = [c["sagas_per_s"] / b["sagas_per_s"]
-                      for b, c in zip(runs[(mode, "base")], runs[(mode, "current")], strict=True)]
-            figures["ratios"] = ratios
-            figures["median_ratio"] = statistics.median(ratios)
+            pairs = list(zip(runs[(mode, "base")], runs[(mode, "current")], strict=True))
+            figures["ratios"] = [c["sagas_per_s"] / b["sagas_per_s"] for b, c in pairs]
+            figures["median_ratio"] = statistics.median(figures["ratios"])
+            figures["cpu_ratios"] = [b["cpu_ms_per_saga"] / c["cpu_ms_per_saga"] for b, c in pairs]
+            figures["median_cpu_ratio"] = statistics.median(figures["cpu_ratios"])
         summary["modes"][mode] = figures
     if len(sides) == 2:
         print("\ncurrent ÷ base, recovered sagas per second (per round; the median is judged, target ≥ 3):")
@@ -267,6 +268,10 @@ def report(runs: dict[tuple[str, str], list[dict[str, typing.Any]]], sides: list
             f = summary["modes"][mode]
             verdict = "met" if f["median_ratio"] >= 3 else "MISSED"
             print(f"  {mode:14}{' '.join(f'{r:.2f}' for r in f['ratios'])}   median {f['median_ratio']:.2f}  {verdict}")
+        print("base ÷ current, client CPU per recovered saga (per round, median):")
+        for mode in args.modes:
+            f = summary["modes"][mode]
+            print(f"  {mode:14}{' '.join(f'{r:.2f}' for r in f['cpu_ratios'])}   median {f['median_cpu_ratio']:.2f}")
     return summary
 
 

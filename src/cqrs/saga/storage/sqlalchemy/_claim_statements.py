@@ -180,8 +180,12 @@ class ClaimStatements:
         """PostgreSQL: the one-saga claims of ``b_ids`` (several callers' at once, see `_claim_batches`), as
         `claim_one` but skipping rows another transaction holds: a refused row with ``retry`` true was
         claimable in the statement's snapshot (locked meanwhile, or changed): claim it with `claim_one`."""
-        ids = sa.bindparam("b_ids", type_=pg_dialect.ARRAY(_t.c.id.type))
-        return self._cached(("ids",), lambda: self._pg_claim_by_id(_t.c.id == sa.any_(ids), skip_locked=True))
+
+        def build() -> typing.Any:
+            ids = sa.bindparam("b_ids", type_=pg_dialect.ARRAY(_t.c.id.type))
+            return self._pg_claim_by_id(_t.c.id == sa.any_(ids), skip_locked=True)
+
+        return self._cached(("ids",), build)
 
     def get_one(self) -> typing.Any:
         """SQLite: the stored row with its history (one row, none for an unknown saga). MySQL: the stored
@@ -231,8 +235,11 @@ class ClaimStatements:
 
     def get_many(self) -> sa.Select[typing.Any]:
         """MySQL: the sagas ``b_ids`` joined with their log rows, in one read."""
-        ids = sa.bindparam("b_ids", type_=_t.c.id.type, expanding=True)
-        return typing.cast("sa.Select[typing.Any]", self._cached(("get_many",), lambda: self._joined(_t.c.id.in_(ids))))
+
+        def build() -> sa.Select[typing.Any]:
+            return self._joined(_t.c.id.in_(sa.bindparam("b_ids", type_=_t.c.id.type, expanding=True)))
+
+        return typing.cast("sa.Select[typing.Any]", self._cached(("get_many",), build))
 
     @staticmethod
     def _joined(where: sa.ColumnElement[bool]) -> sa.Select[typing.Any]:
