@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -292,6 +293,8 @@ def main(args: argparse.Namespace) -> int:
         result = asyncio.run(side_run(args.url, args.side_run, args.sagas, args.concurrency, args.batch_size))
         Path(args.json).write_text(json.dumps(result))
         return 0
+    # Stopped (SIGTERM), it still removes the base worktree it checked out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sides = [Side("current", ROOT / "src")]
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
         if args.base != "none":
