@@ -1,6 +1,6 @@
 """Recovered sagas per second: `recover_saga` and `RecoveryWorker`, this code against a base commit, same run.
 
-    .venv/bin/python benchmarks/bench_recovery.py                  # PostgreSQL, 5 rounds, about 2 minutes
+    .venv/bin/python benchmarks/bench_recovery.py                  # PostgreSQL, 5 rounds, about 5 minutes
     .venv/bin/python benchmarks/bench_recovery.py --quick          # a smoke run: 1 round of 200 sagas
     .venv/bin/python benchmarks/bench_recovery.py --base none      # this code only, no comparison
     .venv/bin/python benchmarks/bench_recovery.py --base HEAD~3    # against any commit
