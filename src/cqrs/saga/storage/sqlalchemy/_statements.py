@@ -4,14 +4,13 @@ The three families write the same rows with different statements:
 
 - PostgreSQL: every write is one statement. A checkpoint with a log entry
   is ``WITH u AS (UPDATE ... RETURNING id) INSERT INTO saga_log ... SELECT
-  ... FROM u`` (the log row exists only if the fenced update matched); claims
-  are ``UPDATE ... RETURNING``, `claim_recoverable` locking its candidates
-  with ``FOR UPDATE SKIP LOCKED`` in a CTE. The claimed sagas' histories are
-  read by a second statement (see `histories`).
+  ... FROM u`` (the log row exists only if the fenced update matched). Claims,
+  the claimed sagas' histories included, are one statement each too (see
+  `_claim_statements`).
 - SQLite (no data-modifying CTEs): the fenced ``UPDATE``, then the log row's
   ``INSERT`` only if it matched, in one transaction; `claim_recoverable` is
   ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING`` under SQLite's
-  single write lock.
+  single write lock (`_claim_statements`).
 - MySQL and MariaDB (no ``UPDATE ... RETURNING``, no ``ON CONFLICT``): the
   same ``UPDATE`` then ``INSERT`` transaction as SQLite; a start is a plain
   ``INSERT`` whose duplicate-key error means "already stored"; claims pick
@@ -155,9 +154,9 @@ class Statements:
             .where(t.c.id == saga_id)
             .order_by(lg.c.seq)
         )
-        # The histories of claimed sagas. Read after the claim, never within its statement: a statement
-        # reads in the snapshot it started with, which misses a log row that the former holder (its
-        # lease expired) committed while the claim was waiting for, or racing to, the saga's row lock.
+        # The histories of claimed sagas, read again after a PostgreSQL claim whose snapshot may miss a log
+        # row the former holder committed while the claim was waiting for, or racing to, the saga's row
+        # lock (see `_claim_statements`).
         self.histories = sa.select(*LOG_COLUMNS).where(lg.c.saga_id.in_(_ids())).order_by(lg.c.seq)
         self.renew = sa.update(t).where(self.holds).values(lease_expires_at=self.expiry, updated_at=now)
         self.release = sa.update(t).where(self.holds).values(owner=_NULL, lease_expires_at=_NULL, updated_at=now)

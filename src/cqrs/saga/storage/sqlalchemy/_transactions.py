@@ -55,7 +55,7 @@ def claim_recoverable_mysql(
 
     In READ COMMITTED, so that every read sees what was committed before it: under MySQL's default
     REPEATABLE READ the histories would be read in the snapshot of the candidates' read, and miss a
-    log row the former holder committed before the claim locked its saga (see `Statements.histories`).
+    log row the former holder committed before the claim locked its saga (see `_claim_statements`).
     """
     conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")  # before the transaction's first read
     window = max(4 * limit, 32)
