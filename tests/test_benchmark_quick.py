@@ -129,3 +129,26 @@ def test_quick_group_commit_benchmark_compares_with_the_floor_in_the_same_run(
         ratios = summary["ratios"][level]
         assert ratios["throughput_vs_floor"] > 0 and ratios["throughput_vs_engine"] > 0
         assert ratios["p50_vs_floor"] > 0 and ratios["p99_vs_engine"] > 0
+
+
+RECOVERY_BENCH = BENCH.parent / "bench_recovery.py"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_quick_recovery_benchmark_measures_commits_per_recovered_saga(postgres_url: str, tmp_path: Path) -> None:
+    """`bench_recovery.py --quick` recovers its sagas both ways; a recovered saga costs its last step's commit
+    and a share of a claim's (claims of many sagas are one statement), never the two commits of a claim each."""
+    out = tmp_path / "recovery.json"
+    proc = subprocess.run(
+        [sys.executable, str(RECOVERY_BENCH), "--quick", "--base", "none", "--url", postgres_url, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(out.read_text())
+    assert summary["sagas"] == 200 and summary["concurrency"] == 16
+    for mode in ("recover_saga", "worker"):
+        figures = summary["modes"][mode]["current"]
+        assert figures["median_sagas_per_s"] > 0 and figures["cpu_ms_per_saga"] > 0
+        # Measured from pg_stat_database: one checkpoint each, plus the claims' shared commits.
+        assert 1.0 <= figures["commits_per_saga"] < 1.9, (mode, figures)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import typing
 import uuid
 
@@ -34,6 +35,7 @@ from cqrs.saga.storage.memory import MemorySagaStorage
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
 from cqrs.saga.storage.protocol import SagaStorage
 from cqrs.saga.storage.sqlalchemy import Base, SqlAlchemySagaStorage, saga_log
+from cqrs.saga.storage.sqlalchemy._claim_statements import ClaimStatements
 from cqrs.saga.storage.sqlalchemy._executors._asyncpg import Prepared
 from cqrs.saga.storage.sqlalchemy._schema import family
 from cqrs.saga.storage.sqlalchemy._statements import Statements
@@ -1218,6 +1220,107 @@ async def test_a_claim_reads_the_history_its_former_holder_committed_while_the_c
     assert steps(claimed.history) == [("one", "act", "completed"), ("one", "compensate", "failed")]
 
 
+async def free_sagas(storage: SagaStorage, count: int) -> list[tuple[uuid.UUID, int]]:
+    """``count`` sagas with free leases, the n-th with n % 4 steps done (a response each): (id, steps)."""
+    made = []
+    for n in range(count):
+        saga_id, lease = await started(storage, context={"n": n})
+        for step in range(n % 4):
+            entry = act(f"s{step}", {"step": step}, details=f"d{step}" if step % 2 else None)
+            assert await storage.checkpoint(saga_id, lease, entry=entry, lease_seconds=LEASE)
+        assert await storage.release_lease(saga_id, lease)
+        made.append((saga_id, n % 4))
+    return made
+
+
+async def test_claims_made_at_once_each_get_their_saga_and_its_history(storage: SagaStorage) -> None:
+    """Many one-saga claims at the same time (on PostgreSQL sent as one statement): each is granted its own saga
+    with its whole history, exactly as `get_history` reads it; an unknown id gets None, a leased saga is busy, a
+    finished one is handed out without a lease."""
+    free = await free_sagas(storage, 12)
+    leased, _ = await started(storage)
+    done = await finished(storage, SagaStatus.COMPLETED)
+    wanted = [saga_id for saga_id, _ in free] + [leased, done, uuid.uuid4()]
+
+    claims = await all_at_once([functools.partial(storage.claim_saga, s, "runner-b", LEASE) for s in wanted])
+
+    for (saga_id, done_steps), claim in zip(free, claims, strict=False):
+        assert claim is not None and claim.lease == Lease("runner-b", 2) and not claim.busy
+        assert claim.record.saga_id == saga_id and claim.record.owner == "runner-b"
+        assert len(claim.history) == done_steps
+        assert claim.history == await storage.get_history(saga_id)
+    busy, final, unknown = claims[-3:]
+    assert busy is not None and busy.busy and busy.lease is None
+    assert final is not None and not final.busy and final.lease is None
+    assert final.history == await storage.get_history(done)
+    assert unknown is None
+
+
+async def test_one_saga_claimed_twice_at_once_by_one_owner_is_granted_in_turn(storage: SagaStorage) -> None:
+    """Two claims of one saga at the same moment by one owner: one after the other (each bumps the epoch, so
+    the later one fences the earlier), never both with the same lease."""
+    saga_id, lease = await started(storage)
+    assert await storage.release_lease(saga_id, lease)
+
+    claims = await all_at_once([functools.partial(storage.claim_saga, saga_id, "runner-b", LEASE)] * 2)
+
+    assert sorted(c.lease.epoch for c in claims if c is not None and c.lease is not None) == [2, 3]
+
+
+async def test_claims_at_once_are_not_held_up_by_a_saga_another_transaction_holds(storage: SagaStorage) -> None:
+    """A claim of a saga whose row another transaction holds waits for it (as a lone claim does), and the claims
+    made together with it are granted meanwhile (on PostgreSQL they shared its statement, which skips held rows)."""
+    sql = sql_only(storage)
+    if kind(sql) == "sqlite":
+        pytest.skip("SQLite has no row locks")
+    (held, _), (free, _) = await free_sagas(sql, 2)
+    async with sql.engine.connect() as other:
+        await lock_row(other, held)
+        waiting = asyncio.ensure_future(sql.claim_saga(held, "runner-b", LEASE))
+        meanwhile = asyncio.ensure_future(sql.claim_saga(free, "runner-b", LEASE))
+        claimed = await asyncio.wait_for(meanwhile, 30)
+        assert claimed is not None and claimed.lease == Lease("runner-b", 2)
+        await until_waiting_for_a_lock(sql, waiting)
+        await other.rollback()
+    late = await asyncio.wait_for(waiting, 30)
+    assert late is not None and late.lease == Lease("runner-b", 2)
+
+
+@pytest.mark.parametrize("claim_kind", ["claim_saga", "claim_recoverable"])
+async def test_a_claim_hands_out_the_entry_its_former_holder_committed_after_the_claim_began(
+    storage: SagaStorage, monkeypatch: pytest.MonkeyPatch, claim_kind: str
+) -> None:
+    """PostgreSQL: a claim statement reads the histories in the snapshot it started with. Here the former
+    holder (its lease expired) commits its last checkpoint, releasing the saga, after the claim's statement
+    began and before it locks the saga's row (held at a gate, an advisory lock, in between): the claim is still
+    granted, and its history must have that checkpoint's entry (the row version it locked is not the one its
+    snapshot holds, so the history is read again)."""
+    from cqrs.saga.storage.sqlalchemy import _claim_statements
+
+    sql = sql_only(storage)
+    if kind(sql) != "postgresql":
+        pytest.skip("snapshots of one statement are PostgreSQL's (SQLite and MariaDB read after locking)")
+    gate = sa.cast(sa.func.pg_advisory_xact_lock_shared(sa.literal_column("4242")), sa.Text) == sa.literal_column("''")
+    monkeypatch.setattr(_claim_statements, "RESUMABLE_CLAUSE", sa.and_(_claim_statements.RESUMABLE_CLAUSE, gate))
+    saga_id, lease = await started(sql)
+    assert await sql.checkpoint(saga_id, lease, entry=act("one"), lease_seconds=LEASE)
+    await advance(sql, LEASE + 1)
+    async with sql.engine.connect() as gatekeeper:
+        await gatekeeper.exec_driver_sql("SELECT pg_advisory_lock(4242)")
+        if claim_kind == "claim_saga":
+            claim = asyncio.ensure_future(sql.claim_saga(saga_id, "runner-b", LEASE))
+        else:
+            claim = asyncio.ensure_future(sql.claim_recoverable("runner-b", LEASE, limit=5))
+        await until_waiting_for_a_lock(sql, claim)  # its snapshot is taken; it waits at the gate
+        assert await sql.checkpoint(saga_id, lease, entry=act("two"), lease_seconds=LEASE, release=True)
+        await gatekeeper.exec_driver_sql("SELECT pg_advisory_unlock(4242)")
+    claimed = await asyncio.wait_for(claim, 30)
+    if isinstance(claimed, list):
+        [claimed] = claimed
+    assert claimed is not None and claimed.lease == Lease("runner-b", 2)
+    assert steps(claimed.history) == [("one", "act", "completed"), ("two", "act", "completed")]
+
+
 async def lock_row(conn: typing.Any, saga_id: uuid.UUID) -> None:
     """Lock a saga's row in ``conn``'s transaction (until it ends)."""
     if conn.dialect.name == "postgresql":
@@ -1701,6 +1804,8 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await auto.exec_driver_sql("ANALYZE")
     statements = sql._sql
+    claim_statements = ClaimStatements(statements)
+    claim_params = {"b_id": saga_id, "b_owner": "r", "b_lease_seconds": 1.0}
     running = frozenset({SagaStatus.RUNNING})
     listing = {"name": False, "older": False, "correlation": False, "recoverable": False, "max_attempts": False,
                "idle": False, "after": False}
@@ -1712,8 +1817,13 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         ),
         (
             "ix_saga_executions_status_created",
-            statements.claim_recoverable(False, False),
+            claim_statements.claim_many(False, False),
             {"b_owner": "r", "b_lease_seconds": 1.0, "b_limit": 10},
+        ),
+        (
+            "ix_saga_executions_status_created",
+            claim_statements.claim_many(True, True),
+            {"b_owner": "r", "b_lease_seconds": 1.0, "b_limit": 10, "b_names": ["order"], "b_max_attempts": 3},
         ),
         (
             "ix_saga_executions_status_created",
@@ -1743,6 +1853,8 @@ async def test_postgresql_plans_the_engine_lookups_on_indexes(storage: SagaStora
         ("ix_saga_log_saga_id_seq", statements.history, {"b_id": saga_id}),
         ("saga_executions_pkey", statements.get, {"b_id": saga_id}),
         ("saga_executions_pkey", statements.claim, {"b_id": saga_id, "b_owner": "r", "b_lease_seconds": 1.0}),
+        ("saga_executions_pkey", claim_statements.claim_one(), claim_params),
+        ("ix_saga_log_saga_id_seq", claim_statements.claim_one(), claim_params),  # the history read with the claim
     ]
     async with sql.engine.connect() as conn:
         await conn.exec_driver_sql("SET enable_seqscan = off")
@@ -2143,6 +2255,34 @@ async def test_on_asyncpg_the_fast_path_is_on_with_the_default_options(storage: 
         await asyncio.sleep(0)  # asyncpg hands records to its loggers on the loop's next iteration
     assert sent == [driver_sql(sql, sql._sql.start), driver_sql(sql, sql._sql.renew)]
     assert seen == []
+
+
+async def test_on_asyncpg_a_claim_and_its_histories_are_one_statement_on_the_driver(storage: SagaStorage) -> None:
+    """A batch of `claim_recoverable`, and one-saga claims made at the same time, are one statement each on the
+    asyncpg connections, outside any transaction (one round trip and one commit), the claimed sagas' histories
+    with them, and nothing goes through SQLAlchemy."""
+    sql = asyncpg_only(storage)
+    [(warm_up, _)] = await free_sagas(sql, 1)
+    free = dict(await free_sagas(sql, 12))
+    await sql.engine.dispose()  # every connection from now on is opened, so logged, by the listener
+    with driver_queries(sql) as sent, sqlalchemy_statements(sql) as seen:
+        # Each statement's first run on a connection also reads the types of its columns: not counted.
+        assert await sql.claim_saga(warm_up, "runner-b", LEASE) is not None
+        assert await sql.claim_recoverable("runner-b", LEASE, limit=1, max_attempts=0) == []
+        await asyncio.sleep(0)
+        sent.clear()
+        batch = await sql.claim_recoverable("runner-b", LEASE, limit=6)
+        rest = [saga_id for saga_id in free if saga_id not in {c.record.saga_id for c in batch}]
+        singles = await all_at_once([functools.partial(sql.claim_saga, s, "runner-c", LEASE) for s in rest])
+        await asyncio.sleep(0)  # asyncpg hands records to its loggers on the loop's next iteration
+    statements = ClaimStatements(sql._sql)
+    assert sent == [driver_sql(sql, statements.claim_many(False, False)), driver_sql(sql, statements.claim_ids())]
+    assert seen == []
+    assert len(batch) == 6 and len(singles) == 6
+    for claim in [*batch, *singles]:
+        assert claim is not None and claim.lease is not None
+        assert len(claim.history) == free[claim.record.saga_id]
+        assert claim.history == await sql.get_history(claim.record.saga_id)
 
 
 async def test_on_asyncpg_the_engine_writes_run_on_the_driver_one_commit_each(storage: SagaStorage) -> None:
@@ -2565,7 +2705,7 @@ async def test_on_mysql_concurrent_claims_take_successive_sagas(storage: SagaSto
         ids.append(saga_id)
         await advance(sql, 1)
 
-    def claim(owner: str) -> typing.Callable[[sa.Connection], list[SagaClaim]]:
+    def claim(owner: str) -> typing.Callable[[sa.Connection], list[uuid.UUID]]:
         params = {"b_owner": owner, "b_lease_seconds": LEASE}
         return lambda conn: claim_recoverable_mysql(conn, sql._sql, params, limit=3, names=False, max_attempts=False)
 
@@ -2574,8 +2714,8 @@ async def test_on_mysql_concurrent_claims_take_successive_sagas(storage: SagaSto
         theirs = await second.run_sync(claim("second"))
         await first.commit()
         await second.commit()
-    assert [c.record.saga_id for c in mine] == ids[:3]
-    assert [c.record.saga_id for c in theirs] == ids[3:6]
+    assert mine == ids[:3]
+    assert theirs == ids[3:6]
     assert [c.record.saga_id for c in await sql.claim_recoverable("third", LEASE, limit=10)] == ids[6:]
 
 

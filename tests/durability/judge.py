@@ -125,8 +125,9 @@ def promise_problems(saga_id: str, before: Snapshot, after: Snapshot) -> list[st
         if compensations:
             bad(f"completed, but compensations ran: {dict(compensations)}")
     elif status1 == SagaStatus.FAILED:
-        # Every completed step compensated exactly once; only the compensation
-        # in flight at the crash (ran, not recorded) may appear twice.
+        # Every completed step compensated exactly once; only compensations that ran
+        # before the crash without being recorded may appear twice (the engine records
+        # a failed saga's compensations together in one commit, so that may be several).
         compensated0 = set(_compensated(rows0))
         in_flight_comp = {
             line.step for line in old if line.action == "compensate" and line.step not in compensated0
@@ -140,8 +141,6 @@ def promise_problems(saga_id: str, before: Snapshot, after: Snapshot) -> list[st
                 bad(f"compensated {step}, which never completed")
         if sorted(_compensated(rows1)) != sorted(completed1):
             bad(f"recorded compensations {_compensated(rows1)} do not match completed steps {completed1}")
-        if len(in_flight_comp) > 1:
-            bad(f"more than one compensation in flight at the crash: {sorted(in_flight_comp)}")
 
     # Promise 5: once compensation began, nothing runs forward again.
     began = False

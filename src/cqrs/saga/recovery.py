@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import typing
@@ -87,11 +86,14 @@ async def recover_saga(
 class RecoveryWorker:
     """Claims sagas whose runner died and finishes them; run any number of them.
 
-    Each pass claims up to ``batch_size`` sagas whose lease expired (on
-    PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so workers never claim the
-    same saga), and recovers up to ``concurrency`` at once. A saga claimed
-    more than ``max_attempts`` times is parked for an operator. Storage errors
-    are not saga failures: the lease lapses and a later pass tries again.
+    Each pass claims up to ``batch_size`` sagas whose lease expired, with
+    their histories, in one statement on PostgreSQL (``FOR UPDATE SKIP
+    LOCKED``, so workers never claim the same saga), and recovers up to
+    ``concurrency`` at once. `run` claims the next batch while the last one
+    runs, once no more than half a batch waits for a slot. A saga claimed
+    more than ``max_attempts`` times is parked for an operator. Storage
+    errors are not saga failures: the lease lapses and a later pass tries
+    again.
 
     Each claim is logged at INFO and each parked saga at ERROR on the
     ``cqrs.recovery`` logger, with the fields ``saga_id``, ``saga_name``,
@@ -129,6 +131,10 @@ class RecoveryWorker:
         self.max_attempts = max_attempts
         self.shutdown_grace = shutdown_grace
         self._semaphore = asyncio.Semaphore(concurrency)
+        #: `run` claims the next batch while at most this many claimed sagas are unfinished (running or
+        #: waiting for a slot): every slot stays busy while the claim is under way, and a claimed saga
+        #: waits for at most a batch and a half before it runs (its lease is only renewed while it runs).
+        self._claim_at = concurrency + batch_size // 2
         self._stop = asyncio.Event()
         self.recovered: dict[str, int] = {}
         self._hooks = mediator.hook_set
@@ -165,21 +171,26 @@ class RecoveryWorker:
     async def run(self) -> None:
         """Recover in passes until `stop`; in-flight sagas get ``shutdown_grace`` seconds to finish."""
         in_flight: set[asyncio.Task[None]] = set()
-        while not self._stop.is_set():
-            try:
-                claimed = await self._claim()
-            except Exception:
-                logger.warning("Recovery claim failed; retrying after %.1fs", self.poll_interval, exc_info=True)
-                claimed = []
-            for record in claimed:
-                task = asyncio.ensure_future(self._recover_guarded(record))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            if len(claimed) < self.batch_size:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.poll_interval)
-            elif in_flight:
-                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                if len(in_flight) > self._claim_at:
+                    # More than half a batch is claimed and waiting for a slot: claim again once one is done.
+                    await asyncio.wait({*in_flight, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    claimed = await self._claim()
+                except Exception:
+                    logger.warning("Recovery claim failed; retrying after %.1fs", self.poll_interval, exc_info=True)
+                    claimed = []
+                for record in claimed:
+                    task = asyncio.ensure_future(self._recover_guarded(record))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if len(claimed) < self.batch_size:
+                    await asyncio.wait({stopping}, timeout=self.poll_interval)
+        finally:
+            stopping.cancel()
         if in_flight:
             _, pending = await asyncio.wait(in_flight, timeout=self.shutdown_grace)
             for task in pending:

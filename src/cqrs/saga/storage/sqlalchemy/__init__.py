@@ -38,6 +38,8 @@ Inside:
   the outbox table, its statements and transactions, and the storage's
   `cqrs.outbox.OutboxStorage` methods;
 - `_executors`: how statements run (SQLAlchemy, or the asyncpg and SQLite fast paths);
+- `_claims`, `_claim_statements`, `_claim_batches`: claims with their
+  histories in one statement, and one-saga claims made at once sent together;
 - `_transactions`: the multi-statement transactions of SQLite and MySQL;
 - `_storage`: `SqlAlchemySagaStorage` itself; `_engines`: the engines it works on, or makes.
 """

@@ -4,14 +4,13 @@ The three families write the same rows with different statements:
 
 - PostgreSQL: every write is one statement. A checkpoint with a log entry
   is ``WITH u AS (UPDATE ... RETURNING id) INSERT INTO saga_log ... SELECT
-  ... FROM u`` (the log row exists only if the fenced update matched); claims
-  are ``UPDATE ... RETURNING``, `claim_recoverable` locking its candidates
-  with ``FOR UPDATE SKIP LOCKED`` in a CTE. The claimed sagas' histories are
-  read by a second statement (see `histories`).
+  ... FROM u`` (the log row exists only if the fenced update matched). Claims,
+  the claimed sagas' histories included, are one statement each too (see
+  `_claim_statements`).
 - SQLite (no data-modifying CTEs): the fenced ``UPDATE``, then the log row's
   ``INSERT`` only if it matched, in one transaction; `claim_recoverable` is
   ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING`` under SQLite's
-  single write lock.
+  single write lock (`_claim_statements`).
 - MySQL and MariaDB (no ``UPDATE ... RETURNING``, no ``ON CONFLICT``): the
   same ``UPDATE`` then ``INSERT`` transaction as SQLite; a start is a plain
   ``INSERT`` whose duplicate-key error means "already stored"; claims pick
@@ -155,11 +154,10 @@ class Statements:
             .where(t.c.id == saga_id)
             .order_by(lg.c.seq)
         )
-        # The histories of claimed sagas. Read after the claim, never within its statement: a statement
-        # reads in the snapshot it started with, which misses a log row that the former holder (its
-        # lease expired) committed while the claim was waiting for, or racing to, the saga's row lock.
+        # The histories of claimed sagas, read again after a PostgreSQL claim whose snapshot may miss a log
+        # row the former holder committed while the claim was waiting for, or racing to, the saga's row
+        # lock (see `_claim_statements`).
         self.histories = sa.select(*LOG_COLUMNS).where(lg.c.saga_id.in_(_ids())).order_by(lg.c.seq)
-        self.records = sa.select(*RECORD_COLUMNS).where(t.c.id.in_(_ids()))
         self.renew = sa.update(t).where(self.holds).values(lease_expires_at=self.expiry, updated_at=now)
         self.release = sa.update(t).where(self.holds).values(owner=_NULL, lease_expires_at=_NULL, updated_at=now)
         self.append = sa.insert(lg).values(saga_id=saga_id, created_at=now, **self.log_values)
@@ -268,32 +266,6 @@ class Statements:
             "b_details": entry.details,
             "b_response": entry.response,
         }
-
-    def claim_recoverable(self, names: bool, max_attempts: bool) -> typing.Any:
-        """PostgreSQL and SQLite: the claiming ``UPDATE ... RETURNING`` (the histories are read after it)."""
-
-        def build() -> typing.Any:
-            candidates = (
-                sa.select(_t.c.id)
-                .where(*self._recoverable(names, max_attempts))
-                .order_by(*self._expiry_order())
-                .limit(_integer("limit"))
-            )
-            if self.postgres:
-                # The row-locking CTE runs exactly once; rows another claimer has locked are skipped,
-                # not waited for. (An IN (subquery ... LIMIT) may be rescanned by some plans.)
-                locked = candidates.with_for_update(skip_locked=True).cte("candidates")
-                return (
-                    sa.update(_t).where(_t.c.id == locked.c.id).values(**self._recovery_values())
-                    .returning(*RECORD_COLUMNS)
-                )
-            # SQLite: one statement holds the single write lock from its start to its end.
-            return (
-                sa.update(_t).where(_t.c.id.in_(candidates)).values(**self._recovery_values())
-                .returning(*RECORD_COLUMNS)
-            )
-
-        return self._cached(("claim_recoverable", names, max_attempts), build)
 
     def recoverable_candidates(self, names: bool, max_attempts: bool, exclude: bool) -> sa.Select[typing.Any]:
         """MySQL, a claim's first step: up to ``b_window`` candidate ids, oldest expiry first, read

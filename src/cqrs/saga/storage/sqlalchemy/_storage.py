@@ -23,7 +23,7 @@ statement once; asyncpg keeps prepared statements per connection):
   ``BEGIN`` is issued by the sqlite3 module with the first write.
 - MySQL/MariaDB: `start_saga` is the ``INSERT`` and a ``COMMIT``; a
   `checkpoint` is ``UPDATE``, ``INSERT`` (only if it matched) and ``COMMIT``.
-  Claims are a transaction of a few statements (`_transactions`). The MySQL
+  Claims are a transaction of a few statements (`_claims`). The MySQL
   dialects count matched rows, not changed ones (``CLIENT.FOUND_ROWS``), which
   the fenced writes rely on: the storage refuses a dialect that cannot.
 
@@ -49,15 +49,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from cqrs.outbox.models import OutboxMessage
 from cqrs.saga.exceptions import SagaNotFoundError
 from cqrs.saga.storage.compat import PythonCqrsStorageMethods
-from cqrs.saga.storage.enums import RESUMABLE, SagaStatus, purge_filter, status_set
+from cqrs.saga.storage.enums import SagaStatus, purge_filter, status_set
 from cqrs.saga.storage.models import Lease, NewSaga, SagaClaim, SagaLogEntry, SagaRecord, StepEntry
 from cqrs.saga.storage.sqlalchemy import _log_batch, _transactions, _upgrade
+from cqrs.saga.storage.sqlalchemy._claims import Claims
 from cqrs.saga.storage.sqlalchemy._engines import SessionOrFactory, create_engine, engine_of
 from cqrs.saga.storage.sqlalchemy._executors import Executor, make_executor
 from cqrs.saga.storage.sqlalchemy._group_commit import GroupCommit
 from cqrs.saga.storage.sqlalchemy._layout import SchemaReport, inspect_schema
 from cqrs.saga.storage.sqlalchemy._outbox import SqlOutboxMethods, outbox_json_rows, outbox_rows
-from cqrs.saga.storage.sqlalchemy._schema import claims, family, log_entry, record
+from cqrs.saga.storage.sqlalchemy._schema import family, log_entry, record
 from cqrs.saga.storage.sqlalchemy._statements import Statements
 
 if typing.TYPE_CHECKING:
@@ -128,6 +129,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
             if not self._sql.postgres:
                 raise ValueError(f"group_commit=True needs PostgreSQL; this storage is on {dialect.name}")
             self._group = GroupCommit(self.engine, self._executor)
+        self._claims = Claims(self._executor, self._sql)
 
     @classmethod
     def from_url(
@@ -264,24 +266,7 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     async def claim_saga(self, saga_id: uuid.UUID, owner: str, lease_seconds: float) -> SagaClaim | None:
         """Take the lease of a resumable saga whose lease is free, expired or ``owner``'s; the claim carries
         the record and history either way (None for an unknown saga)."""
-        params = {"b_id": saga_id, "b_owner": owner, "b_lease_seconds": lease_seconds}
-        sql = self._sql
-        if not sql.postgres:
-            return await self._executor.transaction(lambda conn: _transactions.claim_saga(conn, sql, params))
-        # The claim commits before the history is read, so the history holds every entry committed
-        # before the claim (see `Statements.histories`).
-        rows = await self._executor.write_returning(sql.claim, params)
-        granted = bool(rows)
-        if not granted:
-            rows = await self._executor.read(sql.get, params)
-            if not rows:
-                return None
-        claimed = record(rows[0])
-        history = [log_entry(row) for row in await self._executor.read(sql.history, params)]
-        if granted:
-            return SagaClaim(record=claimed, history=history, lease=Lease(owner=owner, epoch=claimed.lease_epoch))
-        # Resumable but not granted: another runner's lease has not expired.
-        return SagaClaim(record=claimed, history=history, lease=None, busy=claimed.status in RESUMABLE)
+        return await self._claims.claim_saga(saga_id, owner, lease_seconds)
 
     async def checkpoint(
         self,
@@ -357,32 +342,8 @@ class SqlAlchemySagaStorage(SqlOutboxMethods, PythonCqrsStorageMethods):
     ) -> list[SagaClaim]:
         """Claim up to ``limit`` resumable sagas whose lease is free or expired (oldest expiry first), each
         with its history; their epoch and recovery attempts grow by one."""
-        if limit <= 0:
-            return []
-        params: dict[str, typing.Any] = {"b_owner": owner, "b_lease_seconds": lease_seconds, "b_limit": limit}
-        if names is not None:
-            params["b_names"] = list(names)
-        if max_attempts is not None:
-            params["b_max_attempts"] = max_attempts
-        sql = self._sql
-        by_name, by_attempts = names is not None, max_attempts is not None
-        if sql.mysql:
-            return await self._executor.transaction(
-                lambda conn: _transactions.claim_recoverable_mysql(
-                    conn, sql, params, limit=limit, names=by_name, max_attempts=by_attempts
-                )
-            )
-        statement = sql.claim_recoverable(by_name, by_attempts)
-        if sql.postgres:
-            # Two statements a pass, whatever the number of sagas: the claim (candidates locked with
-            # SKIP LOCKED, taken over, returned), then their histories (see `Statements.histories`).
-            claimed = [record(row) for row in await self._executor.write_returning(statement, params)]
-            if not claimed:
-                return []
-            rows = await self._executor.read(sql.histories, {"b_ids": [r.saga_id for r in claimed]})
-            return claims(claimed, (log_entry(row) for row in rows), owner)
-        return await self._executor.transaction(
-            lambda conn: _transactions.claim_recoverable_sqlite(conn, sql, statement, params)
+        return await self._claims.claim_recoverable(
+            owner, lease_seconds, limit=limit, names=names, max_attempts=max_attempts
         )
 
     # -- operators --------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """How the SQL storage runs its statements: a small executor interface and the executors behind it.
 
 `Executor` is all the storage sees: ``write`` (one statement, committed, its
-row count), ``write_returning`` (the same, with its rows), ``read``,
+row count), ``write_returning`` (the same, with its rows), ``fetch`` (the same,
+on the fast path where there is one: the claims), ``read``,
 ``write_then`` (a conditional write: a statement, then others only if it
 matched one row, in one transaction: the checkpoints of SQLite and MySQL) and
 ``transaction`` (a function of a SQLAlchemy ``Connection`` run in one
@@ -65,6 +66,11 @@ class Executor(typing.Protocol):
 
     async def write_returning(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
         """Run one write statement with ``RETURNING`` (or a ``SELECT`` over one) and commit it; its rows."""
+
+    async def fetch(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
+        """`write_returning` on the fast path where there is one (the asyncpg executor runs it on the driver
+        connection: the rows are the driver's, JSON decoded by the engine's codecs, UUIDs possibly the
+        driver's own UUID type). The statement must have fixed SQL (no expanding parameters)."""
 
     async def read(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
         """Run one read; its rows."""

@@ -169,6 +169,20 @@ class AsyncpgExecutor:
         status: str = await self._execute(prepared.sql, args)
         return int(status.rpartition(" ")[2] or 0)  # the command tag: UPDATE 1, INSERT 0 1
 
+    async def fetch(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
+        """A write with ``RETURNING`` (or a ``SELECT`` over one) on the driver connection; asyncpg's records
+        (`write` for statements that return rows)."""
+        prepared = self.prepared(statement)
+        try:
+            args = prepared.arguments(params)
+        except Exception as error:
+            raise sa.exc.StatementError(
+                f"({type(error).__module__}.{type(error).__qualname__}) {error}", prepared.sql, params, error,
+                hide_parameters=self._sync.hide_parameters,
+            ) from error
+        rows: typing.Sequence[Row] = await self._execute(prepared.sql, args, fetch=True)
+        return rows
+
     async def write_returning(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
         self._give_back_idle()
         return await self._fallback.write_returning(statement, params)
@@ -199,13 +213,14 @@ class AsyncpgExecutor:
 
     # -- running a statement --------------------------------------------------------------------------
 
-    async def _execute(self, sql: str, args: list[typing.Any]) -> typing.Any:
-        """``sql`` on a pooled connection's asyncpg connection; returns the command tag."""
+    async def _execute(self, sql: str, args: list[typing.Any], fetch: bool = False) -> typing.Any:
+        """``sql`` on a pooled connection's asyncpg connection; returns the command tag (its rows if ``fetch``)."""
         pool = self._sync.pool
         if not isinstance(pool, QueuePool):
             connection = await self.engine.raw_connection()
             try:
-                status = await connection.driver_connection.execute(sql, *args)  # type: ignore[union-attr]
+                driver: typing.Any = connection.driver_connection
+                status = await (driver.fetch(sql, *args) if fetch else driver.execute(sql, *args))
             except BaseException as error:
                 await self._failed(connection, pool, error, sql, args, None)
             await greenlet_spawn(connection.close)  # such a pool may close it: I/O, so in a greenlet
@@ -231,7 +246,8 @@ class AsyncpgExecutor:
             until = now + _LEND_SECONDS
         connection = found
         try:
-            status = await connection.driver_connection.execute(sql, *args)  # type: ignore[union-attr]
+            driver = connection.driver_connection
+            status = await (driver.fetch(sql, *args) if fetch else driver.execute(sql, *args))
         except BaseException as error:
             # Back to the pool with the idle ones too: none may be lent on past an error.
             lender.retired += idle

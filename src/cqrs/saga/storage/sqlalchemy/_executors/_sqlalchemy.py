@@ -72,6 +72,9 @@ class SqlAlchemyExecutor:
     async def write_returning(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
         return await self._run(self._write_lock, self._write_returning_now, statement, params)
 
+    async def fetch(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
+        return await self._run(self._write_lock, self._write_returning_now, statement, params)
+
     async def read(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
         return await self._run(self._read_lock, self._read_now, statement, params)
 

@@ -162,6 +162,10 @@ class SqliteExecutor:
     async def write_returning(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
         return await self._call(self._through_sqlalchemy_now, _all, statement, params)
 
+    async def fetch(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
+        """The claims: `write_returning`, on the writer thread."""
+        return await self.write_returning(statement, params)
+
     async def read(self, statement: typing.Any, params: Params) -> typing.Sequence[Row]:
         return await self._fallback.read(statement, params)
 
