@@ -1,6 +1,9 @@
 """Operator actions on stored sagas: park, reset, recover, re-run from the failed step, and the repairs of a
 saga whose compensation failed (retry, resolve by hand, skip one compensation).
 
+(Over 500 lines on purpose: each action is a check of the saga's state and one conditional write, and
+they share those checks; split apart, the rules of when an action is allowed would be spread over modules.)
+
 `SagaOperations` works over a storage (and a `SagaMediator` for the actions
 that run saga code); the ``cqrs-saga`` CLI and the saga console both call it,
 and so can your own tools. Every action:
