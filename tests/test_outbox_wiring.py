@@ -51,6 +51,8 @@ def test_config_refuses_a_relay_without_an_outbox_or_a_broker() -> None:
     assert read.outbox and read.relay_interval == 0.5
     with pytest.raises(ValueError, match="RELAY_INTERVAL"):
         SagaConfig.from_mapping({"RELAY_INTERVAL": "-1"})
+    with pytest.raises(ValueError, match="RELAY_INTERVAL must be a positive number"):
+        SagaConfig.from_mapping({"RELAY_INTERVAL": "0"})
 
 
 async def test_a_runtime_relay_publishes_steps_and_start_events_and_stops_with_the_runtime(

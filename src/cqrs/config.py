@@ -240,7 +240,7 @@ _KINDS: dict[str, _Kind] = {
     "logging": _Kind((bool,), "true or false"),
     "outbox": _Kind((bool,), "true or false"),
     "relay": _Kind((bool,), "true or false"),
-    "relay_interval": _NON_NEGATIVE,
+    "relay_interval": _POSITIVE,  # 0 would make an idle relay poll the database without pause
 }
 
 #: The fields `SagaConfig.from_mapping` and `from_env` read (the rest are objects, given in code).
