@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import typing
 
 from django.core.management.base import BaseCommand, CommandError  # type: ignore[import-untyped]
@@ -55,41 +53,24 @@ class Command(BaseCommand):  # type: ignore[misc]
 
     async def _main(self, config: SagaConfig, broker: typing.Any, options: dict[str, typing.Any]) -> None:
         from cqrs.outbox.protocol import OutboxStorage
-        from cqrs.outbox.relay import OutboxRelay
-        from cqrs.outbox.runner import open_broker
+        from cqrs.outbox.runner import run_relay
 
-        async with opened(config) as storage, open_broker(broker) as publisher:
+        async with opened(config) as storage:
             await probe(storage, config)
             if not isinstance(storage, OutboxStorage):  # pragma: no cover - every shipped storage has one
                 raise CommandError(f"{type(storage).__name__} has no outbox")
             interval = options["poll_interval"] if options["poll_interval"] is not None else config.relay_interval
-            relay = OutboxRelay(
-                storage, publisher, batch_size=options["batch_size"], poll_interval=interval,
-                lease_seconds=options["lease_seconds"],
-            )
-            if options["once"]:
-                claimed = await relay.drain()
-                self.stdout.write(f"saga_relay: {claimed} message(s) claimed: {_tally(relay)}")
-                return
-            loop = asyncio.get_running_loop()
-
-            def stop(sig: signal.Signals) -> None:
-                self.stdout.write(f"saga_relay: {sig.name}: stopping after the pass under way")
+            if not options["once"]:
+                self.stdout.write(
+                    f"saga_relay: publishing the outbox of {redact(config.storage_url)} (polling every {interval:g}s; "
+                    "SIGTERM or Ctrl-C stops after the pass under way)"
+                )
                 self.stdout.flush()
-                relay.stop()
-
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop, sig)
-            self.stdout.write(
-                f"saga_relay: publishing the outbox of {redact(config.storage_url)} (polling every {interval:g}s)"
+            relay = await run_relay(
+                storage, broker, once=options["once"], handle_signals=not options["once"],
+                batch_size=options["batch_size"], poll_interval=interval, lease_seconds=options["lease_seconds"],
             )
-            self.stdout.flush()
-            try:
-                await relay.run()
-            finally:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
-            self.stdout.write(f"saga_relay: stopped: {_tally(relay)}")
+            self.stdout.write(f"saga_relay: {'done' if options['once'] else 'stopped'}: {_tally(relay)}")
 
 
 def _tally(relay: typing.Any) -> str:
