@@ -191,13 +191,15 @@ class Heartbeat:
     """Renews a run's lease while one of its actions (``act`` or ``compensate``) runs.
 
     One per run, used as ``async with`` around an action (or `begin` / `end`
-    on the hot path); the loop's `_Ticker` decides when.
+    on the hot path); the loop's `_Ticker` decides when. It refers to its run
+    weakly: the run holds it, and a cycle would leave every finished run for
+    the cyclic garbage collector (whose passes then cost the hot path).
     """
 
     __slots__ = ("_run", "_task", "_ticker")
 
     def __init__(self, run: LeaseHolder) -> None:
-        self._run = run
+        self._run: weakref.ReferenceType[LeaseHolder] = weakref.ref(run)
         self._task: asyncio.Task[None] | None = None
         self._ticker: _Ticker | None = None
 
@@ -205,7 +207,7 @@ class Heartbeat:
         """An action starts."""
         ticker = self._ticker
         if ticker is None:
-            ticker = self._ticker = _ticker(self._run.lease_seconds)
+            ticker = self._ticker = _ticker(self._holder().lease_seconds)
         ticker.acting[self] = ticker.ticks  # `_Ticker.add`, inlined for the hot path
         if ticker._handle is None:
             ticker.arm()
@@ -231,15 +233,22 @@ class Heartbeat:
     def renew(self) -> bool:
         """Start renewing the lease, unless a renewal is still under way or the lease is lost;
         says whether it started one."""
-        if self._run.lease_lost or (self._task is not None and not self._task.done()):
+        run = self._run()
+        if run is None or run.lease_lost or (self._task is not None and not self._task.done()):
             return False
-        self._task = asyncio.get_running_loop().create_task(self._renew())
+        self._task = asyncio.get_running_loop().create_task(self._renew(run))
         return True
 
-    async def _renew(self) -> None:
+    def _holder(self) -> LeaseHolder:
+        run = self._run()
+        assert run is not None, "a heartbeat is used by its run only"
+        return run
+
+    @staticmethod
+    async def _renew(run: LeaseHolder) -> None:
         try:
-            await self._run.renew_lease()
+            await run.renew_lease()
         except SagaOwnershipLostError:
             return
         except Exception:
-            logger.warning("Could not renew the lease of saga %s; will retry", self._run.saga_id, exc_info=True)
+            logger.warning("Could not renew the lease of saga %s; will retry", run.saga_id, exc_info=True)

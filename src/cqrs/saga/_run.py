@@ -69,9 +69,6 @@ class SagaRun(RunCompensation):
 
     __slots__ = ()
 
-
-
-
     # -- opening -----------------------------------------------------------------
 
     def new_saga(
@@ -210,7 +207,6 @@ class SagaRun(RunCompensation):
                 f"Saga {self.saga_id}: the stored context no longer fits {context_type.__qualname__}: {error}",
                 saga_id=self.saga_id, fields=(),
             ) from error
-
 
     # -- the state machine ------------------------------------------------------------
 
@@ -373,27 +369,7 @@ class SagaRun(RunCompensation):
                 await hooked
         return result
 
-
-
-
-
-
-
-
-
-    # -- failure and compensation ------------------------------------------------------
-
-
-
-    # -- storage --------------------------------------------------------------------
-
-
-
-
-
-
     # -- helpers -----------------------------------------------------------------------
-
 
     def _done_steps(self) -> list[_Done]:
         if not self.history:  # a new saga

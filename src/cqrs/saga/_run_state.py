@@ -12,6 +12,7 @@ import datetime
 import logging
 import typing
 import uuid
+import weakref
 
 from cqrs import correlation
 from cqrs.container import Container
@@ -55,6 +56,7 @@ class RunState:
     """What a run knows and how it writes: every checkpoint is conditional on its lease."""
 
     __slots__ = (
+        "__weakref__",  # its heartbeat and correlation scope refer to it weakly (no cycle to collect)
         "_busy",
         "_current_step",
         "_done",
@@ -214,15 +216,17 @@ class RunState:
 
 
 class correlation_scope:
-    """Sets the saga's correlation id and saga id for step code and log records."""
+    """Sets the saga's correlation id and saga id for step code and log records (refers to its run weakly, as
+    `Heartbeat` does)."""
 
     __slots__ = ("_correlation_token", "_run", "_saga_token")
 
     def __init__(self, run: RunState) -> None:
-        self._run = run
+        self._run = weakref.ref(run)
 
     def __enter__(self) -> None:
-        run = self._run
+        run = self._run()
+        assert run is not None, "a correlation scope is used by its run only"
         wanted = run.correlation_id
         # Only set what differs: each set and reset costs, and this runs around every action.
         self._correlation_token = (
