@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_memory.py --sagas 2000 --rounds 1
     .venv/bin/python benchmarks/bench_memory.py --json out.json
     .venv/bin/python benchmarks/bench_memory.py --against /tmp/pycqrs4/bin/python   # python-cqrs, same run
+    .venv/bin/python benchmarks/bench_memory.py --against /tmp/pycqrs4/bin/python --instructions   # + callgrind
 
 Two loops run the same three step objects back to back, one saga at a time:
 
@@ -18,12 +19,21 @@ Two loops run the same three step objects back to back, one saga at a time:
 
 ``--against PYTHON`` runs this same script under another interpreter in the
 same run, alternating rounds with this one, and prints the per-round ratio
-of its engine µs per saga to ours (median of the rounds; the aim is 4x). The
-script uses only the API python-cqrs shares (``bootstrap``, ``stream``), so
-an interpreter with python-cqrs installed measures python-cqrs:
+of its engine µs per saga to ours (median of the rounds; the aim is 4x). Each
+side's figure in a round is the best of ``--inner`` timings (default 3) in
+its own process, so a moment of another tenant's load on a shared machine
+does not decide a round. The script uses only the API python-cqrs shares
+(``bootstrap``, ``stream``), so an interpreter with python-cqrs installed
+measures python-cqrs:
 
     python3.11 -m venv /tmp/pycqrs4
     /tmp/pycqrs4/bin/pip install python-cqrs==4.15.1 di aiobreaker
+
+``--instructions`` (with ``--against``) also counts the CPU instructions per
+saga of each side under valgrind's callgrind: the count of a run of 2,000
+sagas minus that of 500, over 1,500. It does not depend on the machine's
+load, so it is the steadiest form of the ratio; it needs ``valgrind`` and
+takes about a minute a side.
 """
 
 from __future__ import annotations
@@ -141,24 +151,52 @@ async def measure(sagas: int, rounds: int) -> dict[str, float]:
     }
 
 
-def _one_round(python: str, sagas: int) -> dict[str, float]:
-    """This script's figures for one round under ``python`` (a subprocess)."""
+def _one_round(python: str, sagas: int, inner: int) -> dict[str, float]:
+    """This script's figures for one round under ``python`` (a subprocess, best of ``inner`` timings)."""
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "figures.json")
         subprocess.run(
-            [python, os.path.abspath(__file__), "--sagas", str(sagas), "--rounds", "1", "--json", out],
+            [python, os.path.abspath(__file__), "--sagas", str(sagas), "--rounds", str(inner), "--json", out],
             check=True, stdout=subprocess.DEVNULL,
         )
         with open(out, encoding="utf-8") as figures:
             return typing.cast("dict[str, float]", json.load(figures))
 
 
-def compare(against: str, sagas: int, rounds: int) -> dict[str, typing.Any]:
+#: The callgrind runs: instructions of SMALL and LARGE sagas after the warm-up; the difference is per saga.
+_CALLGRIND_SMALL, _CALLGRIND_LARGE = 500, 2000
+
+
+async def _instruction_run(sagas: int) -> None:
+    await time_engine(300)  # the same warm-up in both runs: imports, caches, the DI graph
+    await time_engine(sagas)
+
+
+def _instructions(python: str, sagas: int) -> int:
+    """The instructions callgrind counts for this script's ``--callgrind-sagas`` run under ``python``."""
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         python, os.path.abspath(__file__), "--callgrind-sagas", str(sagas)],
+        check=True, capture_output=True, text=True,
+    )
+    for line in done.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1])
+    raise RuntimeError(f"callgrind printed no instruction count:\n{done.stderr}")
+
+
+def instructions_per_saga(python: str) -> float:
+    return (_instructions(python, _CALLGRIND_LARGE) - _instructions(python, _CALLGRIND_SMALL)) / (
+        _CALLGRIND_LARGE - _CALLGRIND_SMALL
+    )
+
+
+def compare(against: str, sagas: int, rounds: int, inner: int = 3) -> dict[str, typing.Any]:
     """Alternate rounds of this interpreter and ``against``; the per-round ratio of their µs per saga."""
     ratios, ours, theirs = [], [], []
     for round_number in range(rounds):
         order = [sys.executable, against] if round_number % 2 == 0 else [against, sys.executable]
-        figures = {python: _one_round(python, sagas) for python in order}
+        figures = {python: _one_round(python, sagas, inner) for python in order}
         ours.append(figures[sys.executable]["engine_us_per_saga"])
         theirs.append(figures[against]["engine_us_per_saga"])
         ratios.append(theirs[-1] / ours[-1])
@@ -173,15 +211,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     parser.add_argument("--against", metavar="PYTHON",
                         help="also time this script under another interpreter (e.g. one with python-cqrs)")
+    parser.add_argument("--inner", type=int, default=3,
+                        help="with --against: timings per side and round, the best kept (default 3)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="with --against: also count instructions per saga under valgrind's callgrind")
+    parser.add_argument("--callgrind-sagas", type=int, help=argparse.SUPPRESS)  # one side of --instructions
     args = parser.parse_args(argv)
 
+    if args.callgrind_sagas is not None:
+        asyncio.run(_instruction_run(args.callgrind_sagas))
+        return 0
     if args.against:
-        result = compare(args.against, args.sagas, args.rounds)
-        print(f"engine µs per saga, {args.rounds} alternating rounds of {args.sagas} sagas:")
+        result = compare(args.against, args.sagas, args.rounds, args.inner)
+        print(f"engine µs per saga, {args.rounds} alternating rounds of {args.sagas} sagas "
+              f"(best of {args.inner} each):")
         for mine, other, ratio in zip(result["ours_us_per_saga"], result["theirs_us_per_saga"], result["ratios"],
                                       strict=True):
             print(f"  this: {mine:7.1f}   {args.against}: {other:7.1f}   ratio {ratio:.2f}")
         print(f"  median ratio {result['median_ratio']:.2f} (aim: at least 4)")
+        if args.instructions:
+            ours_ir, theirs_ir = instructions_per_saga(sys.executable), instructions_per_saga(args.against)
+            result["instructions_per_saga"] = {"ours": ours_ir, "theirs": theirs_ir, "ratio": theirs_ir / ours_ir}
+            print(f"  instructions per saga (callgrind): this {ours_ir / 1e3:,.1f}k, {args.against} "
+                  f"{theirs_ir / 1e3:,.1f}k, ratio {theirs_ir / ours_ir:.2f} (aim: at least 4)")
         if args.json:
             with open(args.json, "w", encoding="utf-8") as out:
                 json.dump(result, out, indent=2)

@@ -78,6 +78,20 @@ def test_memory_benchmark_reports_framework_cost_per_step(tmp_path: Path) -> Non
     assert figures["engine_sagas_per_s"] > 0 and figures["engine_us_per_saga"] > 0
 
 
+def test_memory_benchmark_compares_against_another_interpreter(tmp_path: Path) -> None:
+    """``--against`` (here the same interpreter): alternating rounds, each side the best of ``--inner`` timings."""
+    out = tmp_path / "against.json"
+    proc = subprocess.run(
+        [sys.executable, str(MEMORY_BENCH), "--sagas", "100", "--rounds", "2", "--inner", "2",
+         "--against", sys.executable, "--json", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(best of 2 each)" in proc.stdout and "median ratio" in proc.stdout
+    figures = json.loads(out.read_text())
+    assert len(figures["ratios"]) == 2 and all(ratio > 0 for ratio in figures["ratios"])
+
+
 FAILURE_BENCH = BENCH.parent / "bench_failure.py"
 
 
