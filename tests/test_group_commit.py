@@ -167,6 +167,39 @@ async def test_a_write_that_fails_fails_alone_and_the_rest_of_its_batch_commits(
         await storage.close()
 
 
+async def test_a_caller_cancelled_while_its_write_is_made_again_alone_leaves_the_rest_of_the_batch_to_theirs(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed batch each write is made again on its own, one after the other; a caller cancelled while
+    its own write is being made again stops waiting, and the writes after it are still made and answered."""
+    storage = await storage_on(postgres_url)
+    try:
+        bad, cancelled, last = await started(storage, 3)
+        alone = storage._checkpoint_alone
+        callers: dict[uuid.UUID, asyncio.Future[bool]] = {}
+
+        async def cancel_its_caller_meanwhile(saga_id: uuid.UUID, *args: typing.Any) -> bool:
+            if saga_id == cancelled[0]:
+                callers[saga_id].cancel()  # while its write is made again, alone
+            return await alone(saga_id, *args)
+
+        monkeypatch.setattr(storage, "_checkpoint_alone", cancel_its_caller_meanwhile)
+        for saga_id, lease in (bad, cancelled, last):
+            step = "x" * 300 if saga_id == bad[0] else "reserve"  # saga_log.step_name: 255, so the batch fails
+            callers[saga_id] = asyncio.ensure_future(
+                storage.checkpoint(saga_id, lease, entry=act(step), lease_seconds=LEASE)
+            )
+        with pytest.raises(sa.exc.DBAPIError):
+            await callers[bad[0]]
+        with pytest.raises(asyncio.CancelledError):
+            await callers[cancelled[0]]
+        assert await callers[last[0]] is True
+        history = await storage.get_history(last[0])
+        assert history is not None and [e.step_name for e in history] == ["reserve"]
+    finally:
+        await storage.close()
+
+
 async def test_a_saga_s_writes_queued_together_commit_one_after_the_other_in_order(postgres_url: str) -> None:
     storage = await storage_on(postgres_url)
     try:

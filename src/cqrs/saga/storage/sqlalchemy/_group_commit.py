@@ -297,9 +297,11 @@ class GroupCommit:
                 try:
                     written = await pending.retry()
                 except Exception as own_error:
-                    pending.future.set_exception(own_error)
+                    if not pending.future.done():  # its caller may have been cancelled meanwhile
+                        pending.future.set_exception(own_error)
                 else:
-                    pending.future.set_result(written)
+                    if not pending.future.done():
+                        pending.future.set_result(written)
             return
         matched = {str(row[0]) for row in rows}
         for pending in batch:
