@@ -15,11 +15,13 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from cqrs.outbox.models import OutboxMessage
 from cqrs.saga.storage.enums import SagaStatus, SagaStepStatus
 from cqrs.saga.storage.models import Lease, NewSaga, StepEntry
-from cqrs.saga.storage.sqlalchemy import SqlAlchemySagaStorage
+from cqrs.saga.storage.sqlalchemy import SqlAlchemySagaStorage, _group_commit
+from durability.db import terminate_backends
 
 pytestmark = pytest.mark.postgres
 
@@ -165,6 +167,39 @@ async def test_a_write_that_fails_fails_alone_and_the_rest_of_its_batch_commits(
         await storage.close()
 
 
+async def test_a_caller_cancelled_while_its_write_is_made_again_alone_leaves_the_rest_of_the_batch_to_theirs(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed batch each write is made again on its own, one after the other; a caller cancelled while
+    its own write is being made again stops waiting, and the writes after it are still made and answered."""
+    storage = await storage_on(postgres_url)
+    try:
+        bad, cancelled, last = await started(storage, 3)
+        alone = storage._checkpoint_alone
+        callers: dict[uuid.UUID, asyncio.Future[bool]] = {}
+
+        async def cancel_its_caller_meanwhile(saga_id: uuid.UUID, *args: typing.Any) -> bool:
+            if saga_id == cancelled[0]:
+                callers[saga_id].cancel()  # while its write is made again, alone
+            return await alone(saga_id, *args)
+
+        monkeypatch.setattr(storage, "_checkpoint_alone", cancel_its_caller_meanwhile)
+        for saga_id, lease in (bad, cancelled, last):
+            step = "x" * 300 if saga_id == bad[0] else "reserve"  # saga_log.step_name: 255, so the batch fails
+            callers[saga_id] = asyncio.ensure_future(
+                storage.checkpoint(saga_id, lease, entry=act(step), lease_seconds=LEASE)
+            )
+        with pytest.raises(sa.exc.DBAPIError):
+            await callers[bad[0]]
+        with pytest.raises(asyncio.CancelledError):
+            await callers[cancelled[0]]
+        assert await callers[last[0]] is True
+        history = await storage.get_history(last[0])
+        assert history is not None and [e.step_name for e in history] == ["reserve"]
+    finally:
+        await storage.close()
+
+
 async def test_a_saga_s_writes_queued_together_commit_one_after_the_other_in_order(postgres_url: str) -> None:
     storage = await storage_on(postgres_url)
     try:
@@ -270,9 +305,12 @@ async def test_a_batch_whose_connection_is_lost_fails_every_write_in_it_and_retr
     """Whether a batch whose connection died committed is unknown: every waiter raises (as a lone write would),
     none is written again on its own (it might have been written twice)."""
     storage = await storage_on(postgres_url)
+    # Not the storage's engine: the lost batch disposes its pool, which would leave a connection checked out then
+    # to be closed only by the garbage collector.
+    locks = create_async_engine(postgres_url)
     try:
         sagas = await started(storage, 4)
-        async with storage.engine.connect() as locker:
+        async with locks.connect() as locker:
             # A row lock on one saga holds the batch in flight.
             await locker.execute(sa.text("SELECT 1 FROM saga_executions WHERE id = :id FOR UPDATE"),
                                  {"id": sagas[0][0]})
@@ -290,6 +328,43 @@ async def test_a_batch_whose_connection_is_lost_fails_every_write_in_it_and_retr
         assert await storage.checkpoint(*sagas[0], entry=act("reserve"), lease_seconds=LEASE)  # a new connection
     finally:
         await storage.close()
+        await locks.dispose()
+
+
+async def test_after_a_lost_connection_no_dead_connection_is_used_again(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart or failover kills every connection: the batch that meets a dead one fails (its outcome unknown),
+    and then, as after a lone write's lost connection, the pool is replaced and the other connections the writer
+    held are not used again: the next batch goes through."""
+    monkeypatch.setattr(_group_commit, "_LINGER_SECONDS", 3600.0)  # the writer keeps its connections throughout
+    victim = "cqrs-group-commit-victim"
+    storage = await storage_on(
+        postgres_url, pool_pre_ping=False, connect_args={"server_settings": {"application_name": victim}}
+    )
+    locks = create_async_engine(postgres_url)
+    try:
+        first, second, third = await started(storage, 3)
+        async with locks.connect() as locker:
+            # A row lock holds the first batch in flight, so the second batch takes a second connection.
+            await locker.execute(sa.text("SELECT 1 FROM saga_executions WHERE id = :id FOR UPDATE"), {"id": first[0]})
+            held = asyncio.ensure_future(storage.checkpoint(*first, entry=act("reserve"), lease_seconds=LEASE))
+            await backend_waiting_on_a_lock(storage)
+            assert await storage.checkpoint(*second, entry=act("reserve"), lease_seconds=LEASE)
+            await locker.rollback()
+        assert await held
+        group = storage._group
+        assert group is not None and len(group._writers[asyncio.get_running_loop()].idle) == 2
+        assert await terminate_backends(postgres_url, victim) >= 2
+        with pytest.raises(sa.exc.OperationalError) as lost:
+            await storage.checkpoint(*third, entry=act("reserve"), lease_seconds=LEASE)
+        assert lost.value.connection_invalidated
+        assert await storage.checkpoint(*third, entry=act("reserve"), lease_seconds=LEASE)
+        history = await storage.get_history(third[0])
+        assert history is not None and [e.step_name for e in history] == ["reserve"]
+    finally:
+        await storage.close()
+        await locks.dispose()
 
 
 async def test_checkpoints_that_keep_the_status_are_hot_updates_in_a_batch(postgres_url: str) -> None:

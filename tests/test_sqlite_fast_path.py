@@ -352,6 +352,31 @@ async def test_close_ends_the_writer_thread_and_closes_its_connection(sqlite_url
             connection.execute("SELECT 1")
 
 
+async def test_a_write_made_while_close_waits_for_the_writer_uses_a_connection_of_its_own_thread(
+    sqlite_url: str,
+) -> None:
+    """``close`` hands the writer thread its last call (closing its connections) behind the calls queued before it;
+    a write made meanwhile goes to a new writer thread, which must open connections of its own rather than use
+    the old thread's (``sqlite3`` refuses a connection from another thread, and the old thread is closing it)."""
+    storage = SqlAlchemySagaStorage.from_url(sqlite_url)
+    await storage.create_tables()
+    saga_id, lease = await start(storage)
+    gate = threading.Event()
+    try:
+        busy = asyncio.ensure_future(executor(storage).on_writer(lambda connection: gate.wait(10)))
+        closing = asyncio.ensure_future(storage.close())
+        await asyncio.sleep(0)  # close has queued its call behind the busy one and waits for it
+        assert not closing.done()
+        assert await storage.checkpoint(saga_id, lease, entry=done("one"), lease_seconds=LEASE)
+        assert await storage.renew_lease(saga_id, lease, LEASE)
+        assert await storage.claim_saga(saga_id, "runner-a", LEASE) is not None
+        assert [e.step_name for e in await storage.get_step_history(saga_id)] == ["one"]
+    finally:
+        gate.set()
+        await asyncio.gather(busy, closing)
+        await storage.close()  # the new writer thread's
+
+
 # -- synchronous ---------------------------------------------------------------------------------------------
 
 

@@ -30,7 +30,9 @@ returned:
 On asyncpg with the fast path the writer holds its connections (from the
 engine's pool) while it has work: back to the pool once nothing was queued for
 `_LINGER_SECONDS`, and each exchanged for a fresh checkout after
-`_HOLD_SECONDS`; the batch runs on the asyncpg connection itself. Otherwise
+`_HOLD_SECONDS`; the batch runs on the asyncpg connection itself. A lost
+connection disposes the engine's pool, as the executor's own writes do, and
+no connection of the disposed pool is used again. Otherwise
 it runs through SQLAlchemy (`Executor.write_returning`). `close` lets the
 writer send everything queued, then gives its connections back.
 """
@@ -45,7 +47,7 @@ import weakref
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import Pool, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from cqrs.outbox.models import OutboxMessage
@@ -116,8 +118,8 @@ class _Writer:
         self.sends: set[asyncio.Task[None]] = set()  # the batches in flight (the loop keeps tasks weakly)
         #: The sagas with a write in a batch in flight: their next writes wait for it.
         self.busy: set[str] = set()
-        #: Connections the writer holds between batches, each with the time it is due back to the pool.
-        self.idle: list[tuple[PoolProxiedConnection, float]] = []
+        #: Connections the writer holds between batches, each with its pool and the time it is due back.
+        self.idle: list[tuple[PoolProxiedConnection, Pool, float]] = []
 
     def wake(self, work: bool) -> None:
         wakeup, self.wakeup = self.wakeup, None
@@ -242,8 +244,8 @@ class GroupCommit:
             # Before any await: a write queued from now on starts a new writer.
             writer.task = None
             idle, writer.idle = writer.idle, []
-            for connection, _ in idle:
-                await greenlet_spawn(connection.close)
+            for connection, pool, _ in idle:
+                await self._give_back(connection, pool)
 
     async def _wait(self, writer: _Writer, *, linger: bool) -> bool:
         """Wait for the next write queued or batch back; with ``linger``, False after `_LINGER_SECONDS`
@@ -295,9 +297,11 @@ class GroupCommit:
                 try:
                     written = await pending.retry()
                 except Exception as own_error:
-                    pending.future.set_exception(own_error)
+                    if not pending.future.done():  # its caller may have been cancelled meanwhile
+                        pending.future.set_exception(own_error)
                 else:
-                    pending.future.set_result(written)
+                    if not pending.future.done():
+                        pending.future.set_result(written)
             return
         matched = {str(row[0]) for row in rows}
         for pending in batch:
@@ -312,12 +316,13 @@ class GroupCommit:
         now = writer.loop.time()
         connection: PoolProxiedConnection | None = None
         while writer.idle and connection is None:
-            held, until = writer.idle.pop()
-            if until > now:
+            held, pool, until = writer.idle.pop()
+            if until > now and pool is self._engine.sync_engine.pool:
                 connection = held
-            else:
-                await greenlet_spawn(held.close)
+            else:  # held for long enough, or its pool was disposed (after a lost connection: it may be dead too)
+                await self._give_back(held, pool)
         if connection is None:
+            pool = self._engine.sync_engine.pool  # the checkout's (read before it, which may await)
             connection, until = await self._engine.raw_connection(), now + _HOLD_SECONDS
         driver = connection.driver_connection
         args = [params[name] for name in self._order]
@@ -330,11 +335,22 @@ class GroupCommit:
             lost = _lost(error, driver)
             if lost:
                 connection.invalidate(error)
+                if self._engine.sync_engine.pool is pool:
+                    # As the executor's writes do: a restart or failover took the pool's other connections (and
+                    # the ones held here) too, so start afresh rather than fail batch after batch on them.
+                    await self._engine.dispose()
             else:
                 await greenlet_spawn(connection.close)
             raise _translate(error, self._sql, args, lost, self._engine.sync_engine.hide_parameters) from error
         if writer.task is not None:
-            writer.idle.append((connection, until))
+            writer.idle.append((connection, pool, until))
         else:  # the writer has ended (interrupted): nobody would give it back
-            await greenlet_spawn(connection.close)
+            await self._give_back(connection, pool)
         return rows
+
+    async def _give_back(self, connection: PoolProxiedConnection, pool: Pool) -> None:
+        """Check ``connection`` in to its pool, or close it if that pool was disposed since."""
+        if pool is self._engine.sync_engine.pool:
+            await greenlet_spawn(connection.close)
+        else:
+            connection.invalidate()

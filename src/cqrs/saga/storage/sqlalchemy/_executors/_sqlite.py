@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import typing
 
 import sqlalchemy as sa
@@ -114,6 +115,14 @@ class _Prepared:
 _Bound = tuple[_Prepared, list[typing.Any] | list[list[typing.Any]], bool]
 
 
+class _Connections(threading.local):
+    """A writer thread's own connections: the direct writes' and the engine of the rest. Per thread, because
+    a write made while `SqliteExecutor.close` waits for the old thread goes to a new one."""
+
+    connection: sqlite3.Connection | None = None
+    engine: sa.Engine | None = None
+
+
 class SqliteExecutor:
     """Every write on the storage's writer thread, one hop per transaction; reads through ``fallback``."""
 
@@ -131,9 +140,8 @@ class SqliteExecutor:
         # builds each once. None: a statement with no fixed text, run through SQLAlchemy.
         self._prepared: dict[int, tuple[typing.Any, _Prepared | None]] = {}
         self._thread: WriterThread | None = None
-        # Opened, used and closed on the thread only: the direct writes' connection, and the engine of the rest.
-        self._connection: sqlite3.Connection | None = None
-        self._sqlalchemy: sa.Engine | None = None
+        # Opened, used and closed on the writer thread only.
+        self._on_thread = _Connections()
 
     # -- the executor interface ---------------------------------------------------------------------------
 
@@ -217,9 +225,10 @@ class SqliteExecutor:
     # -- on the writer thread ------------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        connection = self._connection
+        on_thread = self._on_thread
+        connection = on_thread.connection
         if connection is None:
-            connection = self._connection = _connect(self.engine, self._timeout, self._synchronous)
+            connection = on_thread.connection = _connect(self.engine, self._timeout, self._synchronous)
         return connection
 
     def _write_now(self, prepared: _Prepared, args: list[typing.Any]) -> int:
@@ -255,9 +264,10 @@ class SqliteExecutor:
             raise
 
     def _transaction_now(self, work: typing.Callable[[sa.Connection], T]) -> T:
-        engine = self._sqlalchemy
+        on_thread = self._on_thread
+        engine = on_thread.engine
         if engine is None:
-            engine = self._sqlalchemy = sa.create_engine(
+            engine = on_thread.engine = sa.create_engine(
                 self.engine.url.set(drivername="sqlite", query={}),  # the creator connects
                 creator=lambda: _connect(self.engine, self._timeout, self._synchronous, "IMMEDIATE"),
                 poolclass=StaticPool, hide_parameters=self._sync.hide_parameters, **self._json,
@@ -271,8 +281,9 @@ class SqliteExecutor:
         return self._transaction_now(lambda conn: run(conn, statement, params))
 
     def _close_now(self) -> None:
-        connection, self._connection = self._connection, None
-        engine, self._sqlalchemy = self._sqlalchemy, None
+        on_thread = self._on_thread
+        connection, on_thread.connection = on_thread.connection, None
+        engine, on_thread.engine = on_thread.engine, None
         if connection is not None:
             connection.close()
         if engine is not None:
