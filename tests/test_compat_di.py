@@ -57,9 +57,12 @@ class Journal:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, int]] = []
+        # The instances noted stay alive with the journal: a freed instance's id may be given to a later one.
+        self._kept: list[object] = []
 
     def note(self, what: str, step: object, service: object) -> None:
         self.calls.append((what, id(step), id(service)))
+        self._kept += (step, service)
 
 
 class Inventory:
