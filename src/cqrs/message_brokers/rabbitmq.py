@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import typing
+import uuid
 
 from cqrs.message_brokers._wire import HEADER_CORRELATION_ID, message_body, message_headers, text_headers
 from cqrs.message_brokers.consumer import Handler, Received, Settlement, settle
@@ -163,7 +164,10 @@ class RabbitMQSubscription:
     (``prefetch=1``): acknowledged after the handler returns, rejected
     without requeue (dead-lettered if the queue has a dead-letter exchange)
     when it raises `cqrs.message_brokers.consumer.Rejected`, and put back
-    after ``retry_delay`` seconds when it raises anything else.
+    after ``retry_delay`` seconds when it raises anything else. A message
+    whose producer gave it no id (no ``message_id`` property nor
+    ``message-id`` header) is received under a random one: an inbox cannot
+    tell its redeliveries apart, but never takes it for another message.
     """
 
     def __init__(
@@ -235,7 +239,9 @@ class RabbitMQSubscription:
     async def _handle(self, handler: Handler, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         headers = text_headers(message.headers)
         received = Received(
-            message_id=message.message_id or headers.get("message-id") or str(message.delivery_tag),
+            # Without the producer's id nothing identifies the message across deliveries (delivery tags restart
+            # at 1 on every channel, so one would make the inbox drop other messages): an id of its own.
+            message_id=message.message_id or headers.get("message-id") or str(uuid.uuid4()),
             topic=message.routing_key or "",
             body=message.body,
             headers=headers,
