@@ -175,3 +175,52 @@ async def test_rabbitmq_messages_without_a_message_id_are_not_taken_for_each_oth
         assert await kit.unsettled() == 0
     finally:
         await kit.cleanup()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("how", ["queue deleted", "channel closed"])
+async def test_a_rabbitmq_subscription_whose_consumer_the_broker_ended_fails_so_consume_subscribes_again(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RabbitMQ cancels a consumer whose queue was deleted (or whose quorum queue's leader moved), and closes a
+    # channel on a channel error (say, a delivery unacknowledged past consumer_timeout); the connection stays up.
+    import aio_pika
+
+    from broker_kits import RabbitMQKit
+
+    kit = RabbitMQKit()
+    await kit.setup()
+    connections: list[typing.Any] = []
+    connect = aio_pika.connect
+
+    async def recording(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+        connections.append(await connect(*args, **kwargs))
+        return connections[-1]
+
+    handled = asyncio.Event()
+
+    async def handle(received: Received) -> None:
+        handled.set()
+
+    await publish(kit, message("A"))
+    monkeypatch.setattr(aio_pika, "connect", recording)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(kit.subscription().run(handle, stop=stop))
+    try:
+        await asyncio.wait_for(handled.wait(), 30)  # it consumes
+        [subscribed] = connections
+        if how == "queue deleted":
+            async with await connect(kit.url) as other:
+                await (await other.channel()).queue_delete(kit.consumer_queue)
+        else:
+            [channel] = subscribed.transport.connection.channels.values()
+            await channel.basic_ack(delivery_tag=10_000)  # unknown: RabbitMQ closes the channel
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(running, 30)
+        assert subscribed.is_closed
+    finally:
+        stop.set()
+        if not running.done():
+            running.cancel()
+        await asyncio.wait({running})
+        await kit.cleanup()
