@@ -93,6 +93,34 @@ async def test_nats_creates_its_stream_when_asked_and_drops_a_duplicate_publicat
         await kit.cleanup()
 
 
+@pytest.mark.nats
+async def test_nats_closes_its_connection_when_the_stream_cannot_be_created(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nats.js.errors
+
+    from broker_kits import NatsKit
+    from cqrs.message_brokers import nats as nats_adapter
+
+    connected: list[typing.Any] = []
+    connect = nats_adapter._connect
+
+    async def recording(servers: str | list[str]) -> typing.Any:
+        connected.append(await connect(servers))
+        return connected[-1]
+
+    monkeypatch.setattr(nats_adapter, "_connect", recording)
+    kit = NatsKit()
+    await kit.setup()  # its stream takes the subjects, so another stream for them cannot be made
+    try:
+        broker = nats_adapter.NatsJetStreamBroker(kit.url, subject_prefix=kit.prefix, stream=kit.stream + "_OTHER")
+        for _ in range(2):  # each relay retry connects again
+            with pytest.raises(nats.js.errors.BadRequestError):
+                await broker.send_message(outbox_like())
+        await broker.close()
+        assert len(connected) == 2 and all(client.is_closed for client in connected)
+    finally:
+        await kit.cleanup()
+
+
 @pytest.mark.redis
 async def test_redis_refuses_when_the_streams_key_holds_something_else() -> None:
     import redis.asyncio as aioredis

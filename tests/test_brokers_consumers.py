@@ -122,3 +122,105 @@ async def publish(kit: Kit, *messages: Message) -> None:
             await broker.send_message(sent)
     finally:
         await broker.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.rabbitmq
+async def test_rabbitmq_messages_without_a_message_id_are_not_taken_for_each_other_across_connections() -> None:
+    # A producer other than the relay may leave the AMQP message_id unset. Delivery tags number each channel's
+    # deliveries from 1, so the first message of every connection would carry the same fallback id, and the
+    # inbox would drop the second as a duplicate of the first.
+    import aio_pika
+    from aiormq.abc import ChannelFrame
+    from pamqp.body import ContentBody
+    from pamqp.commands import Basic
+    from pamqp.header import ContentHeader
+
+    from broker_kits import RabbitMQKit
+
+    kit = RabbitMQKit()
+    await kit.setup()
+    inbox = MemoryInbox()
+    handled: list[bytes] = []
+
+    async def handle(received: Received, tx: object) -> None:
+        handled.append(received.body)
+
+    guarded = idempotent(inbox, "test-consumer", handle)
+
+    async def publish_and_consume_one(body: bytes) -> None:
+        # aiormq gives every message it publishes an id: these frames are what another client sends without one.
+        connection = await aio_pika.connect(kit.url)
+        async with connection:
+            channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()
+            frames = [Basic.Publish(exchange=kit.name, routing_key=TOPIC),
+                      ContentHeader(properties=Basic.Properties(delivery_mode=2), body_size=len(body)),
+                      ContentBody(body)]
+            written = asyncio.get_running_loop().create_future()
+            await channel.write_queue.put(ChannelFrame.marshall(channel.number, frames, written))
+            await written
+        stop = asyncio.Event()
+
+        async def once(received: Received) -> None:
+            try:
+                await guarded(received)
+            finally:
+                stop.set()
+
+        await asyncio.wait_for(kit.subscription().run(once, stop=stop), 30)
+
+    try:
+        await publish_and_consume_one(b'{"n": 1}')
+        await publish_and_consume_one(b'{"n": 2}')
+        assert handled == [b'{"n": 1}', b'{"n": 2}']
+        assert await kit.unsettled() == 0
+    finally:
+        await kit.cleanup()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("how", ["queue deleted", "channel closed"])
+async def test_a_rabbitmq_subscription_whose_consumer_the_broker_ended_fails_so_consume_subscribes_again(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RabbitMQ cancels a consumer whose queue was deleted (or whose quorum queue's leader moved), and closes a
+    # channel on a channel error (say, a delivery unacknowledged past consumer_timeout); the connection stays up.
+    import aio_pika
+
+    from broker_kits import RabbitMQKit
+
+    kit = RabbitMQKit()
+    await kit.setup()
+    connections: list[typing.Any] = []
+    connect = aio_pika.connect
+
+    async def recording(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+        connections.append(await connect(*args, **kwargs))
+        return connections[-1]
+
+    handled = asyncio.Event()
+
+    async def handle(received: Received) -> None:
+        handled.set()
+
+    await publish(kit, message("A"))
+    monkeypatch.setattr(aio_pika, "connect", recording)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(kit.subscription().run(handle, stop=stop))
+    try:
+        await asyncio.wait_for(handled.wait(), 30)  # it consumes
+        [subscribed] = connections
+        if how == "queue deleted":
+            async with await connect(kit.url) as other:
+                await (await other.channel()).queue_delete(kit.consumer_queue)
+        else:
+            [channel] = subscribed.transport.connection.channels.values()
+            await channel.basic_ack(delivery_tag=10_000)  # unknown: RabbitMQ closes the channel
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(running, 30)
+        assert subscribed.is_closed
+    finally:
+        stop.set()
+        if not running.done():
+            running.cancel()
+        await asyncio.wait({running})
+        await kit.cleanup()

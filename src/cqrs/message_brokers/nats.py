@@ -112,7 +112,12 @@ class NatsJetStreamBroker(MessageBroker):
                 client = await _connect(self.servers)
                 js = client.jetstream()
                 if self.stream is not None:
-                    await ensure_stream(js, self.stream, self.stream_subjects)
+                    try:
+                        await ensure_stream(js, self.stream, self.stream_subjects)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            await client.close()
+                        raise
                 self._client, self._js = client, js
             return self._js
 

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import typing
+import uuid
 
 from cqrs.message_brokers._wire import HEADER_CORRELATION_ID, message_body, message_headers, text_headers
 from cqrs.message_brokers.consumer import Handler, Received, Settlement, settle
@@ -163,7 +164,10 @@ class RabbitMQSubscription:
     (``prefetch=1``): acknowledged after the handler returns, rejected
     without requeue (dead-lettered if the queue has a dead-letter exchange)
     when it raises `cqrs.message_brokers.consumer.Rejected`, and put back
-    after ``retry_delay`` seconds when it raises anything else.
+    after ``retry_delay`` seconds when it raises anything else. A message
+    whose producer gave it no id (no ``message_id`` property nor
+    ``message-id`` header) is received under a random one: an inbox cannot
+    tell its redeliveries apart, but never takes it for another message.
     """
 
     def __init__(
@@ -188,7 +192,11 @@ class RabbitMQSubscription:
         self.retry_delay = retry_delay
 
     async def run(self, handler: Handler, *, stop: asyncio.Event | None = None) -> None:
-        """Consume until ``stop`` is set; the messages under way are settled before this returns."""
+        """Consume until ``stop`` is set; the messages under way are settled before this returns.
+
+        Raises ``ConnectionError`` when the connection or the channel is lost or RabbitMQ cancels the
+        consumer (its queue was deleted), so `cqrs.message_brokers.consumer.consume` subscribes again.
+        """
         stop = stop or asyncio.Event()
         connection = await aio_pika.connect(self.url)
         try:
@@ -215,19 +223,30 @@ class RabbitMQSubscription:
                         under_way.discard(task)
 
             tag = await queue.consume(on_message)
-            lost = asyncio.ensure_future(_closed(connection))
+            # The broker can end the consumer with the connection up: it closes the channel on a channel error
+            # (an ack past consumer_timeout) and cancels the consumer when its queue is deleted or moves.
+            cancelled = asyncio.Event()
+
+            def on_cancel(frame: typing.Any) -> None:
+                if getattr(frame, "consumer_tag", None) == tag:
+                    cancelled.set()
+
+            (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_cancel)
+            lost = asyncio.ensure_future(_closed(channel))  # a channel is closed with its connection too
+            ended = asyncio.ensure_future(cancelled.wait())
             stopped = asyncio.ensure_future(stop.wait())
             try:
-                await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({lost, ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                lost.cancel()
-                stopped.cancel()
-            if not connection.is_closed:
+                for waiter in (lost, ended, stopped):
+                    waiter.cancel()
+            if not stop.is_set():
+                what = "cancelled the consumer" if cancelled.is_set() else "closed the channel or the connection"
+                raise ConnectionError(f"RabbitMQ {what} of queue {self.queue_name!r}")
+            if not channel.is_closed:
                 await queue.cancel(tag)
                 if under_way:
                     await asyncio.wait(set(under_way))
-            elif not stop.is_set():
-                raise ConnectionError("the RabbitMQ connection was lost")
         finally:
             if not connection.is_closed:
                 await connection.close()
@@ -235,7 +254,9 @@ class RabbitMQSubscription:
     async def _handle(self, handler: Handler, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         headers = text_headers(message.headers)
         received = Received(
-            message_id=message.message_id or headers.get("message-id") or str(message.delivery_tag),
+            # Without the producer's id nothing identifies the message across deliveries (delivery tags restart
+            # at 1 on every channel, so one would make the inbox drop other messages): an id of its own.
+            message_id=message.message_id or headers.get("message-id") or str(uuid.uuid4()),
             topic=message.routing_key or "",
             body=message.body,
             headers=headers,
@@ -252,8 +273,8 @@ class RabbitMQSubscription:
             await message.nack(requeue=True)
 
 
-async def _closed(connection: aio_pika.abc.AbstractConnection) -> None:
+async def _closed(channel: aio_pika.abc.AbstractChannel) -> None:
     closing = asyncio.Event()
-    connection.close_callbacks.add(lambda *_: closing.set())
-    if not connection.is_closed:
+    channel.close_callbacks.add(lambda *_: closing.set())
+    if not channel.is_closed:
         await closing.wait()
