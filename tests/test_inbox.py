@@ -131,14 +131,32 @@ async def test_purged_records_are_forgotten(shop: Shop) -> None:
         await shop.inbox.purge(older_than=datetime.timedelta(seconds=-1))
 
 
+async def test_message_ids_longer_than_the_key_column_are_handled_once_each(shop: Shop) -> None:
+    """A producer's long ids (over the SQL column's 200 characters) are taken, told apart and deduplicated:
+    refusing them made such a message fail, and be redelivered, forever."""
+    first, second = "x" * 200 + "-first", "x" * 200 + "-second"  # the same first 200 characters
+
+    async def handler(message: Received, tx: typing.Any) -> None:
+        await shop.write(tx, message.message_id[-6:])
+
+    handle = idempotent(shop.inbox, "billing", handler)
+    for message_id in (first, second, first, "x" * 200):
+        await handle(received(message_id))
+    assert await shop.written() == ["-first", "second", "xxxxxx"]
+    assert await shop.inbox.handled("billing", first) and await shop.inbox.handled("billing", second)
+    assert not await shop.inbox.handled("billing", "x" * 200 + "-third")
+
+
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 async def test_the_sql_inbox_refuses_ids_its_key_cannot_hold(shop: Shop) -> None:
     assert isinstance(shop.inbox, SqlAlchemyInbox)
     async with shop.inbox.transaction() as tx:
-        with pytest.raises(ValueError, match="1 to 200 characters"):
-            await shop.inbox.record(tx, "billing", "x" * 201)
+        with pytest.raises(ValueError, match="must not be empty"):
+            await shop.inbox.record(tx, "billing", "")
         with pytest.raises(ValueError, match="consumer"):
             await shop.inbox.record(tx, "", "id")
+        with pytest.raises(ValueError, match="consumer must be 1 to 200"):
+            await shop.inbox.record(tx, "c" * 201, "id")
     async with shop.inbox.engine.connect() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(inbox_table)) == 0
 

@@ -12,7 +12,9 @@
 ``cqrs_inbox`` (consumer, message_id) is the primary key; the record is an
 insert-if-absent (``ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite,
 ``INSERT IGNORE`` on MySQL/MariaDB), so a second transaction recording the
-same id waits on the first's uncommitted row and then finds it. The table is
+same id waits on the first's uncommitted row and then finds it. A message
+id longer than the column's 200 characters is recorded as ``sha256:`` and
+its digest, so any producer's ids are taken. The table is
 not part of the versioned saga schema (`SqlAlchemySagaStorage.create_tables`
 neither creates nor checks it): a consumer service need not run sagas.
 """
@@ -32,6 +34,7 @@ except ImportError as _error:  # pragma: no cover - exercised by a test that hid
 
 import contextlib
 import datetime
+import hashlib
 import typing
 
 from cqrs.saga.storage.sqlalchemy._schema import Timestamp, database_now, family
@@ -51,6 +54,13 @@ inbox_table = sa.Table(
 )
 
 _LIMIT = 200
+
+
+def _key(message_id: str) -> str:
+    """What the table holds for ``message_id``: the id itself, or its digest if the column cannot hold it."""
+    if len(message_id) <= _LIMIT:
+        return message_id
+    return "sha256:" + hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class SqlAlchemyInbox:
@@ -93,18 +103,20 @@ class SqlAlchemyInbox:
     async def record(self, tx: AsyncConnection | AsyncSession, consumer: str, message_id: str) -> bool:
         """Insert the record in ``tx`` (a connection or session in a transaction); False if it was there.
 
-        Consumer names and message ids are 1 to 200 characters (`ValueError` otherwise).
+        A consumer name is 1 to 200 characters and a message id is not empty (`ValueError` otherwise); an id
+        longer than 200 characters is recorded by its SHA-256 digest.
         """
-        for what, value in (("consumer", consumer), ("message id", message_id)):
-            if not value or len(value) > _LIMIT:
-                raise ValueError(f"An inbox {what} must be 1 to {_LIMIT} characters, got {value!r}")
-        result = await tx.execute(self._insert, {"consumer": consumer, "message_id": message_id})
+        if not consumer or len(consumer) > _LIMIT:
+            raise ValueError(f"An inbox consumer must be 1 to {_LIMIT} characters, got {consumer!r}")
+        if not message_id:
+            raise ValueError("An inbox message id must not be empty")
+        result = await tx.execute(self._insert, {"consumer": consumer, "message_id": _key(message_id)})
         return bool(getattr(result, "rowcount", 0) == 1)
 
     async def handled(self, consumer: str, message_id: str) -> bool:
         """Whether a committed record says ``consumer`` handled ``message_id``."""
         query = sa.select(sa.literal(1)).where(
-            inbox_table.c.consumer == consumer, inbox_table.c.message_id == message_id
+            inbox_table.c.consumer == consumer, inbox_table.c.message_id == _key(message_id)
         )
         async with self.engine.connect() as conn:
             return (await conn.scalar(query)) is not None
