@@ -64,6 +64,7 @@ from cqrs.saga.storage.sqlalchemy._batch import (
 
 if typing.TYPE_CHECKING:
     from cqrs.saga.storage.sqlalchemy._executors import Executor
+    from cqrs.saga.storage.sqlalchemy._executors._asyncpg import AsyncpgExecutor
 
 __all__ = ["GroupCommit"]
 
@@ -311,8 +312,7 @@ class GroupCommit:
     async def _execute(self, writer: _Writer, params: dict[str, str]) -> typing.Sequence[typing.Sequence[typing.Any]]:
         if not self._direct:
             return await self._executor.write_returning(self._statement, params)
-        from cqrs.saga.storage.sqlalchemy._executors._asyncpg import _lost, _translate
-
+        direct = typing.cast("AsyncpgExecutor", self._executor)  # the fast path on PostgreSQL is asyncpg's
         now = writer.loop.time()
         connection: PoolProxiedConnection | None = None
         while writer.idle and connection is None:
@@ -329,19 +329,9 @@ class GroupCommit:
         try:
             rows: typing.Sequence[typing.Sequence[typing.Any]] = await driver.fetch(self._sql, *args)  # type: ignore[union-attr]
         except BaseException as error:
-            if not isinstance(error, Exception):  # cancelled with the batch perhaps in flight
-                connection.invalidate()
-                raise
-            lost = _lost(error, driver)
-            if lost:
-                connection.invalidate(error)
-                if self._engine.sync_engine.pool is pool:
-                    # As the executor's writes do: a restart or failover took the pool's other connections (and
-                    # the ones held here) too, so start afresh rather than fail batch after batch on them.
-                    await self._engine.dispose()
-            else:
-                await greenlet_spawn(connection.close)
-            raise _translate(error, self._sql, args, lost, self._engine.sync_engine.hide_parameters) from error
+            # As for the executor's own writes: a lost connection disposes the pool (a restart or failover took
+            # the connections held here too), a cancelled batch's connection is invalidated.
+            await direct.failed(connection, pool, error, self._sql, args, None)
         if writer.task is not None:
             writer.idle.append((connection, pool, until))
         else:  # the writer has ended (interrupted): nobody would give it back

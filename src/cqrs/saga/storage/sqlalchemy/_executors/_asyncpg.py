@@ -222,7 +222,7 @@ class AsyncpgExecutor:
                 driver: typing.Any = connection.driver_connection
                 status = await (driver.fetch(sql, *args) if fetch else driver.execute(sql, *args))
             except BaseException as error:
-                await self._failed(connection, pool, error, sql, args, None)
+                await self.failed(connection, pool, error, sql, args, None)
             await greenlet_spawn(connection.close)  # such a pool may close it: I/O, so in a greenlet
             return status
         loop = asyncio.get_running_loop()
@@ -253,12 +253,12 @@ class AsyncpgExecutor:
             lender.retired += idle
             idle.clear()
             lender.schedule(self._return_lent)
-            await self._failed(connection, pool, error, sql, args, lender)
+            await self.failed(connection, pool, error, sql, args, lender)
         idle.append((connection, pool, until))
         lender.schedule(self._return_lent)
         return status
 
-    async def _failed(
+    async def failed(
         self,
         connection: PoolProxiedConnection,
         pool: Pool,
@@ -267,7 +267,8 @@ class AsyncpgExecutor:
         args: list[typing.Any],
         lender: _Lender | None,
     ) -> typing.NoReturn:
-        """Do to ``connection`` (and the pool) what ``error`` calls for, then raise SQLAlchemy's error for it."""
+        """Do to ``connection`` (and the pool) what ``error`` calls for, then raise SQLAlchemy's error for it
+        (also for group commit's batches, which run on connections of the same pool)."""
         if not isinstance(error, Exception):
             # Cancelled (or interrupted) with the statement perhaps in flight: the connection's state is unknown.
             connection.invalidate()
