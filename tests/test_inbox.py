@@ -147,6 +147,21 @@ async def test_message_ids_longer_than_the_key_column_are_handled_once_each(shop
     assert not await shop.inbox.handled("billing", "x" * 200 + "-third")
 
 
+async def test_message_ids_with_a_nul_or_a_lone_surrogate_are_handled_once_each(shop: Shop) -> None:
+    """Ids a text column cannot hold as they are (PostgreSQL refuses NUL; no driver encodes a lone surrogate)
+    are still taken and told apart; refusing them made such a message fail, and be redelivered, forever."""
+    ids = ["order\x00one", "order\x00two", "order\ud800"]
+
+    async def handler(message: Received, tx: typing.Any) -> None:
+        await shop.write(tx, str(ids.index(message.message_id)))
+
+    handle = idempotent(shop.inbox, "billing", handler)
+    for message_id in (*ids, *ids):
+        await handle(received(message_id))
+    assert await shop.written() == ["0", "1", "2"]
+    assert all([await shop.inbox.handled("billing", message_id) for message_id in ids])
+
+
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 async def test_the_sql_inbox_refuses_ids_its_key_cannot_hold(shop: Shop) -> None:
     assert isinstance(shop.inbox, SqlAlchemyInbox)

@@ -13,8 +13,9 @@
 insert-if-absent (``ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite,
 ``INSERT IGNORE`` on MySQL/MariaDB), so a second transaction recording the
 same id waits on the first's uncommitted row and then finds it. A message
-id longer than the column's 200 characters is recorded as ``sha256:`` and
-its digest, so any producer's ids are taken. The table is
+id the column cannot hold as it is (longer than 200 characters, or with a
+NUL character or a lone surrogate) is recorded as ``sha256:`` and its
+digest, so any producer's ids are taken. The table is
 not part of the versioned saga schema (`SqlAlchemySagaStorage.create_tables`
 neither creates nor checks it): a consumer service need not run sagas.
 """
@@ -57,9 +58,15 @@ _LIMIT = 200
 
 
 def _key(message_id: str) -> str:
-    """What the table holds for ``message_id``: the id itself, or its digest if the column cannot hold it."""
-    if len(message_id) <= _LIMIT:
-        return message_id
+    """What the table holds for ``message_id``: the id itself, or its digest where the column cannot hold it
+    (over 200 characters, a NUL character, which PostgreSQL text refuses, or a lone surrogate)."""
+    if len(message_id) <= _LIMIT and "\x00" not in message_id:
+        try:
+            message_id.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return message_id
     return "sha256:" + hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -104,7 +111,7 @@ class SqlAlchemyInbox:
         """Insert the record in ``tx`` (a connection or session in a transaction); False if it was there.
 
         A consumer name is 1 to 200 characters and a message id is not empty (`ValueError` otherwise); an id
-        longer than 200 characters is recorded by its SHA-256 digest.
+        the column cannot hold as it is (see the module doc) is recorded by its SHA-256 digest.
         """
         if not consumer or len(consumer) > _LIMIT:
             raise ValueError(f"An inbox consumer must be 1 to {_LIMIT} characters, got {consumer!r}")
