@@ -251,6 +251,37 @@ async def test_several_entries_of_each_saga_share_the_batch_in_their_order(postg
         await storage.close()
 
 
+async def test_a_large_batch_releases_its_sagas_in_two_halves_whose_next_writes_go_out_apart(
+    postgres_url: str,
+) -> None:
+    """The first half of a batch of `_SPLIT_FROM` writes is released a turn of the loop before the second: its
+    sagas' next writes are sent while the second half runs, so they commit apart (released at once, all the
+    next writes would share one lockstep batch)."""
+    count = _group_commit._SPLIT_FROM + 8
+    storage = await storage_on(postgres_url)
+    try:
+        sagas = await started(storage, count)
+
+        async def two_steps(saga_id: uuid.UUID, lease: Lease) -> list[bool]:
+            first = await storage.checkpoint(saga_id, lease, entry=act("reserve"), lease_seconds=LEASE)
+            second = await storage.checkpoint(saga_id, lease, entry=act("charge"), lease_seconds=LEASE)
+            return [first, second]
+
+        assert await asyncio.gather(*(two_steps(*saga) for saga in sagas)) == [[True, True]] * count
+        async with storage.engine.connect() as conn:
+            rows = (await conn.execute(sa.text(
+                "SELECT saga_id, step_name, xmin::text FROM saga_log WHERE saga_id = ANY(:ids)"
+            ), {"ids": [saga_id for saga_id, _ in sagas]})).all()
+        commit = {(saga_id, step): xmin for saga_id, step, xmin in rows}
+        assert len({commit[(saga_id, "reserve")] for saga_id, _ in sagas}) == 1
+        half = count // 2
+        first = {commit[(saga_id, "charge")] for saga_id, _ in sagas[:half]}
+        second = {commit[(saga_id, "charge")] for saga_id, _ in sagas[half:]}
+        assert len(first) == 1 and len(second) == 1 and first != second
+    finally:
+        await storage.close()
+
+
 async def test_close_writes_everything_queued(postgres_url: str) -> None:
     storage = await storage_on(postgres_url)
     sagas = await started(storage, 8)
