@@ -371,10 +371,33 @@ async def test_a_write_made_while_close_waits_for_the_writer_uses_a_connection_o
         assert await storage.renew_lease(saga_id, lease, LEASE)
         assert await storage.claim_saga(saga_id, "runner-a", LEASE) is not None
         assert [e.step_name for e in await storage.get_step_history(saga_id)] == ["one"]
+        new_writer = await executor(storage).on_writer(lambda connection: threading.current_thread())
+        assert new_writer.is_alive()
     finally:
         gate.set()
         await asyncio.gather(busy, closing)
-        await storage.close()  # the new writer thread's
+    # The close also ended the writer thread started while it waited (with its connections).
+    assert not new_writer.is_alive()
+    await storage.close()  # nothing left to close
+
+
+async def test_a_call_on_the_writer_that_raises_stop_iteration_fails_its_caller_instead_of_leaving_it_waiting(
+    sqlite_url: str,
+) -> None:
+    """A future refuses ``StopIteration``; the writer hands it back as a ``RuntimeError`` caused by it."""
+    storage = SqlAlchemySagaStorage.from_url(sqlite_url)
+    await storage.create_tables()
+
+    def stops(connection: sqlite3.Connection) -> None:
+        raise StopIteration("no more")
+
+    try:
+        with pytest.raises(RuntimeError, match="StopIteration") as raised:
+            await asyncio.wait_for(executor(storage).on_writer(stops), 10)
+        assert isinstance(raised.value.__cause__, StopIteration)
+        assert await executor(storage).on_writer(lambda connection: 1) == 1  # the thread goes on
+    finally:
+        await storage.close()
 
 
 # -- synchronous ---------------------------------------------------------------------------------------------

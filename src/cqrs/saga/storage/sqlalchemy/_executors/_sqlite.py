@@ -181,8 +181,9 @@ class SqliteExecutor:
         return await self._call(self._transaction_now, work)
 
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
+        # A write made while the close waits starts a new writer thread: that one is closed too.
+        while (thread := self._thread) is not None:
+            self._thread = None
             try:
                 await thread.call(self._close_now)
             finally:

@@ -64,6 +64,10 @@ def _hand_back(future: asyncio.Future[typing.Any], result: typing.Any, error: Ba
 def _settle(future: asyncio.Future[typing.Any], result: typing.Any, error: BaseException | None) -> None:
     if future.cancelled():  # the caller stopped waiting; the call ran all the same
         return
+    if isinstance(error, StopIteration):  # a future refuses it (it would end the awaiting coroutine quietly)
+        wrapped = RuntimeError(f"A call on the writer thread raised StopIteration: {error!r}")
+        wrapped.__cause__ = error
+        error = wrapped
     if error is not None:
         future.set_exception(error)
     else:
