@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from cqrs.inbox import Inbox, MemoryInbox, idempotent
 from cqrs.inbox.sqlalchemy import SqlAlchemyInbox, inbox_table
-from cqrs.message_brokers.consumer import Received
+from cqrs.message_brokers.consumer import Received, Settlement, settle
 
 business = sa.MetaData()
 orders = sa.Table("inbox_test_orders", business, sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -160,6 +160,22 @@ async def test_message_ids_with_a_nul_or_a_lone_surrogate_are_handled_once_each(
         await handle(received(message_id))
     assert await shop.written() == ["0", "1", "2"]
     assert all([await shop.inbox.handled("billing", message_id) for message_id in ids])
+
+
+async def test_a_message_without_an_id_is_refused_for_good_and_its_handler_not_run(shop: Shop) -> None:
+    """It cannot be told from other messages; failing it (the inbox refuses an empty id) had it redelivered
+    forever."""
+    runs: list[Received] = []
+
+    async def handler(message: Received, tx: typing.Any) -> None:
+        runs.append(message)
+
+    anonymous = Received("", "orders", b"n", {})
+    assert await settle(idempotent(shop.inbox, "billing", handler), anonymous) is Settlement.REJECT
+    assert runs == []
+    with pytest.raises(ValueError, match="must not be empty"):
+        async with shop.inbox.transaction() as tx:
+            await shop.inbox.record(tx, "billing", "")
 
 
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)

@@ -56,7 +56,12 @@ class MemoryInbox:
         tx.recorded.clear()
 
     async def record(self, tx: MemoryInboxTransaction, consumer: str, message_id: str) -> bool:
-        """Record ``message_id`` for ``consumer`` in ``tx``; False if handled already (see `cqrs.inbox.Inbox`)."""
+        """Record ``message_id`` for ``consumer`` in ``tx``; False if handled already (see `cqrs.inbox.Inbox`).
+        ``consumer`` and ``message_id`` must not be empty (`ValueError`), as in the SQL inbox."""
+        if not consumer:
+            raise ValueError(f"An inbox consumer must not be empty, got {consumer!r}")
+        if not message_id:
+            raise ValueError("An inbox message id must not be empty")
         key = (consumer, message_id)
         while True:
             if key in self._done or key in tx.recorded:
