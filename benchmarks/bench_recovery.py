@@ -128,8 +128,10 @@ async def pg_commits(url: str, *, after_close: bool = False) -> int | None:
         await conn.close()
 
 
-async def side_run(url: str, mode: str, sagas: int, concurrency: int, batch_size: int) -> dict[str, typing.Any]:
-    """Seed, then recover every seeded saga in ``mode``; what it took."""
+async def side_run(url: str, mode: str, sagas: int, concurrency: int, batch_size: int,
+                   group_commit: bool = False) -> dict[str, typing.Any]:
+    """Seed, then recover every seeded saga in ``mode`` (on a group-commit storage with ``group_commit``);
+    what it took."""
     import sqlalchemy as sa
     from bench_saga import BenchContext, BenchSaga, Steps, _saga_map
 
@@ -138,7 +140,8 @@ async def side_run(url: str, mode: str, sagas: int, concurrency: int, batch_size
     from cqrs.saga.recovery import recover_saga
     from cqrs.saga.storage.sqlalchemy import SqlAlchemySagaStorage
 
-    storage = SqlAlchemySagaStorage.from_url(url, pool_size=POOL_SIZE, max_overflow=0) if not url.startswith(
+    extra = {"group_commit": True} if group_commit else {}
+    storage = SqlAlchemySagaStorage.from_url(url, pool_size=POOL_SIZE, max_overflow=0, **extra) if not url.startswith(
         "sqlite") else SqlAlchemySagaStorage.from_url(url)
     finished = Finished(sagas)
     mediator = bootstrap(Steps(), sagas_mapper=_saga_map(), saga_storage=storage, hooks=[finished])
@@ -213,6 +216,8 @@ class Side:
             command = [sys.executable, str(Path(__file__).resolve()), "--side-run", mode, "--url", args.url,
                        "--sagas", str(args.sagas), "--concurrency", str(args.concurrency),
                        "--batch-size", str(args.batch_size), "--json", out.name]
+            if args.group_commit and self.name == "current":
+                command.append("--group-commit")
             proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise SystemExit(f"{self.name} side, {mode}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
@@ -247,7 +252,7 @@ def median_or_none(values: list[float]) -> float | None:
 def report(runs: dict[tuple[str, str], list[dict[str, typing.Any]]], sides: list[Side], args: argparse.Namespace
            ) -> dict[str, typing.Any]:
     print(f"\n{args.sagas} sagas a run, concurrency {args.concurrency}, worker batch {args.batch_size}, "
-          f"{args.rounds} round(s)")
+          f"{args.rounds} round(s)" + (", current side on group commit" if args.group_commit else ""))
     print(f"{'mode':14}{'side':9}{'sagas/s (median)':>18}{'per round':>34}{'CPU ms/saga':>13}{'commits/saga':>14}")
     summary: dict[str, typing.Any] = {"sagas": args.sagas, "concurrency": args.concurrency,
                                       "batch_size": args.batch_size, "rounds": args.rounds, "modes": {}}
@@ -290,7 +295,8 @@ def report(runs: dict[tuple[str, str], list[dict[str, typing.Any]]], sides: list
 
 def main(args: argparse.Namespace) -> int:
     if args.side_run:
-        result = asyncio.run(side_run(args.url, args.side_run, args.sagas, args.concurrency, args.batch_size))
+        result = asyncio.run(side_run(args.url, args.side_run, args.sagas, args.concurrency, args.batch_size,
+                                      args.group_commit))
         Path(args.json).write_text(json.dumps(result))
         return 0
     # Stopped (SIGTERM), it still removes the base worktree it checked out.
@@ -338,6 +344,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=32, help="the worker's claim batch (default 32)")
     parser.add_argument("--mode", action="append", choices=MODES, dest="modes", help="repeatable; default both")
+    parser.add_argument("--group-commit", action="store_true",
+                        help="the current side recovers on a group-commit storage (PostgreSQL; the base side as it is)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 200 sagas")
     parser.add_argument("--json", help="write the figures as JSON to this file")
     parser.add_argument("--side-run", choices=MODES, help=argparse.SUPPRESS)

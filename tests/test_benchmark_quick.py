@@ -166,3 +166,20 @@ def test_quick_recovery_benchmark_measures_commits_per_recovered_saga(postgres_u
         assert figures["median_sagas_per_s"] > 0 and figures["cpu_ms_per_saga"] > 0
         # Measured from pg_stat_database: one checkpoint each, plus the claims' shared commits.
         assert 1.0 <= figures["commits_per_saga"] < 1.9, (mode, figures)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_quick_recovery_benchmark_on_group_commit_shares_the_checkpoints_commits(postgres_url: str,
+                                                                               tmp_path: Path) -> None:
+    """`--group-commit`: the worker's recovered sagas' last checkpoints share commits (fewer than one a saga)."""
+    out = tmp_path / "recovery.json"
+    proc = subprocess.run(
+        [sys.executable, str(RECOVERY_BENCH), "--quick", "--base", "none", "--mode", "worker", "--group-commit",
+         "--url", postgres_url, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "current side on group commit" in proc.stdout
+    figures = json.loads(out.read_text())["modes"]["worker"]["current"]
+    assert 0 < figures["commits_per_saga"] < 1.0, figures
