@@ -16,16 +16,27 @@ compensated. Two rows, in alternating rounds of the same run:
 The ratio (together / each sagas per second) is the median of the per-round
 ratios; the aim (issue 17) is at least 1.2 at concurrency 16. Commits per
 saga are measured on PostgreSQL (pg_stat_database.xact_commit), not assumed.
+
+With ``--base COMMIT`` (PostgreSQL) a third row, base, runs the same saga on
+that commit's ``src`` (checked out with ``git worktree`` under a temporary
+directory, removed at the end), as it was: ad92db3 is the code the aim's
+"today's" meant. Every run is then a subprocess of its own, the order of the
+rows rotating from round to round, and together / base is printed too.
+
+    .venv/bin/python benchmarks/bench_failure.py --base ad92db3   # ~1 min
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
+import pathlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import typing
@@ -43,6 +54,9 @@ from cqrs.saga.storage.enums import SagaStatus
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/cqrs_bench_failure"
 AIM = 1.2
 MODES = ("each", "together")
+#: The row of ``--base``: the base commit's code with its own defaults.
+BASE = "base"
+HERE = pathlib.Path(__file__).resolve().parent
 
 
 class Declined(Exception):
@@ -82,9 +96,9 @@ async def one_run(
     backend: bench_saga.Postgres | bench_saga.Sqlite, mode: str, concurrency: int, sagas: int | None, seconds: float
 ) -> bench_saga.Run:
     storage = backend.storage()
+    options = {} if mode == BASE else {"compensation_commits": mode}  # the base may not know the option
     mediator = bootstrap(
-        bench_saga.Steps(), sagas_mapper=_saga_map(), saga_storage=storage, compensation_commits=mode,  # type: ignore[arg-type]
-        telemetry=False,
+        bench_saga.Steps(), sagas_mapper=_saga_map(), saga_storage=storage, telemetry=False, **options,  # type: ignore[arg-type]
     )
     postgres = isinstance(backend, bench_saga.Postgres)
     try:
@@ -99,7 +113,54 @@ async def one_run(
     return run
 
 
+def run_elsewhere(src: pathlib.Path, args: argparse.Namespace, url: str, mode: str, level: int,
+                  sagas: int | None) -> bench_saga.Run:
+    """One run of ``mode`` in a subprocess importing ``cqrs`` from ``src``."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, str(HERE / "bench_failure.py"), "--side-run", mode, "--url", url,
+                   "--concurrency", str(level), "--seconds", str(args.seconds), "--json", out.name]
+        if sagas is not None:
+            command += ["--sagas", str(sagas)]
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"{mode} run from {src}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+        figures = json.loads(pathlib.Path(out.name).read_text())
+    if not pathlib.Path(figures.pop("cqrs")).resolve().is_relative_to(src.resolve()):
+        raise SystemExit(f"the {mode} run did not import cqrs from {src}")
+    return bench_saga.Run(**figures)
+
+
+async def side_run(args: argparse.Namespace) -> int:
+    """``--side-run MODE``: one run on the tables the parent made; its figures as JSON."""
+    logging.getLogger("cqrs").setLevel(logging.ERROR)
+    backend = bench_saga.Postgres(args.url, create_database=False)
+    run = await one_run(backend, args.side_run, args.concurrency[0], args.sagas, args.seconds)
+    with open(args.json, "w", encoding="utf-8") as handle:
+        json.dump({**dataclasses.asdict(run), "cqrs": cqrs.__file__}, handle)
+    return 0
+
+
 async def main(args: argparse.Namespace) -> int:
+    if args.side_run:
+        return await side_run(args)
+    if args.base is None:
+        return await compare(args, None)
+    if args.sqlite:
+        raise SystemExit("--base runs on PostgreSQL only")
+    with tempfile.TemporaryDirectory(prefix="bench-failure-") as tmp:
+        base = pathlib.Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(base), args.base],
+                       check=True, capture_output=True, text=True)
+        try:
+            return await compare(args, base / "src")
+        finally:
+            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(base)],
+                           check=False, capture_output=True)
+
+
+async def compare(args: argparse.Namespace, base_src: pathlib.Path | None) -> int:
+    """The rounds and the report; with ``base_src``, the base row too, every run a subprocess."""
     backend: bench_saga.Postgres | bench_saga.Sqlite
     if args.sqlite:
         folder = tempfile.mkdtemp(prefix="cqrs-bench-failure-")
@@ -113,18 +174,28 @@ async def main(args: argparse.Namespace) -> int:
     seconds = args.seconds
     sagas = args.sagas or (100 if args.quick else None)
     results: dict[str, typing.Any] = {"concurrency": {}}
+    modes = MODES if base_src is None else (BASE, *MODES)
+    if base_src is not None:
+        print(f"base: cqrs from {base_src} ({args.base}); every run a subprocess")
     for level in args.concurrency:
-        every: dict[str, list[bench_saga.Run]] = {mode: [] for mode in MODES}
-        ratios = []
-        for _ in range(rounds):
-            for mode in MODES:
-                every[mode].append(await one_run(backend, mode, level, sagas, seconds))
+        every: dict[str, list[bench_saga.Run]] = {mode: [] for mode in modes}
+        ratios, base_ratios = [], []
+        for round_number in range(rounds):
+            if base_src is None:
+                for mode in modes:
+                    every[mode].append(await one_run(backend, mode, level, sagas, seconds))
+            else:
+                shift = round_number % len(modes)
+                for mode in modes[shift:] + modes[:shift]:
+                    src = base_src if mode == BASE else HERE.parent / "src"
+                    every[mode].append(run_elsewhere(src, args, backend.url, mode, level, sagas))
+                base_ratios.append(every["together"][-1].rate / every[BASE][-1].rate)
             ratios.append(every["together"][-1].rate / every["each"][-1].rate)
         print(f"\nconcurrency {level}: {rounds} round(s)")
         print(f"{'mode':<10} {'failed sagas/s':>15} {'p50 ms':>8} {'p99 ms':>8} {'commits/saga':>13} "
               f"{'CPU ms/saga':>12}")
         row: dict[str, typing.Any] = {}
-        for mode in MODES:
+        for mode in modes:
             best = max(every[mode], key=lambda run: run.rate)
             commits = best.commits_per_saga
             print(f"{mode:<10} {best.rate:>15.0f} {best.p50_ms:>8.2f} {best.p99_ms:>8.2f} "
@@ -135,6 +206,12 @@ async def main(args: argparse.Namespace) -> int:
         verdict = "meets" if ratio >= AIM else "below"
         print(f"together / each: {ratio:.2f} (median of per-round ratios; aim {AIM}: {verdict})")
         row["ratio"] = ratio
+        if base_ratios:
+            base_ratio = statistics.median(base_ratios)
+            verdict = "meets" if base_ratio >= AIM else "below"
+            print(f"together / base: {base_ratio:.2f} (rounds {' '.join(f'{r:.2f}' for r in base_ratios)}; "
+                  f"median; aim {AIM}: {verdict})")
+            row["base_ratio"], row["base_ratios"] = base_ratio, base_ratios
         results["concurrency"][str(level)] = row
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
@@ -152,6 +229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sagas", type=int, default=None, help="a fixed number of sagas per run instead")
     parser.add_argument("--quick", action="store_true", help="one round of 100 sagas per mode")
     parser.add_argument("--json", help="also write the figures as JSON to this file")
+    parser.add_argument("--base", help="also run a base commit's code (PostgreSQL; for example ad92db3)")
+    parser.add_argument("--side-run", choices=(BASE, *MODES), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

@@ -113,6 +113,27 @@ def test_failure_benchmark_measures_one_commit_less_with_compensations_together(
     assert row["ratio"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_failure_benchmark_runs_a_base_commit_s_code_as_a_third_row(postgres_url: str, tmp_path: Path) -> None:
+    """``--base COMMIT``: the base row runs that commit's ``src`` (checked out and removed again) with its own
+    defaults (HEAD's: compensations together), every row a subprocess, and together / base is reported."""
+    out = tmp_path / "failure.json"
+    proc = subprocess.run(
+        [sys.executable, str(FAILURE_BENCH), "--quick", "--base", "HEAD", "--url", postgres_url, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(HEAD); every run a subprocess" in proc.stdout and "together / base:" in proc.stdout
+    row = json.loads(out.read_text())["concurrency"]["16"]
+    assert row["base"]["commits_per_saga"] == pytest.approx(5.0, abs=0.2), row
+    assert row["each"]["commits_per_saga"] == pytest.approx(6.0, abs=0.2), row
+    assert row["base_ratio"] > 0 and len(row["base_ratios"]) == 1
+    worktrees = subprocess.run(["git", "-C", str(BENCH.parent.parent), "worktree", "list"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "bench-failure-" not in worktrees
+
+
 GROUP_BENCH = BENCH.parent / "bench_group_commit.py"
 
 
