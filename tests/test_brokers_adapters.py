@@ -180,6 +180,25 @@ async def test_a_rabbitmq_connection_opened_while_the_broker_closes_is_closed(
         await kit.cleanup()
 
 
+@pytest.mark.nats
+async def test_a_nats_connection_opened_while_the_broker_closes_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker_kits import NatsKit
+    from cqrs.message_brokers import nats as nats_adapter
+
+    kit = NatsKit()
+    await kit.setup()
+    held = HeldConnect(nats_adapter._connect)
+    monkeypatch.setattr(nats_adapter, "_connect", held)
+    broker = nats_adapter.NatsJetStreamBroker(kit.url, subject_prefix=kit.prefix)
+    try:
+        later = await close_during_the_first_connect(broker, held)
+        assert [d.message_id for d in await kit.received()] == [str(later.message_id)]
+    finally:
+        held.release.set()
+        await broker.close()
+        await kit.cleanup()
+
+
 @pytest.mark.redis
 async def test_redis_refuses_when_the_streams_key_holds_something_else() -> None:
     import redis.asyncio as aioredis
