@@ -121,6 +121,84 @@ async def test_nats_closes_its_connection_when_the_stream_cannot_be_created(monk
         await kit.cleanup()
 
 
+class HeldConnect:
+    """A connect function's stand-in: its first call opens the connection, then hands it back only once
+    ``release`` is set (the adapter is still awaiting its connect meanwhile)."""
+
+    def __init__(self, connect: typing.Callable[..., typing.Awaitable[typing.Any]]) -> None:
+        self.connect = connect
+        self.opened: list[typing.Any] = []
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, *args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+        connection = await self.connect(*args, **kwargs)
+        self.opened.append(connection)
+        if len(self.opened) == 1:
+            self.holding.set()
+            await self.release.wait()
+        return connection
+
+
+async def close_during_the_first_connect(broker: typing.Any, held: HeldConnect) -> Message:
+    """Close ``broker`` while its first send connects, then send again; the message the second send published."""
+    sending = asyncio.ensure_future(broker.send_message(outbox_like(1)))
+    await asyncio.wait_for(held.holding.wait(), 10)
+    await broker.close()
+    held.release.set()
+    [outcome] = await asyncio.gather(sending, return_exceptions=True)
+    [first] = held.opened
+    assert first.is_closed  # not kept open by a broker that was closed
+    assert isinstance(outcome, ConnectionError) and "closed while it was being opened" in str(outcome)
+    later = outbox_like(2)
+    await broker.send_message(later)  # after close(), the next send connects anew
+    await broker.close()
+    assert len(held.opened) == 2 and all(connection.is_closed for connection in held.opened)
+    return later
+
+
+@pytest.mark.rabbitmq
+async def test_a_rabbitmq_connection_opened_while_the_broker_closes_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aio_pika
+
+    from broker_kits import RabbitMQKit
+    from cqrs.message_brokers.rabbitmq import RabbitMQBroker
+
+    kit = RabbitMQKit()
+    await kit.setup()
+    held = HeldConnect(aio_pika.connect)
+    monkeypatch.setattr(aio_pika, "connect", held)
+    broker = RabbitMQBroker(kit.url, exchange=kit.name)
+    try:
+        later = await close_during_the_first_connect(broker, held)
+        assert [d.message_id for d in await kit.received()] == [str(later.message_id)]
+    finally:
+        held.release.set()
+        await broker.close()
+        await kit.cleanup()
+
+
+@pytest.mark.nats
+async def test_a_nats_connection_opened_while_the_broker_closes_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker_kits import NatsKit
+    from cqrs.message_brokers import nats as nats_adapter
+
+    kit = NatsKit()
+    await kit.setup()
+    held = HeldConnect(nats_adapter._connect)
+    monkeypatch.setattr(nats_adapter, "_connect", held)
+    broker = nats_adapter.NatsJetStreamBroker(kit.url, subject_prefix=kit.prefix)
+    try:
+        later = await close_during_the_first_connect(broker, held)
+        assert [d.message_id for d in await kit.received()] == [str(later.message_id)]
+    finally:
+        held.release.set()
+        await broker.close()
+        await kit.cleanup()
+
+
 @pytest.mark.redis
 async def test_redis_refuses_when_the_streams_key_holds_something_else() -> None:
     import redis.asyncio as aioredis

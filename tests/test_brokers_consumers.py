@@ -115,6 +115,46 @@ async def test_a_redis_entry_refused_for_good_is_copied_to_the_dead_letter_strea
         await kit.cleanup()
 
 
+@pytest.mark.redis
+async def test_a_redis_subscription_reaches_an_idle_entry_behind_many_that_are_not_idle_yet() -> None:
+    # XAUTOCLAIM looks at no more than 10 x COUNT pending entries per call and says where it stopped. Started
+    # from the front each time, a subscription stuck behind 10 x batch entries not idle yet (retried messages,
+    # messages another consumer holds) never reached a dead consumer's entry after them.
+    import redis.asyncio as aioredis
+
+    from broker_kits import RedisKit
+    from cqrs.message_brokers.redis import RedisStreamSubscription
+
+    kit = RedisKit()
+    stream = kit.prefix + TOPIC
+    held = 25
+    await publish(kit, *(message(f"Held{n}") for n in range(held)), message("Orphan"))
+    # Idle times decide, not the clock: the held entries are read now and the orphan is made an hour idle, both
+    # a long way from claim_idle whatever the pace of the test.
+    subscription = RedisStreamSubscription(kit.url, stream=stream, group=kit.name, consumer="c1", batch=1,
+                                           block=0.01, claim_idle=600)
+    client = aioredis.Redis.from_url(kit.url)
+    handled: list[Received] = []
+
+    async def handle(received: Received) -> None:
+        handled.append(received)
+
+    try:
+        await subscription.ensure_group()
+        await client.xreadgroup(kit.name, "alive", {stream: ">"}, count=held)
+        [[_, [(orphan, _)]]] = await client.xreadgroup(kit.name, "dead", {stream: ">"}, count=1)
+        await client.xclaim(stream, kit.name, "dead", 0, [orphan], idle=3_600_000)
+        one_pass = -(-(held + 1) // 10)  # calls to look at every pending entry once, 10 x batch at a time
+        for _ in range(one_pass):
+            await subscription.run_once(handle)
+        assert [(r.name, r.redelivered) for r in handled] == [("Orphan", True)]
+        assert (await client.xpending(stream, kit.name))["pending"] == held
+    finally:
+        await subscription.close()
+        await client.aclose()
+        await kit.cleanup()
+
+
 async def publish(kit: Kit, *messages: Message) -> None:
     broker = kit.broker()
     try:

@@ -94,6 +94,7 @@ class NatsJetStreamBroker(MessageBroker):
         self._client: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._lock = asyncio.Lock()
+        self._closes = 0  # how many times close() was called: a connect begun before the last one is void
 
     def subject(self, message: Message) -> str:
         """The subject ``message`` is published on."""
@@ -107,22 +108,31 @@ class NatsJetStreamBroker(MessageBroker):
     async def _jetstream(self) -> JetStreamContext:
         if self._js is not None and self._client is not None and not self._client.is_closed:
             return self._js
+        closes = self._closes
         async with self._lock:
+            self._check_open(closes)
             if self._js is None or self._client is None or self._client.is_closed:
                 client = await _connect(self.servers)
-                js = client.jetstream()
-                if self.stream is not None:
-                    try:
+                try:
+                    js = client.jetstream()
+                    if self.stream is not None:
                         await ensure_stream(js, self.stream, self.stream_subjects)
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            await client.close()
-                        raise
+                    self._check_open(closes)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await client.close()
+                    raise
                 self._client, self._js = client, js
             return self._js
 
+    def _check_open(self, closes: int) -> None:
+        if self._closes != closes:
+            raise ConnectionError(f"the NATS connection to {self.servers!r} was closed while it was being opened")
+
     async def close(self) -> None:
-        """Close the connection (the next send opens a new one)."""
+        """Close the connection (the next send opens a new one). A connect under way is not waited for: it
+        closes what it opens when it finishes, and its send fails."""
+        self._closes += 1
         client, self._client, self._js = self._client, None, None
         if client is not None and not client.is_closed:
             with contextlib.suppress(Exception):

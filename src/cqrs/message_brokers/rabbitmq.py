@@ -41,7 +41,11 @@ logger = logging.getLogger("cqrs.message_brokers")
 
 
 class _Connection:
-    """A connection and channel opened on first use and opened again after they were lost."""
+    """A connection and channel opened on first use and opened again after they were lost.
+
+    `close` does not wait for a connect under way (it may hang as long as the network lets it): that connect
+    closes what it opened when it finishes, and fails.
+    """
 
     def __init__(self, url: str, confirms: bool) -> None:
         self.url = url
@@ -49,28 +53,51 @@ class _Connection:
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
+        self._closes = 0  # how many times close() was called: a connect begun before the last one is void
 
     async def channel(self) -> aio_pika.abc.AbstractChannel:
         channel = self._channel
         if channel is not None and not channel.is_closed:
             return channel
+        closes = self._closes
         async with self._lock:
+            self._check_open(closes)
             if self._channel is None or self._channel.is_closed:
-                await self.close()
-                self._connection = await aio_pika.connect(self.url)
-                self._channel = await self._connection.channel(publisher_confirms=self.confirms)
+                await self._close_current()
+                connection = await aio_pika.connect(self.url)
+                try:
+                    channel = await connection.channel(publisher_confirms=self.confirms)
+                    self._check_open(closes)
+                except BaseException:
+                    await _close_quietly(connection)
+                    raise
+                self._connection, self._channel = connection, channel
             return self._channel
+
+    def _check_open(self, closes: int) -> None:
+        if self._closes != closes:
+            raise ConnectionError(f"the RabbitMQ connection to {self.url!r} was closed while it was being opened")
 
     async def drop(self, channel: aio_pika.abc.AbstractChannel) -> None:
         """Close the connection if ``channel`` (on which a publish failed) is still the current one."""
         if channel is self._channel:
-            await self.close()
+            await self._close_current()
 
     async def close(self) -> None:
+        """Close the connection, and make a connect under way close what it opens (the next use opens anew)."""
+        self._closes += 1
+        await self._close_current()
+
+    async def _close_current(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and not connection.is_closed:
-            with contextlib.suppress(Exception):
-                await connection.close()
+        if connection is not None:
+            await _close_quietly(connection)
+
+
+async def _close_quietly(connection: aio_pika.abc.AbstractConnection) -> None:
+    if not connection.is_closed:
+        with contextlib.suppress(Exception):
+            await connection.close()
 
 
 class RabbitMQBroker(MessageBroker):
@@ -105,7 +132,8 @@ class RabbitMQBroker(MessageBroker):
         return self
 
     async def close(self) -> None:
-        """Close the connection (the next send opens a new one)."""
+        """Close the connection (the next send opens a new one). A connect under way is not waited for: it
+        closes what it opens when it finishes, and its send fails."""
         await self._connection.close()
 
     async def __aenter__(self) -> RabbitMQBroker:

@@ -110,7 +110,10 @@ class RedisStreamSubscription:
     `cqrs.message_brokers.consumer.Rejected`; left pending when it raises
     anything else. Pending entries idle for ``claim_idle`` seconds (a failed
     handler's, or a dead consumer's) are claimed (``XAUTOCLAIM``) and handled
-    again by whichever consumer of the group gets there first.
+    again by whichever consumer of the group gets there first. Each claim
+    goes on through the pending entries from where the one before stopped
+    (Redis looks at no more than ``10 * batch`` of them per call), so entries
+    not idle yet at the front do not hide the idle ones after them.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class RedisStreamSubscription:
         self.claim_idle = claim_idle
         self.dead_letter = dead_letter
         self.start_id = start_id
+        self._claim_from = "0-0"  # where the next XAUTOCLAIM goes on; Redis says "0-0" once it went through
 
     async def ensure_group(self) -> None:
         """Create the stream and the group (reading from ``start_id``) if missing."""
@@ -164,8 +168,10 @@ class RedisStreamSubscription:
         """Handle the idle pending entries claimed now, then the new ones read (waiting up to ``block``);
         returns how many were handled."""
         claimed: typing.Any = await self.client.xautoclaim(
-            self.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000), count=self.batch
+            self.stream, self.group, self.consumer, min_idle_time=int(self.claim_idle * 1000),
+            start_id=self._claim_from, count=self.batch,
         )
+        self._claim_from = _text(claimed[0]) if claimed else "0-0"
         entries: list[Entry] = list(claimed[1]) if claimed else []
         for entry in entries:
             await self._handle(handler, entry, redelivered=True)
