@@ -22,6 +22,9 @@ that commit's ``src`` (checked out with ``git worktree`` under a temporary
 directory, removed at the end), as it was: ad92db3 is the code the aim's
 "today's" meant. Every run is then a subprocess of its own, the order of the
 rows rotating from round to round, and together / base is printed too.
+The base runs this script's saga and set-up (``bench_saga``'s, on tables this
+checkout's ``create_tables`` made): a base whose public API or schema differ
+from this one's fails or is not measured like for like.
 
     .venv/bin/python benchmarks/bench_failure.py --base ad92db3   # ~1 min
 """
@@ -35,6 +38,7 @@ import json
 import logging
 import os
 import pathlib
+import signal
 import statistics
 import subprocess
 import sys
@@ -148,6 +152,7 @@ async def main(args: argparse.Namespace) -> int:
         return await compare(args, None)
     if args.sqlite:
         raise SystemExit("--base runs on PostgreSQL only")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped, it still removes the base's worktree
     with tempfile.TemporaryDirectory(prefix="bench-failure-") as tmp:
         base = pathlib.Path(tmp) / "base"
         subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(base), args.base],

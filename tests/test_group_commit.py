@@ -282,6 +282,81 @@ async def test_a_large_batch_releases_its_sagas_in_two_halves_whose_next_writes_
         await storage.close()
 
 
+async def test_a_saga_whose_next_write_went_out_in_a_later_batch_waits_for_that_one_before_its_third(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saga released with the first half of a large batch sends its next write in a second batch before the
+    first batch's end frees its sagas: it stays busy with the second batch, so its third write is not sent
+    (on another connection, where it could commit first) until the second batch is back."""
+    count = _group_commit._SPLIT_FROM + 8
+    storage = await storage_on(postgres_url)
+    real = _group_commit.GroupCommit._execute
+    sent: list[dict[str, str]] = []
+    second_sent, hold = asyncio.Event(), asyncio.Event()
+
+    async def execute(self: _group_commit.GroupCommit, writer: typing.Any, params: dict[str, str]) -> typing.Any:
+        sent.append(params)
+        if len(sent) == 2:  # the second batch: held on its way to the server
+            second_sent.set()
+            await hold.wait()
+        return await real(self, writer, params)
+
+    try:
+        sagas = await started(storage, count)
+        monkeypatch.setattr(_group_commit.GroupCommit, "_execute", execute)
+        (saga_id, lease), others = sagas[0], sagas[1:]
+        own = [asyncio.ensure_future(storage.checkpoint(saga_id, lease, entry=act(step), lease_seconds=LEASE))
+               for step in ("reserve", "charge", "ship")]
+        rest = [asyncio.ensure_future(storage.checkpoint(*saga, entry=act("reserve"), lease_seconds=LEASE))
+                for saga in others]
+        await second_sent.wait()
+        assert await asyncio.gather(own[0], *rest) == [True] * count  # the first batch is back, all told
+        for _ in range(5):  # turns of the loop for the writer: nothing more may be sent
+            await asyncio.sleep(0)
+        assert len(sent) == 2 and not own[2].done()
+        hold.set()
+        assert await asyncio.gather(*own) == [True, True, True]
+        assert len(sent) == 3
+        history = await storage.get_history(saga_id)
+        assert history is not None and [e.step_name for e in history] == ["reserve", "charge", "ship"]
+    finally:
+        hold.set()
+        await storage.close()
+
+
+async def test_a_large_batch_interrupted_between_its_halves_tells_the_second_half_its_writes_were_made(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch committed before its first half was told: an interruption (the loop shutting down) in the turn
+    between the halves must not tell the second half that whether its write was made is unknown."""
+    count = _group_commit._SPLIT_FROM + 8
+    storage = await storage_on(postgres_url)
+    real_tell = _group_commit._tell
+    halves: list[int] = []
+
+    def tell(batch: list[typing.Any], matched: set[str]) -> None:
+        real_tell(batch, matched)
+        halves.append(len(batch))
+        if len(halves) == 1:  # the first half told: the batch's task is interrupted at its next await
+            current = asyncio.current_task()
+            assert current is not None
+            current.cancel()
+
+    try:
+        sagas = await started(storage, count)
+        monkeypatch.setattr(_group_commit, "_tell", tell)
+        written = await asyncio.gather(
+            *(storage.checkpoint(*saga, entry=act("reserve"), lease_seconds=LEASE) for saga in sagas),
+            return_exceptions=True,
+        )
+        assert halves == [count // 2, count - count // 2]
+        assert written == [True] * count
+        ids = [saga_id for saga_id, _ in sagas]
+        assert len(await xmins(storage, "saga_log", "saga_id", ids)) == count
+    finally:
+        await storage.close()
+
+
 async def test_close_writes_everything_queued(postgres_url: str) -> None:
     storage = await storage_on(postgres_url)
     sagas = await started(storage, 8)

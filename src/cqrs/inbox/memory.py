@@ -57,7 +57,8 @@ class MemoryInbox:
 
     async def record(self, tx: MemoryInboxTransaction, consumer: str, message_id: str) -> bool:
         """Record ``message_id`` for ``consumer`` in ``tx``; False if handled already (see `cqrs.inbox.Inbox`).
-        ``consumer`` and ``message_id`` must not be empty (`ValueError`), as in the SQL inbox."""
+        ``consumer`` and ``message_id`` must not be empty (`ValueError`; the SQL inbox also limits the
+        consumer name to 200 characters)."""
         if not consumer:
             raise ValueError(f"An inbox consumer must not be empty, got {consumer!r}")
         if not message_id:

@@ -112,6 +112,13 @@ class _Pending:
         self.retry = retry
 
 
+def _tell(batch: list[_Pending], matched: set[str]) -> None:
+    """Tell each waiter of a committed batch whether its write was made (False: fenced, or its start's id taken)."""
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_result(pending.key in matched)
+
+
 class _Writer:
     """One event loop's queue, writer task, batches in flight and connections."""
 
@@ -136,11 +143,11 @@ class _Writer:
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(work)
 
-    def free(self, batch: list[_Pending], written: typing.Iterable[_Pending] | None = None) -> None:
-        """Let the next writes of ``batch``'s sagas (of those of its ``written`` ones) go out; a saga already in
-        a later batch stays busy with that one."""
+    def free(self, batch: list[_Pending], released: typing.Iterable[_Pending] | None = None) -> None:
+        """Let the next writes of the sagas of ``batch`` (or of its ``released`` part) go out; a saga whose
+        next write is already in a later batch stays busy with that batch."""
         busy = self.busy
-        for pending in batch if written is None else written:
+        for pending in batch if released is None else released:
             if busy.get(pending.key) is batch:
                 del busy[pending.key]
 
@@ -322,14 +329,17 @@ class GroupCommit:
                         pending.future.set_result(written)
             return
         matched = {str(row[0]) for row in rows}
-        half = len(batch) // 2 if len(batch) >= _SPLIT_FROM else 0
-        for index, pending in enumerate(batch):
-            if index == half and half:  # see the module doc
-                writer.free(batch, batch[:half])
-                writer.wake(True)
-                await asyncio.sleep(0)
-            if not pending.future.done():
-                pending.future.set_result(pending.key in matched)
+        if len(batch) < _SPLIT_FROM:
+            _tell(batch, matched)
+            return
+        half = len(batch) // 2  # released a turn of the loop before the rest (see the module doc)
+        _tell(batch[:half], matched)
+        writer.free(batch, batch[:half])
+        writer.wake(True)
+        try:
+            await asyncio.sleep(0)
+        finally:  # even if interrupted here: the batch committed, so the rest are told so
+            _tell(batch[half:], matched)
 
     async def _execute(self, writer: _Writer, params: dict[str, str]) -> typing.Sequence[typing.Sequence[typing.Any]]:
         if not self._direct:

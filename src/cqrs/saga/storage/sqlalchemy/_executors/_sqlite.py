@@ -181,14 +181,16 @@ class SqliteExecutor:
         return await self._call(self._transaction_now, work)
 
     async def close(self) -> None:
-        # A write made while the close waits starts a new writer thread: that one is closed too.
-        while (thread := self._thread) is not None:
-            self._thread = None
-            try:
-                await thread.call(self._close_now)
-            finally:
-                thread.stop()  # at once: nothing is queued after the close
-        await self._fallback.close()
+        try:
+            # A write made while the close waits starts a new writer thread: that one is closed too.
+            while (thread := self._thread) is not None:
+                self._thread = None
+                try:
+                    await thread.call(self._close_now)
+                finally:
+                    thread.stop()  # at once: nothing is queued after the close
+        finally:
+            await self._fallback.close()
 
     async def on_writer(self, fn: typing.Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the writer's ``sqlite3`` connection, on its thread (for tests and diagnostics: a trace
