@@ -200,6 +200,53 @@ async def test_a_nats_connection_opened_while_the_broker_closes_is_closed(monkey
 
 
 @pytest.mark.redis
+async def test_a_redis_connection_opened_while_the_broker_closes_is_not_left_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The send that was connecting when ``close()`` ran appends its entry (Redis took it: failing it would
+    publish it twice), and its connection does not stay open in the closed broker's pool."""
+    import redis.asyncio as aioredis
+    import redis.asyncio.connection as redis_connection
+
+    from broker_kits import RedisKit
+    from cqrs.message_brokers.redis import RedisStreamsBroker
+
+    kit = RedisKit()
+    await kit.setup()
+    name = f"cqrs-close-{uuid.uuid4().hex[:8]}"
+    real_connect = redis_connection.AbstractConnection.connect
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def connect(self: typing.Any) -> None:
+        await real_connect(self)
+        if not holding.is_set():
+            holding.set()
+            await release.wait()
+
+    monkeypatch.setattr(redis_connection.AbstractConnection, "connect", connect)
+    broker = RedisStreamsBroker(f"{kit.url}?client_name={name}", stream_prefix=kit.prefix)
+    observer = aioredis.Redis.from_url(kit.url)
+
+    async def open_connections() -> int:
+        clients = await observer.client_list()
+        return sum(1 for client in clients if client.get("name") == name)
+
+    try:
+        sending = asyncio.ensure_future(broker.send_message(outbox_like(1)))
+        await asyncio.wait_for(holding.wait(), 10)
+        await broker.close()
+        release.set()
+        await sending
+        assert await open_connections() == 0
+        assert len(await kit.received()) == 1
+    finally:
+        release.set()
+        await broker.close()
+        await observer.aclose()
+        await kit.cleanup()
+
+
+@pytest.mark.redis
 async def test_redis_refuses_when_the_streams_key_holds_something_else() -> None:
     import redis.asyncio as aioredis
     from redis.exceptions import ResponseError

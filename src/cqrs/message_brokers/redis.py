@@ -71,13 +71,15 @@ class RedisStreamsBroker(MessageBroker):
         self.client, self._owned = _client(redis)
         self.stream_prefix = stream_prefix
         self.maxlen = maxlen
+        self._closes = 0  # how many times close() was called (see send_message)
 
     def stream(self, message: Message) -> str:
         """The stream ``message`` is appended to."""
         return self.stream_prefix + message.topic
 
     async def close(self) -> None:
-        """Close the client's connections if the client was made from a URL."""
+        """Close the client's connections if the client was made from a URL (the next send opens a new one)."""
+        self._closes += 1
         if self._owned:
             await self.client.aclose()
 
@@ -98,7 +100,11 @@ class RedisStreamsBroker(MessageBroker):
             "headers": json.dumps(headers, separators=(",", ":")),
             "body": body,
         }
+        closes = self._closes
         await self.client.xadd(self.stream(message), fields, maxlen=self.maxlen)  # type: ignore[arg-type]
+        if closes != self._closes and self._owned:
+            # Closed while this send connected or waited: its connection came back to the pool afterwards, open.
+            await self.client.connection_pool.disconnect(inuse_connections=False)
 
 
 class RedisStreamSubscription:
