@@ -218,6 +218,40 @@ async def test_rabbitmq_messages_without_a_message_id_are_not_taken_for_each_oth
 
 
 @pytest.mark.rabbitmq
+async def test_a_rabbitmq_subscription_stopped_while_it_connects_takes_no_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopped before it consumes, it returns without subscribing: no message is handed over just to be
+    settled on the way out."""
+    import aio_pika
+
+    from broker_kits import RabbitMQKit
+
+    kit = RabbitMQKit()
+    await kit.setup()
+    consumed: list[object] = []
+    real_consume = aio_pika.Queue.consume
+
+    async def consume(self: aio_pika.Queue, *args: typing.Any, **kwargs: typing.Any) -> typing.Any:
+        consumed.append(self)
+        return await real_consume(self, *args, **kwargs)
+
+    monkeypatch.setattr(aio_pika.Queue, "consume", consume)
+    handled: list[Received] = []
+
+    async def handle(received: Received) -> None:
+        handled.append(received)
+
+    stop = asyncio.Event()
+    stop.set()
+    try:
+        await asyncio.wait_for(kit.subscription().run(handle, stop=stop), 30)
+        assert consumed == [] and handled == []
+    finally:
+        await kit.cleanup()
+
+
+@pytest.mark.rabbitmq
 @pytest.mark.parametrize("how", ["queue deleted", "channel closed"])
 async def test_a_rabbitmq_subscription_whose_consumer_the_broker_ended_fails_so_consume_subscribes_again(
     how: str, monkeypatch: pytest.MonkeyPatch

@@ -250,6 +250,8 @@ class RabbitMQSubscription:
                     if task is not None:
                         under_way.discard(task)
 
+            if stop.is_set():  # stopped while this connected: take no message
+                return
             tag = await queue.consume(on_message)
             # The broker can end the consumer with the connection up: it closes the channel on a channel error
             # (an ack past consumer_timeout) and cancels the consumer when its queue is deleted or moves.
