@@ -140,21 +140,30 @@ class HeldConnect:
         return connection
 
 
-async def close_during_the_first_connect(broker: typing.Any, held: HeldConnect) -> Message:
-    """Close ``broker`` while its first send connects, then send again; the message the second send published."""
-    sending = asyncio.ensure_future(broker.send_message(outbox_like(1)))
-    await asyncio.wait_for(held.holding.wait(), 10)
-    await broker.close()
-    held.release.set()
-    [outcome] = await asyncio.gather(sending, return_exceptions=True)
-    [first] = held.opened
-    assert first.is_closed  # not kept open by a broker that was closed
-    assert isinstance(outcome, ConnectionError) and "closed while it was being opened" in str(outcome)
-    later = outbox_like(2)
-    await broker.send_message(later)  # after close(), the next send connects anew
-    await broker.close()
-    assert len(held.opened) == 2 and all(connection.is_closed for connection in held.opened)
-    return later
+async def close_during_the_first_connect(kit: Kit, held: HeldConnect, make_broker: typing.Callable[[], typing.Any]
+                                        ) -> None:
+    """Close a broker of ``kit`` while its first send connects, then send again: the first connection is closed,
+    its send fails, the second send connects anew and is the only message the broker holds. ``kit`` is set up
+    (before the connect function was held: it connects too)."""
+    broker = make_broker()
+    try:
+        sending = asyncio.ensure_future(broker.send_message(outbox_like(1)))
+        await asyncio.wait_for(held.holding.wait(), 10)
+        await broker.close()
+        held.release.set()
+        [outcome] = await asyncio.gather(sending, return_exceptions=True)
+        [first] = held.opened
+        assert first.is_closed  # not kept open by a broker that was closed
+        assert isinstance(outcome, ConnectionError) and "closed while it was being opened" in str(outcome)
+        later = outbox_like(2)
+        await broker.send_message(later)  # after close(), the next send connects anew
+        await broker.close()
+        assert len(held.opened) == 2 and all(connection.is_closed for connection in held.opened)
+        assert [d.message_id for d in await kit.received()] == [str(later.message_id)]
+    finally:
+        held.release.set()
+        await broker.close()
+        await kit.cleanup()
 
 
 @pytest.mark.rabbitmq
@@ -170,14 +179,7 @@ async def test_a_rabbitmq_connection_opened_while_the_broker_closes_is_closed(
     await kit.setup()
     held = HeldConnect(aio_pika.connect)
     monkeypatch.setattr(aio_pika, "connect", held)
-    broker = RabbitMQBroker(kit.url, exchange=kit.name)
-    try:
-        later = await close_during_the_first_connect(broker, held)
-        assert [d.message_id for d in await kit.received()] == [str(later.message_id)]
-    finally:
-        held.release.set()
-        await broker.close()
-        await kit.cleanup()
+    await close_during_the_first_connect(kit, held, lambda: RabbitMQBroker(kit.url, exchange=kit.name))
 
 
 @pytest.mark.nats
@@ -189,14 +191,9 @@ async def test_a_nats_connection_opened_while_the_broker_closes_is_closed(monkey
     await kit.setup()
     held = HeldConnect(nats_adapter._connect)
     monkeypatch.setattr(nats_adapter, "_connect", held)
-    broker = nats_adapter.NatsJetStreamBroker(kit.url, subject_prefix=kit.prefix)
-    try:
-        later = await close_during_the_first_connect(broker, held)
-        assert [d.message_id for d in await kit.received()] == [str(later.message_id)]
-    finally:
-        held.release.set()
-        await broker.close()
-        await kit.cleanup()
+    await close_during_the_first_connect(
+        kit, held, lambda: nats_adapter.NatsJetStreamBroker(kit.url, subject_prefix=kit.prefix)
+    )
 
 
 @pytest.mark.redis
