@@ -32,6 +32,7 @@ import contextlib
 import logging
 import typing
 
+from cqrs.message_brokers._closing import CloseCount
 from cqrs.message_brokers._wire import HEADER_MESSAGE_ID, message_body, message_headers, text_headers
 from cqrs.message_brokers.consumer import Handler, Received, Settlement, settle
 from cqrs.message_brokers.protocol import Message, MessageBroker
@@ -94,7 +95,7 @@ class NatsJetStreamBroker(MessageBroker):
         self._client: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._lock = asyncio.Lock()
-        self._closes = 0  # how many times close() was called: a connect begun before the last one is void
+        self._closes = CloseCount()
 
     def subject(self, message: Message) -> str:
         """The subject ``message`` is published on."""
@@ -108,16 +109,17 @@ class NatsJetStreamBroker(MessageBroker):
     async def _jetstream(self) -> JetStreamContext:
         if self._js is not None and self._client is not None and not self._client.is_closed:
             return self._js
-        closes = self._closes
+        closes = self._closes.value
+        what = f"the NATS connection to {self.servers!r}"
         async with self._lock:
-            self._check_open(closes)
+            self._closes.check(closes, what)
             if self._js is None or self._client is None or self._client.is_closed:
                 client = await _connect(self.servers)
                 try:
                     js = client.jetstream()
                     if self.stream is not None:
                         await ensure_stream(js, self.stream, self.stream_subjects)
-                    self._check_open(closes)
+                    self._closes.check(closes, what)
                 except BaseException:
                     with contextlib.suppress(Exception):
                         await client.close()
@@ -125,14 +127,10 @@ class NatsJetStreamBroker(MessageBroker):
                 self._client, self._js = client, js
             return self._js
 
-    def _check_open(self, closes: int) -> None:
-        if self._closes != closes:
-            raise ConnectionError(f"the NATS connection to {self.servers!r} was closed while it was being opened")
-
     async def close(self) -> None:
         """Close the connection (the next send opens a new one). A connect under way is not waited for: it
         closes what it opens when it finishes, and its send fails."""
-        self._closes += 1
+        self._closes.closed()
         client, self._client, self._js = self._client, None, None
         if client is not None and not client.is_closed:
             with contextlib.suppress(Exception):

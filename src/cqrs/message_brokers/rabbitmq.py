@@ -31,6 +31,7 @@ import logging
 import typing
 import uuid
 
+from cqrs.message_brokers._closing import CloseCount
 from cqrs.message_brokers._wire import HEADER_CORRELATION_ID, message_body, message_headers, text_headers
 from cqrs.message_brokers.consumer import Handler, Received, Settlement, settle
 from cqrs.message_brokers.protocol import Message, MessageBroker
@@ -53,30 +54,27 @@ class _Connection:
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
-        self._closes = 0  # how many times close() was called: a connect begun before the last one is void
+        self._closes = CloseCount()
 
     async def channel(self) -> aio_pika.abc.AbstractChannel:
         channel = self._channel
         if channel is not None and not channel.is_closed:
             return channel
-        closes = self._closes
+        closes = self._closes.value
+        what = f"the RabbitMQ connection to {self.url!r}"
         async with self._lock:
-            self._check_open(closes)
+            self._closes.check(closes, what)
             if self._channel is None or self._channel.is_closed:
                 await self._close_current()
                 connection = await aio_pika.connect(self.url)
                 try:
                     channel = await connection.channel(publisher_confirms=self.confirms)
-                    self._check_open(closes)
+                    self._closes.check(closes, what)
                 except BaseException:
                     await _close_quietly(connection)
                     raise
                 self._connection, self._channel = connection, channel
             return self._channel
-
-    def _check_open(self, closes: int) -> None:
-        if self._closes != closes:
-            raise ConnectionError(f"the RabbitMQ connection to {self.url!r} was closed while it was being opened")
 
     async def drop(self, channel: aio_pika.abc.AbstractChannel) -> None:
         """Close the connection if ``channel`` (on which a publish failed) is still the current one."""
@@ -85,7 +83,7 @@ class _Connection:
 
     async def close(self) -> None:
         """Close the connection, and make a connect under way close what it opens (the next use opens anew)."""
-        self._closes += 1
+        self._closes.closed()
         await self._close_current()
 
     async def _close_current(self) -> None:

@@ -29,6 +29,7 @@ import logging
 import socket
 import typing
 
+from cqrs.message_brokers._closing import CloseCount
 from cqrs.message_brokers._wire import HEADER_MESSAGE_ID, message_body, message_headers, text_headers
 from cqrs.message_brokers.consumer import Handler, Received, Settlement, settle
 from cqrs.message_brokers.protocol import Message, MessageBroker
@@ -71,7 +72,7 @@ class RedisStreamsBroker(MessageBroker):
         self.client, self._owned = _client(redis)
         self.stream_prefix = stream_prefix
         self.maxlen = maxlen
-        self._closes = 0  # how many times close() was called (see send_message)
+        self._closes = CloseCount()  # see send_message
 
     def stream(self, message: Message) -> str:
         """The stream ``message`` is appended to."""
@@ -79,7 +80,7 @@ class RedisStreamsBroker(MessageBroker):
 
     async def close(self) -> None:
         """Close the client's connections if the client was made from a URL (the next send opens a new one)."""
-        self._closes += 1
+        self._closes.closed()
         if self._owned:
             await self.client.aclose()
 
@@ -100,9 +101,9 @@ class RedisStreamsBroker(MessageBroker):
             "headers": json.dumps(headers, separators=(",", ":")),
             "body": body,
         }
-        closes = self._closes
+        closes = self._closes.value
         await self.client.xadd(self.stream(message), fields, maxlen=self.maxlen)  # type: ignore[arg-type]
-        if closes != self._closes and self._owned:
+        if closes != self._closes.value and self._owned:
             # Closed while this send connected or waited: its connection came back to the pool afterwards, open.
             await self.client.connection_pool.disconnect(inuse_connections=False)
 
