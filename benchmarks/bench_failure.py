@@ -38,9 +38,7 @@ import json
 import logging
 import os
 import pathlib
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import typing
@@ -49,6 +47,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_saga  # the saga's steps, the driver and the database set-up are shared
+from _base_code import checkout, run_importing
 
 import cqrs
 from cqrs.saga.bootstrap import bootstrap
@@ -120,19 +119,11 @@ async def one_run(
 def run_elsewhere(src: pathlib.Path, args: argparse.Namespace, url: str, mode: str, level: int,
                   sagas: int | None) -> bench_saga.Run:
     """One run of ``mode`` in a subprocess importing ``cqrs`` from ``src``."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, str(HERE / "bench_failure.py"), "--side-run", mode, "--url", url,
-                   "--concurrency", str(level), "--seconds", str(args.seconds), "--json", out.name]
-        if sagas is not None:
-            command += ["--sagas", str(sagas)]
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"{mode} run from {src}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
-        figures = json.loads(pathlib.Path(out.name).read_text())
-    if not pathlib.Path(figures.pop("cqrs")).resolve().is_relative_to(src.resolve()):
-        raise SystemExit(f"the {mode} run did not import cqrs from {src}")
-    return bench_saga.Run(**figures)
+    command = [sys.executable, str(HERE / "bench_failure.py"), "--side-run", mode, "--url", url,
+               "--concurrency", str(level), "--seconds", str(args.seconds)]
+    if sagas is not None:
+        command += ["--sagas", str(sagas)]
+    return bench_saga.Run(**run_importing(src, command, f"the {mode} run from {src}"))
 
 
 async def side_run(args: argparse.Namespace) -> int:
@@ -152,16 +143,8 @@ async def main(args: argparse.Namespace) -> int:
         return await compare(args, None)
     if args.sqlite:
         raise SystemExit("--base runs on PostgreSQL only")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped, it still removes the base's worktree
-    with tempfile.TemporaryDirectory(prefix="bench-failure-") as tmp:
-        base = pathlib.Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(base), args.base],
-                       check=True, capture_output=True, text=True)
-        try:
-            return await compare(args, base / "src")
-        finally:
-            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(base)],
-                           check=False, capture_output=True)
+    with checkout(args.base, "bench-failure-") as base_src:
+        return await compare(args, base_src)
 
 
 async def compare(args: argparse.Namespace, base_src: pathlib.Path | None) -> int:

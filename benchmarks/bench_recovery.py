@@ -28,11 +28,8 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import typing
 import uuid
@@ -41,6 +38,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+
+from _base_code import checkout, run_importing  # noqa: E402 (needs HERE on the path)
 
 #: The last commit before lean recovery (claims and histories in one statement, on the fast path).
 DEFAULT_BASE = "ad92db3"
@@ -211,20 +210,12 @@ class Side:
         self.src = src
 
     def run(self, args: argparse.Namespace, mode: str) -> dict[str, typing.Any]:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(self.src), os.environ.get("PYTHONPATH")])))
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            command = [sys.executable, str(Path(__file__).resolve()), "--side-run", mode, "--url", args.url,
-                       "--sagas", str(args.sagas), "--concurrency", str(args.concurrency),
-                       "--batch-size", str(args.batch_size), "--json", out.name]
-            if args.group_commit and self.name == "current":
-                command.append("--group-commit")
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise SystemExit(f"{self.name} side, {mode}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
-            result: dict[str, typing.Any] = json.loads(Path(out.name).read_text())
-        if not Path(result["cqrs"]).resolve().is_relative_to(self.src.resolve()):
-            raise SystemExit(f"{self.name} side imported {result['cqrs']}, not from {self.src}")
-        return result
+        command = [sys.executable, str(Path(__file__).resolve()), "--side-run", mode, "--url", args.url,
+                   "--sagas", str(args.sagas), "--concurrency", str(args.concurrency),
+                   "--batch-size", str(args.batch_size)]
+        if args.group_commit and self.name == "current":
+            command.append("--group-commit")
+        return run_importing(self.src, command, f"the {self.name} side, {mode}")
 
 
 def recreate_pg_database(url: str) -> None:
@@ -299,36 +290,26 @@ def main(args: argparse.Namespace) -> int:
                                       args.group_commit))
         Path(args.json).write_text(json.dumps(result))
         return 0
-    # Stopped (SIGTERM), it still removes the base worktree it checked out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sides = [Side("current", ROOT / "src")]
-    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
+    with contextlib.ExitStack() as stack:
         if args.base != "none":
-            base_root = Path(tmp) / "base"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_root), args.base],
-                           check=True, capture_output=True, text=True)
-            sides.insert(0, Side("base", base_root / "src"))
-        try:
-            for side in sides:
-                print(f"  {side.name:8} cqrs from {side.src}")
-            if args.url.startswith("postgresql") and args.recreate:
-                recreate_pg_database(args.url)
-            runs: dict[tuple[str, str], list[dict[str, typing.Any]]] = {
-                (mode, side.name): [] for mode in args.modes for side in sides
-            }
-            for round_number in range(args.rounds):
-                for mode in args.modes:
-                    order = sides if round_number % 2 == 0 else sides[::-1]
-                    for side in order:
-                        result = side.run(args, mode)
-                        runs[(mode, side.name)].append(result)
-                        print(f"  round {round_number + 1} {mode:13} {side.name:8} "
-                              f"{result['sagas_per_s']:8,.0f} sagas/s", flush=True)
-            summary = report(runs, sides, args)
-        finally:
-            if args.base != "none":
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(Path(tmp) / "base")],
-                               check=False, capture_output=True)
+            sides.insert(0, Side("base", stack.enter_context(checkout(args.base, "bench-recovery-"))))
+        for side in sides:
+            print(f"  {side.name:8} cqrs from {side.src}")
+        if args.url.startswith("postgresql") and args.recreate:
+            recreate_pg_database(args.url)
+        runs: dict[tuple[str, str], list[dict[str, typing.Any]]] = {
+            (mode, side.name): [] for mode in args.modes for side in sides
+        }
+        for round_number in range(args.rounds):
+            for mode in args.modes:
+                order = sides if round_number % 2 == 0 else sides[::-1]
+                for side in order:
+                    result = side.run(args, mode)
+                    runs[(mode, side.name)].append(result)
+                    print(f"  round {round_number + 1} {mode:13} {side.name:8} "
+                          f"{result['sagas_per_s']:8,.0f} sagas/s", flush=True)
+        summary = report(runs, sides, args)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
