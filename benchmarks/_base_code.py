@@ -30,8 +30,10 @@ def checkout(commit: str, prefix: str) -> typing.Iterator[Path]:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         tree = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit],
-                       check=True, capture_output=True, text=True)
+        added = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit],
+                               check=False, capture_output=True, text=True)
+        if added.returncode != 0:
+            raise SystemExit(f"cannot check out the base {commit!r}: {added.stderr.strip()}")
         try:
             yield tree / "src"
         finally:

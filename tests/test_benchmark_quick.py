@@ -134,6 +134,16 @@ def test_failure_benchmark_runs_a_base_commit_s_code_as_a_third_row(postgres_url
     assert "bench-failure-" not in worktrees
 
 
+def test_failure_benchmark_names_a_base_it_cannot_check_out(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(FAILURE_BENCH), "--quick", "--base", "no-such-ref-for-cqrs", "--url",
+         "postgresql+asyncpg://postgres@127.0.0.1:1/none"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot check out the base 'no-such-ref-for-cqrs'" in proc.stderr
+
+
 GROUP_BENCH = BENCH.parent / "bench_group_commit.py"
 
 
